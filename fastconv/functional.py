@@ -1,0 +1,521 @@
+"""Stateless operators on NumPy arrays: the contract is docs/functional.md.
+
+Every function validates its arguments here, with messages that name the argument, what was
+expected and what was received, then makes one call into the compiled core (GIL released).
+Inputs are converted to float32 (float64 and integer arrays are accepted; complex, bool, object
+and string arrays are not); results are new float32 arrays.
+
+>>> import numpy as np, fastconv.functional as F
+>>> x = np.ones((1, 3, 8, 8), np.float32); w = np.ones((4, 3, 3, 3), np.float32)
+>>> F.conv2d(x, w, padding="same").shape
+(1, 4, 8, 8)
+"""
+import math
+import numbers
+
+import numpy as np
+
+from . import _core
+
+__all__ = [
+    "gemm", "dense", "conv2d", "max_pool2d", "avg_pool2d", "global_avg_pool2d",
+    "global_max_pool2d", "relu", "relu6", "tanh", "sigmoid", "softmax", "lrn", "batch_norm",
+    "add", "concat", "flatten", "conv_output_size", "pool_output_size",
+]
+
+# Codes shared with src/include/fastconv.h (enum fc_activation, enum fc_conv_algorithm).
+_ACTIVATIONS = {None: 0, "linear": 0, "relu": 1, "relu6": 2, "tanh": 3, "sigmoid": 4}
+_ALGORITHMS = {"direct": 0, "im2col": 1, "gemm": 2}
+_DATA_FORMATS = ("channels_first", "channels_last")
+_PADDING_MODES = ("valid", "same", "same_upper", "same_lower")
+
+
+# Validation helpers ---------------------------------------------------------------------------
+
+def _as_array(x, op, name):
+    """x as a float32 array; float32 views are kept as they are (strides included)."""
+    try:
+        arr = np.asarray(x)
+    except Exception as err:  # ragged lists and the like
+        raise TypeError(f"{op}: `{name}` must be an array of numbers; received {type(x).__name__}: {err}") from None
+    if arr.dtype.kind not in "fiu":
+        raise TypeError(
+            f"{op}: `{name}` must hold real numbers (float or integer); received dtype {arr.dtype}"
+        )
+    if arr.dtype != np.float32 or arr.strides and any(s % 4 for s in arr.strides):
+        arr = arr.astype(np.float32)
+    return arr
+
+
+def _as_contiguous(x, op, name):
+    return np.ascontiguousarray(_as_array(x, op, name))
+
+
+def _check_rank(arr, ranks, op, name, layout):
+    ranks = (ranks,) if isinstance(ranks, int) else tuple(ranks)
+    if arr.ndim not in ranks:
+        expected = " or ".join(str(r) for r in ranks)
+        raise ValueError(
+            f"{op}: `{name}` must be {expected}-D {layout}; received shape {arr.shape} ({arr.ndim}-D)"
+        )
+
+
+def _int(value, op, name, minimum):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{op}: `{name}` must be an integer >= {minimum}; received {value!r}")
+    return int(value)
+
+
+def _pair(value, op, name, minimum=1):
+    """An int or a pair of ints (height, width), each >= minimum."""
+    if isinstance(value, (tuple, list)):
+        if len(value) != 2:
+            raise ValueError(f"{op}: `{name}` must be an int or a pair (height, width); received {value!r}")
+        return tuple(_int(v, op, name, minimum) for v in value)
+    v = _int(value, op, name, minimum)
+    return (v, v)
+
+
+def _activation(activation, op):
+    key = activation.lower() if isinstance(activation, str) else activation
+    if key not in _ACTIVATIONS:
+        raise ValueError(
+            f"{op}: `activation` must be one of None, 'linear', 'relu', 'relu6', 'tanh', "
+            f"'sigmoid'; received {activation!r}"
+        )
+    return _ACTIVATIONS[key]
+
+
+def _channels_last(data_format, op):
+    if data_format not in _DATA_FORMATS:
+        raise ValueError(
+            f"{op}: `data_format` must be 'channels_first' or 'channels_last'; received {data_format!r}"
+        )
+    return data_format == "channels_last"
+
+
+def _layout(channels_last, rank=4):
+    if rank != 4:
+        return "(N, ..., C)" if channels_last else "(N, C, ...)"
+    return "(N, H, W, C)" if channels_last else "(N, C, H, W)"
+
+
+# Output-size arithmetic -----------------------------------------------------------------------
+
+def _same_padding(size, kernel, stride, dilation, lower):
+    """SAME_UPPER / SAME_LOWER: output ceil(size / stride), the odd pixel at the end / beginning."""
+    out = -(-size // stride)
+    total = max((out - 1) * stride + dilation * (kernel - 1) + 1 - size, 0)
+    small, large = total // 2, total - total // 2
+    return (large, small) if lower else (small, large)
+
+
+def _resolve_padding(padding, op, in_hw, kernel, stride, dilation):
+    """((top, bottom), (left, right)) from any accepted padding form."""
+    if isinstance(padding, str):
+        mode = padding.lower()
+        if mode not in _PADDING_MODES:
+            raise ValueError(
+                f"{op}: `padding` must be an int, a pair, ((top, bottom), (left, right)) or one of "
+                f"{_PADDING_MODES}; received {padding!r}"
+            )
+        if mode == "valid":
+            return ((0, 0), (0, 0))
+        return tuple(
+            _same_padding(in_hw[i], kernel[i], stride[i], dilation[i], mode == "same_lower")
+            for i in range(2)
+        )
+    if isinstance(padding, (tuple, list)) and len(padding) == 2 and all(
+        isinstance(p, (tuple, list)) for p in padding
+    ):
+        if any(len(p) != 2 for p in padding):
+            raise ValueError(f"{op}: explicit `padding` must be ((top, bottom), (left, right)); received {padding!r}")
+        return tuple(tuple(_int(v, op, "padding", 0) for v in p) for p in padding)
+    ph, pw = _pair(padding, op, "padding", minimum=0)
+    return ((ph, ph), (pw, pw))
+
+
+def conv_output_size(size, kernel, stride=1, padding=(0, 0), dilation=1):
+    """floor((size + p_begin + p_end - dilation*(kernel-1) - 1) / stride) + 1 (may be < 1)."""
+    return (size + padding[0] + padding[1] - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def pool_output_size(size, kernel, stride, padding=(0, 0), dilation=1, ceil_mode=False):
+    """Pooled size; with ceil_mode a last window starting in the end padding is dropped."""
+    span = size + padding[0] + padding[1] - dilation * (kernel - 1) - 1
+    if not ceil_mode:
+        return span // stride + 1
+    out = -(-span // stride) + 1
+    if (out - 1) * stride >= size + padding[0]:
+        out -= 1
+    return out
+
+
+def _check_window_fits(op, in_hw, kernel, dilation, pads):
+    for axis, name in enumerate(("height", "width")):
+        extent = dilation[axis] * (kernel[axis] - 1) + 1
+        padded = in_hw[axis] + pads[axis][0] + pads[axis][1]
+        if extent > padded:
+            raise ValueError(
+                f"{op}: the kernel {name} {kernel[axis]} (dilated extent {extent}) is larger than the "
+                f"padded input {name} {padded} (input {in_hw[axis]} + padding {pads[axis]})"
+            )
+
+
+def _check_output(op, out_hw, in_hw):
+    if min(out_hw) < 1:
+        raise ValueError(f"{op}: the output size {tuple(out_hw)} is below 1 for input size {tuple(in_hw)}")
+
+
+# Matrix products ------------------------------------------------------------------------------
+
+def _gemm(op, a, b, bias, activation):
+    """act(a @ b + bias) for 2-D float32 views a (M, K), b (K, N)."""
+    act = _activation(activation, op)
+    (M, K), N = a.shape, b.shape[1]
+    bias_col, c, accumulate = None, None, False
+    if bias is not None:
+        bias = _as_array(bias, op, "bias")
+        if bias.shape == (N,):
+            bias_col = np.ascontiguousarray(bias)
+        else:
+            try:
+                c = np.array(np.broadcast_to(bias, (M, N)), dtype=np.float32)
+            except ValueError:
+                raise ValueError(
+                    f"{op}: `bias` must broadcast to the output shape {(M, N)}; received shape {bias.shape}"
+                ) from None
+            accumulate = True
+    if c is None:
+        c = np.empty((M, N), np.float32)
+    if M == 0 or N == 0:
+        return c
+    if K == 0:
+        if not accumulate:
+            c[...] = 0.0 if bias_col is None else bias_col
+        _core.activation(c, c, act)
+        return c
+    _core.gemm(a, b, None, bias_col, accumulate, act, c)
+    return c
+
+
+def gemm(a, b, bias=None, activation=None):
+    """act(a @ b + bias): a (M, K), b (K, N) -> (M, N), float32.
+
+    Any strided or transposed views of a and b are read in place. A bias of shape (N,) is added
+    in the GEMM kernel's store; any bias that broadcasts to (M, N) is accepted.
+
+    >>> gemm(np.eye(2), [[1., 2.], [3., 4.]], bias=[1., 1.], activation="relu")
+    array([[2., 3.],
+           [4., 5.]], dtype=float32)
+    """
+    a, b = _as_array(a, "gemm", "a"), _as_array(b, "gemm", "b")
+    _check_rank(a, 2, "gemm", "a", "(M, K)")
+    _check_rank(b, 2, "gemm", "b", "(K, N)")
+    if a.shape[1] != b.shape[0]:
+        raise ValueError(
+            f"gemm: the inner dimensions must match: `a` is {a.shape} and `b` is {b.shape} "
+            f"(expected b.shape[0] == {a.shape[1]}, received {b.shape[0]})"
+        )
+    return _gemm("gemm", a, b, bias, activation)
+
+
+def dense(x, weight, bias=None, activation=None):
+    """A fully connected layer: act(x @ weight.T + bias), weight shaped (out, in).
+
+    x is (batch, in) -> (batch, out), or (in,) -> (out,).
+    """
+    x, w = _as_array(x, "dense", "x"), _as_array(weight, "dense", "weight")
+    _check_rank(x, (1, 2), "dense", "x", "(batch, in_features) or (in_features,)")
+    _check_rank(w, 2, "dense", "weight", "(out_features, in_features)")
+    if x.shape[-1] != w.shape[1]:
+        raise ValueError(
+            f"dense: `x` has {x.shape[-1]} features but `weight` {w.shape} expects in_features "
+            f"{w.shape[1]}"
+        )
+    if bias is not None:
+        bias = _as_array(bias, "dense", "bias")
+        if bias.shape != (w.shape[0],):
+            raise ValueError(f"dense: `bias` must have shape ({w.shape[0]},); received shape {bias.shape}")
+    y = _gemm("dense", x.reshape(-1, x.shape[-1]), w.T, bias, activation)
+    return y.reshape(-1) if x.ndim == 1 else y
+
+
+# Convolution ----------------------------------------------------------------------------------
+
+def _conv_algorithm(algorithm, kernel, stride, pads, out_per_group):
+    is_pointwise = kernel == (1, 1) and stride == (1, 1) and pads == ((0, 0), (0, 0))
+    if algorithm == "auto":
+        if is_pointwise:
+            return _ALGORITHMS["gemm"]
+        return _ALGORITHMS["direct" if out_per_group < 8 else "im2col"]
+    if algorithm not in _ALGORITHMS:
+        raise ValueError(
+            f"conv2d: `algorithm` must be 'auto', 'direct', 'im2col' or 'gemm'; received {algorithm!r}"
+        )
+    if algorithm == "gemm" and not is_pointwise:
+        raise ValueError(
+            "conv2d: algorithm='gemm' needs a 1x1 kernel with stride 1 and no padding; received "
+            f"kernel {kernel}, stride {stride}, padding {pads}"
+        )
+    return _ALGORITHMS[algorithm]
+
+
+def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, activation=None,
+           data_format="channels_first", algorithm="auto"):
+    """2-D convolution (cross-correlation, as in every deep learning framework).
+
+    x (N, C, H, W) and weight (O, C/groups, KH, KW), or with ``data_format="channels_last"``
+    x (N, H, W, C) and weight (KH, KW, C/groups, O). ``padding``: int, pair, explicit
+    ((top, bottom), (left, right)), "valid", "same"/"same_upper" or "same_lower". ``algorithm``:
+    "auto", "direct", "im2col" or "gemm" (1x1 only).
+
+    >>> x = np.zeros((1, 3, 32, 32), np.float32); w = np.zeros((6, 3, 5, 5), np.float32)
+    >>> conv2d(x, w, stride=2, padding=2).shape
+    (1, 6, 16, 16)
+    """
+    op = "conv2d"
+    channels_last = _channels_last(data_format, op)
+    x, w = _as_array(x, op, "x"), _as_array(weight, op, "weight")
+    _check_rank(x, 4, op, "x", _layout(channels_last))
+    _check_rank(w, 4, op, "weight", "(KH, KW, C/groups, O)" if channels_last else "(O, C/groups, KH, KW)")
+    if channels_last:
+        x, w = x.transpose(0, 3, 1, 2), w.transpose(3, 2, 0, 1)
+    (n, c, h, wd), (o, i, kh, kw) = x.shape, w.shape
+    groups = _int(groups, op, "groups", 1)
+    stride, dilation = _pair(stride, op, "stride"), _pair(dilation, op, "dilation")
+    act = _activation(activation, op)
+    if kh < 1 or kw < 1 or i < 1:
+        raise ValueError(f"conv2d: `weight` must have a kernel and input channels >= 1; received shape {weight.shape}")
+    if c % groups or o % groups:
+        raise ValueError(
+            f"conv2d: `groups` must divide the input channels ({c}) and the output channels ({o}); "
+            f"received groups={groups}"
+        )
+    if c // groups != i:
+        raise ValueError(
+            f"conv2d: `x` has {c} channels, so with groups={groups} the weight needs {c // groups} "
+            f"input channels per group; received weight with {i} (shape {weight.shape})"
+        )
+    pads = _resolve_padding(padding, op, (h, wd), (kh, kw), stride, dilation)
+    _check_window_fits(op, (h, wd), (kh, kw), dilation, pads)
+    out_hw = [conv_output_size((h, wd)[a], (kh, kw)[a], stride[a], pads[a], dilation[a]) for a in (0, 1)]
+    _check_output(op, out_hw, (h, wd))
+    algo = _conv_algorithm(algorithm, (kh, kw), stride, pads, o // groups)
+    if bias is not None:
+        bias = np.ascontiguousarray(_as_array(bias, op, "bias"))
+        if bias.shape != (o,):
+            raise ValueError(f"conv2d: `bias` must have shape ({o},) (one per output channel); received shape {bias.shape}")
+    y = np.empty((n, o, out_hw[0], out_hw[1]), np.float32)
+    if y.size:
+        _core.conv2d_nchw(np.ascontiguousarray(x), np.ascontiguousarray(w), bias, y, stride,
+                          dilation, (pads[0][0], pads[1][0]), groups, act, algo)
+    return np.ascontiguousarray(y.transpose(0, 2, 3, 1)) if channels_last else y
+
+
+# Pooling --------------------------------------------------------------------------------------
+
+def _pool(op, x, kernel_size, stride, padding, dilation, ceil_mode, count_include_pad,
+          data_format):
+    channels_last = _channels_last(data_format, op)
+    x = _as_array(x, op, "x")
+    _check_rank(x, 4, op, "x", _layout(channels_last))
+    if channels_last:
+        x = x.transpose(0, 3, 1, 2)
+    n, c, h, w = x.shape
+    kernel = _pair(kernel_size, op, "kernel_size")
+    stride = kernel if stride is None else _pair(stride, op, "stride")
+    dilation = _pair(dilation, op, "dilation")
+    pads = _resolve_padding(padding, op, (h, w), kernel, stride, dilation)
+    _check_window_fits(op, (h, w), kernel, dilation, pads)
+    out_hw = [pool_output_size((h, w)[a], kernel[a], stride[a], pads[a], dilation[a], bool(ceil_mode))
+              for a in (0, 1)]
+    _check_output(op, out_hw, (h, w))
+    y = np.empty((n, c, out_hw[0], out_hw[1]), np.float32)
+    if y.size:
+        planes = np.ascontiguousarray(x).reshape(n * c, h, w)
+        _core.pool2d(planes, y.reshape(n * c, out_hw[0], out_hw[1]), op == "max_pool2d", kernel,
+                     stride, dilation, pads[0] + pads[1], bool(count_include_pad))
+    return np.ascontiguousarray(y.transpose(0, 2, 3, 1)) if channels_last else y
+
+
+def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
+               data_format="channels_first"):
+    """Max pooling; padded positions never win. ``ceil_mode=True`` is Caffe's rounding up.
+
+    >>> max_pool2d(np.arange(16.).reshape(1, 1, 4, 4), 2)[0, 0]
+    array([[ 5.,  7.],
+           [13., 15.]], dtype=float32)
+    """
+    return _pool("max_pool2d", x, kernel_size, stride, padding, dilation, ceil_mode, True, data_format)
+
+
+def avg_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
+               count_include_pad=True, data_format="channels_first"):
+    """Average pooling; the divisor follows ``count_include_pad`` (see docs/functional.md)."""
+    return _pool("avg_pool2d", x, kernel_size, stride, padding, dilation, ceil_mode,
+                 count_include_pad, data_format)
+
+
+def _global_pool(op, x, is_max, data_format, keepdims):
+    channels_last = _channels_last(data_format, op)
+    x = _as_array(x, op, "x")
+    _check_rank(x, 4, op, "x", _layout(channels_last))
+    if channels_last:
+        x = x.transpose(0, 3, 1, 2)
+    n, c, h, w = x.shape
+    if h * w == 0 and n * c:
+        raise ValueError(f"{op}: `x` must have a spatial size >= 1; received shape {x.shape}")
+    y = np.empty((n, c), np.float32)
+    if y.size:
+        _core.global_pool(np.ascontiguousarray(x).reshape(n * c, h * w), y.reshape(-1), is_max)
+    if not keepdims:
+        return y
+    return y.reshape((n, 1, 1, c) if channels_last else (n, c, 1, 1))
+
+
+def global_avg_pool2d(x, data_format="channels_first", keepdims=True):
+    """Mean over H and W: (N, C, 1, 1), or (N, C) with ``keepdims=False``."""
+    return _global_pool("global_avg_pool2d", x, False, data_format, keepdims)
+
+
+def global_max_pool2d(x, data_format="channels_first", keepdims=True):
+    """Maximum over H and W: (N, C, 1, 1), or (N, C) with ``keepdims=False``."""
+    return _global_pool("global_max_pool2d", x, True, data_format, keepdims)
+
+
+# Elementwise ----------------------------------------------------------------------------------
+
+def _unary(op, x, act):
+    x = _as_contiguous(x, op, "x")
+    y = np.empty_like(x)
+    if x.size:
+        _core.activation(x, y, act)
+    return y
+
+
+def relu(x):
+    """max(x, 0); NaN stays NaN."""
+    return _unary("relu", x, _ACTIVATIONS["relu"])
+
+
+def relu6(x):
+    """min(max(x, 0), 6); NaN stays NaN."""
+    return _unary("relu6", x, _ACTIVATIONS["relu6"])
+
+
+def tanh(x):
+    """Hyperbolic tangent."""
+    return _unary("tanh", x, _ACTIVATIONS["tanh"])
+
+
+def sigmoid(x):
+    """1 / (1 + exp(-x)), computed without overflow."""
+    return _unary("sigmoid", x, _ACTIVATIONS["sigmoid"])
+
+
+def _axis(axis, ndim, op, name="axis"):
+    if isinstance(axis, bool) or not isinstance(axis, numbers.Integral) or not -ndim <= axis < ndim:
+        raise ValueError(f"{op}: `{name}` must be an integer in [{-ndim}, {ndim - 1}]; received {axis!r}")
+    return int(axis) % ndim
+
+
+def softmax(x, axis=-1):
+    """exp(x - max) / sum(exp(x - max)) along ``axis``."""
+    x = _as_array(x, "softmax", "x")
+    if x.ndim == 0:
+        raise ValueError("softmax: `x` must have at least one dimension; received a scalar")
+    axis = _axis(axis, x.ndim, "softmax")
+    moved = np.ascontiguousarray(np.moveaxis(x, axis, -1))
+    y = np.empty_like(moved)
+    if y.size:
+        _core.softmax(moved, y)
+    return np.moveaxis(y, -1, axis)
+
+
+def _channel_axis_first(x, channels_last, op):
+    """x with channels on axis 1, C-contiguous."""
+    _check_rank(x, (2, 3, 4), op, "x", _layout(channels_last, rank=3))
+    return np.ascontiguousarray(np.moveaxis(x, -1, 1) if channels_last else x)
+
+
+def lrn(x, size, alpha=1e-4, beta=0.75, k=1.0, data_format="channels_first"):
+    """Local response normalisation across channels (Caffe/PyTorch/ONNX form):
+    y = x / (k + alpha/size * sum of x^2 over ``size`` neighbouring channels)^beta."""
+    op = "lrn"
+    channels_last = _channels_last(data_format, op)
+    size = _int(size, op, "size", 1)
+    x = _channel_axis_first(_as_array(x, op, "x"), channels_last, op)
+    y = np.empty_like(x)
+    if y.size:
+        n, c = x.shape[:2]
+        _core.lrn(x, y, n, c, x.size // (n * c), size, float(alpha), float(beta), float(k))
+    return np.moveaxis(y, 1, -1) if channels_last else y
+
+
+def batch_norm(x, mean, var, gamma=None, beta=None, eps=1e-5, data_format="channels_first"):
+    """Inference batch normalisation: gamma * (x - mean) / sqrt(var + eps) + beta, per channel."""
+    op = "batch_norm"
+    channels_last = _channels_last(data_format, op)
+    x = _channel_axis_first(_as_array(x, op, "x"), channels_last, op)
+    c = x.shape[1]
+    params = {}
+    for name, value, default in (("mean", mean, 0.0), ("var", var, 1.0), ("gamma", gamma, 1.0),
+                                 ("beta", beta, 0.0)):
+        v = np.full(c, default) if value is None else np.asarray(_as_array(value, op, name), np.float64)
+        if v.shape != (c,):
+            raise ValueError(f"{op}: `{name}` must have shape ({c},) (one per channel); received shape {v.shape}")
+        params[name] = v
+    scale = params["gamma"] / np.sqrt(params["var"] + float(eps))
+    shift = params["beta"] - params["mean"] * scale
+    y = np.empty_like(x)
+    if y.size:
+        _core.channel_affine(x, scale.astype(np.float32), shift.astype(np.float32), y,
+                             x.shape[0], x.size // (x.shape[0] * c))
+    return np.moveaxis(y, 1, -1) if channels_last else y
+
+
+def add(a, b, activation=None):
+    """act(a + b) with NumPy broadcasting (a residual connection with its ReLU fused)."""
+    op = "add"
+    act = _activation(activation, op)
+    a, b = _as_array(a, op, "a"), _as_array(b, op, "b")
+    try:
+        shape = np.broadcast_shapes(a.shape, b.shape)
+    except ValueError:
+        raise ValueError(f"add: `a` {a.shape} and `b` {b.shape} do not broadcast to a common shape") from None
+    a = np.ascontiguousarray(np.broadcast_to(a, shape))
+    b = np.ascontiguousarray(np.broadcast_to(b, shape))
+    y = np.empty(shape, np.float32)
+    if y.size:
+        _core.add(a, b, y, act)
+    return y
+
+
+def concat(tensors, axis=None, data_format="channels_first"):
+    """Joins tensors along ``axis`` (default: the channel axis of ``data_format``)."""
+    op = "concat"
+    channels_last = _channels_last(data_format, op)
+    if not isinstance(tensors, (list, tuple)) or not tensors:
+        raise ValueError(f"concat: `tensors` must be a non-empty list of arrays; received {type(tensors).__name__}")
+    arrays = [_as_array(t, op, f"tensors[{i}]") for i, t in enumerate(tensors)]
+    ndim = arrays[0].ndim
+    if ndim == 0 or any(a.ndim != ndim for a in arrays):
+        raise ValueError(f"concat: all tensors must have the same rank >= 1; received shapes {[a.shape for a in arrays]}")
+    axis = _axis((-1 if channels_last else 1) if axis is None else axis, ndim, op)
+    for a in arrays[1:]:
+        if a.shape[:axis] + a.shape[axis + 1:] != arrays[0].shape[:axis] + arrays[0].shape[axis + 1:]:
+            raise ValueError(
+                f"concat: shapes must match except on axis {axis}; received {[t.shape for t in arrays]}"
+            )
+    return np.concatenate(arrays, axis=axis)
+
+
+def flatten(x, axis=1):
+    """Reshapes to 2-D (prod(shape[:axis]), prod(shape[axis:])), as ONNX Flatten."""
+    x = _as_array(x, "flatten", "x")
+    if not isinstance(axis, numbers.Integral) or isinstance(axis, bool) or not -x.ndim <= axis <= x.ndim:
+        raise ValueError(f"flatten: `axis` must be an integer in [{-x.ndim}, {x.ndim}]; received {axis!r}")
+    axis = int(axis) + x.ndim if axis < 0 else int(axis)
+    outer = math.prod(x.shape[:axis])
+    return np.ascontiguousarray(x).reshape(outer, math.prod(x.shape[axis:]))

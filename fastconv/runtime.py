@@ -1,0 +1,102 @@
+"""The compiled core's configuration: instruction set, kernels, threads, build.
+
+The kernel table is chosen once, when fastconv is imported, from CPUID and XGETBV;
+``FASTCONV_ISA=scalar|avx2|avx512`` caps it (a cap never enables an instruction set the CPU
+lacks). ``isa_cap`` switches the table for a block of code, for tests and benchmarks.
+"""
+import contextlib
+import os
+import pprint
+import warnings
+
+from . import _core
+from ._version import __version__
+
+ISA_LEVELS = {"scalar": 0, "avx2": 1, "avx512": 2}
+_ISA_ALIASES = {"avx512f": "avx512", "generic": "scalar", "none": "scalar"}
+
+
+def _isa_level(name, source):
+    key = str(name).strip().lower()
+    key = _ISA_ALIASES.get(key, key)
+    if key not in ISA_LEVELS:
+        raise ValueError(
+            f"{source}: expected one of {sorted(ISA_LEVELS)}, received {name!r}"
+        )
+    return ISA_LEVELS[key]
+
+
+def _apply_env_cap():
+    requested = os.environ.get("FASTCONV_ISA", "").strip()
+    if not requested:
+        return
+    try:
+        _core.set_isa_cap(_isa_level(requested, "FASTCONV_ISA"))
+    except ValueError as err:
+        warnings.warn(f"{err}; using the detected instruction set", RuntimeWarning, stacklevel=3)
+
+
+@contextlib.contextmanager
+def isa_cap(name):
+    """Runs the enclosed block with the kernel table capped at ``name`` (scalar, avx2, avx512).
+
+    Not thread-safe: meant for tests and benchmarks that compare instruction sets in one process.
+    """
+    level = _isa_level(name, "isa_cap")
+    previous = ISA_LEVELS[_core.isa_active()]
+    _core.set_isa_cap(level)
+    try:
+        yield _core.isa_active()
+    finally:
+        _core.set_isa_cap(previous)
+
+
+def set_num_threads(n):
+    """Sets the number of OpenMP threads every kernel call uses (n >= 1)."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"set_num_threads: expected an integer >= 1, received {n!r}")
+    _core.set_num_threads(n)
+
+
+def get_num_threads():
+    """The thread count kernel calls use: set_num_threads, else OMP_NUM_THREADS, else all cores."""
+    return _core.get_num_threads()
+
+
+def config():
+    """The build and dispatch configuration as a dict."""
+    build = _core.build_info()
+    return {
+        "version": __version__,
+        "compiler": build["compiler"],
+        "compile_args": build["compile_args"],
+        "openmp": _core.openmp_enabled(),
+        "isa_detected": _core.isa_detected(),
+        "isa": _core.isa_active(),
+        "isa_cap": os.environ.get("FASTCONV_ISA") or None,
+        "kernels": _core.kernel_names(),
+        "num_threads": get_num_threads(),
+    }
+
+
+def show_config(mode="stdout"):
+    """Shows how fastconv was built and which kernels run on this CPU.
+
+    ``mode="stdout"`` prints it; ``mode="dicts"`` returns it as a dict.
+
+    >>> fastconv.show_config(mode="dicts")["isa"]  # doctest: +SKIP
+    'avx512'
+    """
+    info = config()
+    if mode == "dicts":
+        return info
+    if mode != "stdout":
+        raise ValueError(f"show_config: expected mode 'stdout' or 'dicts', received {mode!r}")
+    width = max(map(len, info))
+    for key, value in info.items():
+        text = pprint.pformat(value) if isinstance(value, dict) else value
+        print(f"{key:<{width}} : {text}")
+    return None
+
+
+_apply_env_cap()

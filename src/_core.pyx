@@ -1,0 +1,226 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""Thin bindings over the C entry points in src/include/fastconv.h.
+
+Arguments arrive validated from fastconv.functional: C-contiguous float32 arrays (or strided
+views where a function says so) and output arrays allocated by the caller. Each function makes
+exactly one C call with the GIL released.
+"""
+cimport numpy as cnp
+from libc.stddef cimport ptrdiff_t
+
+cnp.import_array()
+
+cdef extern from "fastconv.h" nogil:
+    int FC_ERROR_NOMEM
+    int fc_isa_detected()
+    int fc_isa_active()
+    int fc_set_isa_cap(int cap)
+    const char* fc_isa_name(int isa)
+    const char* fc_gemm_kernel_name()
+    const char* fc_vector_kernel_name()
+    void fc_set_num_threads(int n)
+    int fc_get_num_threads()
+    int fc_openmp_enabled()
+    const char* fc_build_compiler()
+    const char* fc_build_flags()
+
+    int fc_gemm_f32(size_t M, size_t N, size_t K, const float* a, ptrdiff_t a_rs, ptrdiff_t a_cs,
+                    const float* b, ptrdiff_t b_rs, ptrdiff_t b_cs, const float* bias_row,
+                    const float* bias_col, int accumulate, int activation, float* c, size_t c_rs)
+
+    ctypedef struct fc_conv2d_params:
+        size_t batch, in_channels, in_h, in_w
+        size_t out_channels, out_h, out_w
+        size_t kernel_h, kernel_w
+        size_t stride_h, stride_w
+        size_t dilation_h, dilation_w
+        size_t pad_top, pad_left
+        size_t groups
+        int activation
+    int fc_conv2d_nchw_f32(const fc_conv2d_params* p, int algorithm, const float* x,
+                           const float* w, const float* bias, float* y)
+
+    ctypedef struct fc_pool2d_params:
+        size_t planes, in_h, in_w, out_h, out_w
+        size_t kernel_h, kernel_w, stride_h, stride_w, dilation_h, dilation_w
+        size_t pad_top, pad_left, pad_bottom, pad_right
+        int count_include_pad
+    void fc_max_pool2d_f32(const fc_pool2d_params* p, const float* x, float* y)
+    void fc_avg_pool2d_f32(const fc_pool2d_params* p, const float* x, float* y)
+    void fc_global_pool_f32(size_t planes, size_t plane_size, int is_max, const float* x, float* y)
+
+    void fc_activation_f32(size_t n, int activation, const float* x, float* y)
+    void fc_add_f32(size_t n, int activation, const float* a, const float* b, float* y)
+    void fc_softmax_f32(size_t rows, size_t n, const float* x, float* y)
+    void fc_channel_affine_f32(size_t outer, size_t channels, size_t inner, const float* x,
+                               const float* scale, const float* shift, float* y)
+    void fc_lrn_f32(size_t outer, size_t channels, size_t inner, size_t size, float alpha,
+                    float beta, float k, const float* x, float* y)
+
+
+cdef inline const float* cptr(cnp.ndarray a):
+    return <const float*>cnp.PyArray_DATA(a)
+
+
+cdef inline float* mptr(cnp.ndarray a):
+    return <float*>cnp.PyArray_DATA(a)
+
+
+cdef inline const float* optional_ptr(object a):
+    return NULL if a is None else <const float*>cnp.PyArray_DATA(<cnp.ndarray>a)
+
+
+cdef inline void check(int rc) except *:
+    if rc == FC_ERROR_NOMEM:
+        raise MemoryError("fastconv: the kernel's workspace could not be allocated")
+
+
+# Runtime ---------------------------------------------------------------------------------------
+
+def isa_detected():
+    return fc_isa_name(fc_isa_detected()).decode()
+
+
+def isa_active():
+    return fc_isa_name(fc_isa_active()).decode()
+
+
+def set_isa_cap(int level):
+    """Caps the kernel table at ISA level 0 (scalar), 1 (avx2) or 2 (avx512); returns the ISA in use."""
+    return fc_isa_name(fc_set_isa_cap(level)).decode()
+
+
+def kernel_names():
+    return {"gemm": fc_gemm_kernel_name().decode(), "vector": fc_vector_kernel_name().decode()}
+
+
+def set_num_threads(int n):
+    fc_set_num_threads(n)
+
+
+def get_num_threads():
+    return fc_get_num_threads()
+
+
+def openmp_enabled():
+    return bool(fc_openmp_enabled())
+
+
+def build_info():
+    return {"compiler": fc_build_compiler().decode(), "compile_args": fc_build_flags().decode()}
+
+
+# Operators -------------------------------------------------------------------------------------
+
+def gemm(cnp.ndarray a, cnp.ndarray b, object bias_row, object bias_col, bint accumulate,
+         int activation, cnp.ndarray c):
+    """c = act(a @ b [+ c] + bias): a and b may be any float32 views; c is C-contiguous."""
+    cdef size_t M = a.shape[0], K = a.shape[1], N = b.shape[1]
+    cdef ptrdiff_t a_rs = a.strides[0] // 4, a_cs = a.strides[1] // 4
+    cdef ptrdiff_t b_rs = b.strides[0] // 4, b_cs = b.strides[1] // 4
+    cdef const float* pa = cptr(a)
+    cdef const float* pb = cptr(b)
+    cdef const float* br = optional_ptr(bias_row)
+    cdef const float* bc = optional_ptr(bias_col)
+    cdef float* pc = mptr(c)
+    cdef int rc
+    with nogil:
+        rc = fc_gemm_f32(M, N, K, pa, a_rs, a_cs, pb, b_rs, b_cs, br, bc, accumulate, activation,
+                         pc, N)
+    check(rc)
+
+
+def conv2d_nchw(cnp.ndarray x, cnp.ndarray w, object bias, cnp.ndarray y, tuple stride,
+                tuple dilation, tuple pad_begin, Py_ssize_t groups, int activation, int algorithm):
+    cdef fc_conv2d_params p
+    p.batch, p.in_channels, p.in_h, p.in_w = x.shape[0], x.shape[1], x.shape[2], x.shape[3]
+    p.out_channels, p.out_h, p.out_w = y.shape[1], y.shape[2], y.shape[3]
+    p.kernel_h, p.kernel_w = w.shape[2], w.shape[3]
+    p.stride_h, p.stride_w = stride
+    p.dilation_h, p.dilation_w = dilation
+    p.pad_top, p.pad_left = pad_begin
+    p.groups = groups
+    p.activation = activation
+    cdef const float* px = cptr(x)
+    cdef const float* pw = cptr(w)
+    cdef const float* pb = optional_ptr(bias)
+    cdef float* py = mptr(y)
+    cdef int rc
+    with nogil:
+        rc = fc_conv2d_nchw_f32(&p, algorithm, px, pw, pb, py)
+    check(rc)
+
+
+def pool2d(cnp.ndarray x, cnp.ndarray y, bint is_max, tuple kernel, tuple stride, tuple dilation,
+           tuple pads, bint count_include_pad):
+    """x (planes, H, W) -> y (planes, OH, OW); pads = (top, bottom, left, right)."""
+    cdef fc_pool2d_params p
+    p.planes, p.in_h, p.in_w = x.shape[0], x.shape[1], x.shape[2]
+    p.out_h, p.out_w = y.shape[1], y.shape[2]
+    p.kernel_h, p.kernel_w = kernel
+    p.stride_h, p.stride_w = stride
+    p.dilation_h, p.dilation_w = dilation
+    p.pad_top, p.pad_bottom, p.pad_left, p.pad_right = pads
+    p.count_include_pad = count_include_pad
+    cdef const float* px = cptr(x)
+    cdef float* py = mptr(y)
+    with nogil:
+        if is_max:
+            fc_max_pool2d_f32(&p, px, py)
+        else:
+            fc_avg_pool2d_f32(&p, px, py)
+
+
+def global_pool(cnp.ndarray x, cnp.ndarray y, bint is_max):
+    """x (planes, size) -> y (planes,)."""
+    cdef size_t planes = x.shape[0], size = x.shape[1]
+    cdef const float* px = cptr(x)
+    cdef float* py = mptr(y)
+    with nogil:
+        fc_global_pool_f32(planes, size, is_max, px, py)
+
+
+def activation(cnp.ndarray x, cnp.ndarray y, int act):
+    cdef size_t n = x.size
+    cdef const float* px = cptr(x)
+    cdef float* py = mptr(y)
+    with nogil:
+        fc_activation_f32(n, act, px, py)
+
+
+def add(cnp.ndarray a, cnp.ndarray b, cnp.ndarray y, int act):
+    cdef size_t n = y.size
+    cdef const float* pa = cptr(a)
+    cdef const float* pb = cptr(b)
+    cdef float* py = mptr(y)
+    with nogil:
+        fc_add_f32(n, act, pa, pb, py)
+
+
+def softmax(cnp.ndarray x, cnp.ndarray y):
+    """Row-wise softmax of x viewed as (rows, x.shape[-1])."""
+    cdef size_t n = x.shape[x.ndim - 1]
+    cdef size_t rows = x.size // n
+    cdef const float* px = cptr(x)
+    cdef float* py = mptr(y)
+    with nogil:
+        fc_softmax_f32(rows, n, px, py)
+
+
+def channel_affine(cnp.ndarray x, cnp.ndarray scale, cnp.ndarray shift, cnp.ndarray y,
+                   size_t outer, size_t inner):
+    cdef size_t channels = scale.shape[0]
+    cdef const float* px = cptr(x)
+    cdef const float* ps = cptr(scale)
+    cdef const float* pt = cptr(shift)
+    cdef float* py = mptr(y)
+    with nogil:
+        fc_channel_affine_f32(outer, channels, inner, px, ps, pt, py)
+
+
+def lrn(cnp.ndarray x, cnp.ndarray y, size_t outer, size_t channels, size_t inner, size_t size,
+        float alpha, float beta, float k):
+    cdef const float* px = cptr(x)
+    cdef float* py = mptr(y)
+    with nogil:
+        fc_lrn_f32(outer, channels, inner, size, alpha, beta, k, px, py)

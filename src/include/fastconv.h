@@ -1,0 +1,88 @@
+/* The C entry points the Cython bindings call: one per operator call, GIL released.
+ * Arrays are float32; strides are in elements. Functions that allocate return 0 on success and
+ * FC_ERROR_NOMEM when memory runs out. Arguments are validated in Python, never here. */
+#ifndef FASTCONV_H
+#define FASTCONV_H
+
+#include <stddef.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define FC_ERROR_NOMEM 1
+
+typedef enum fc_activation {
+  FC_ACT_NONE = 0,
+  FC_ACT_RELU = 1,
+  FC_ACT_RELU6 = 2,
+  FC_ACT_TANH = 3,
+  FC_ACT_SIGMOID = 4,
+} fc_activation;
+
+typedef enum fc_conv_algorithm {
+  FC_CONV_DIRECT = 0,
+  FC_CONV_IM2COL = 1,
+  FC_CONV_GEMM = 2, /* 1x1, stride 1, no padding: the input is the GEMM operand */
+} fc_conv_algorithm;
+
+/* Runtime: instruction set, dispatch, threads, build. */
+int fc_isa_detected(void);
+int fc_isa_active(void);
+int fc_set_isa_cap(int cap); /* returns the ISA now in use: min(cap, detected) */
+const char* fc_isa_name(int isa);
+const char* fc_gemm_kernel_name(void);
+const char* fc_vector_kernel_name(void);
+void fc_set_num_threads(int n);
+int fc_get_num_threads(void);
+int fc_openmp_enabled(void);
+const char* fc_build_compiler(void);
+const char* fc_build_flags(void);
+
+/* C (M x N, row stride c_rs) = act(A (M x K) * B (K x N) [+ C] + bias_row[m] + bias_col[n]).
+ * A and B are read through element strides (any sign), so transposed and sliced views work. */
+int fc_gemm_f32(size_t M, size_t N, size_t K, const float* a, ptrdiff_t a_rs, ptrdiff_t a_cs,
+                const float* b, ptrdiff_t b_rs, ptrdiff_t b_cs, const float* bias_row,
+                const float* bias_col, int accumulate, int activation, float* c, size_t c_rs);
+
+typedef struct fc_conv2d_params {
+  size_t batch, in_channels, in_h, in_w;
+  size_t out_channels, out_h, out_w;
+  size_t kernel_h, kernel_w;
+  size_t stride_h, stride_w;
+  size_t dilation_h, dilation_w;
+  size_t pad_top, pad_left; /* the bottom and right padding follow from the output size */
+  size_t groups;
+  int activation;
+} fc_conv2d_params;
+
+/* x NCHW, weight OIHW (I = in_channels / groups), bias (O) or NULL, y NCHW. */
+int fc_conv2d_nchw_f32(const fc_conv2d_params* p, int algorithm, const float* x, const float* w,
+                       const float* bias, float* y);
+
+typedef struct fc_pool2d_params {
+  size_t planes, in_h, in_w, out_h, out_w;
+  size_t kernel_h, kernel_w, stride_h, stride_w, dilation_h, dilation_w;
+  size_t pad_top, pad_left, pad_bottom, pad_right;
+  int count_include_pad;
+} fc_pool2d_params;
+
+/* x and y are stacks of planes (N*C planes in NCHW). */
+void fc_max_pool2d_f32(const fc_pool2d_params* p, const float* x, float* y);
+void fc_avg_pool2d_f32(const fc_pool2d_params* p, const float* x, float* y);
+void fc_global_pool_f32(size_t planes, size_t plane_size, int is_max, const float* x, float* y);
+
+void fc_activation_f32(size_t n, int activation, const float* x, float* y);
+void fc_add_f32(size_t n, int activation, const float* a, const float* b, float* y);
+void fc_softmax_f32(size_t rows, size_t n, const float* x, float* y);
+/* x (outer, channels, inner): y = x * scale[c] + shift[c]. */
+void fc_channel_affine_f32(size_t outer, size_t channels, size_t inner, const float* x,
+                           const float* scale, const float* shift, float* y);
+/* x (outer, channels, inner): local response normalisation across channels. */
+void fc_lrn_f32(size_t outer, size_t channels, size_t inner, size_t size, float alpha, float beta,
+                float k, const float* x, float* y);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

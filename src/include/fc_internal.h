@@ -1,0 +1,44 @@
+/* Helpers shared by the drivers in src/ops and src/runtime; not part of the C API. */
+#ifndef FC_INTERNAL_H
+#define FC_INTERNAL_H
+
+#include <stddef.h>
+
+/* Threads to use for an operator call of about `flops` floating-point operations. */
+int fc_threads_for(double flops);
+
+/* 64-byte aligned allocation; NULL when out of memory. */
+void* fc_alloc(size_t bytes);
+void fc_free(void* p);
+
+static inline size_t fc_round_up(size_t x, size_t m) { return (x + m - 1) / m * m; }
+static inline size_t fc_min(size_t a, size_t b) { return a < b ? a : b; }
+
+/* Output positions o in [*lo, *hi) whose input index o * stride + offset lies in [0, in):
+ * the part of a row that needs no padding. */
+static inline void fc_valid_range(size_t out, size_t stride, ptrdiff_t offset, size_t in,
+                                  size_t* lo, size_t* hi) {
+  const ptrdiff_t s = (ptrdiff_t)stride;
+  ptrdiff_t first = offset < 0 ? (-offset + s - 1) / s : 0;
+  ptrdiff_t last = (ptrdiff_t)in - 1 - offset < 0 ? -1 : ((ptrdiff_t)in - 1 - offset) / s;
+  if (first > (ptrdiff_t)out) first = (ptrdiff_t)out;
+  if (last + 1 > (ptrdiff_t)out) last = (ptrdiff_t)out - 1;
+  *lo = (size_t)first;
+  *hi = last + 1 > first ? (size_t)(last + 1) : (size_t)first;
+}
+
+/* Packing of GEMM operands (src/ops/gemm.c). A is packed once, in MR-row panels per K block;
+ * B is packed per block by a callback, so im2col can write straight into B panels. */
+typedef void (*fc_pack_b_fn)(const void* ctx, size_t k0, size_t kc, size_t n0, size_t nr_used,
+                             size_t nr, float* dst);
+size_t fc_packed_a_size(size_t M, size_t K, size_t mr);
+void fc_pack_a(size_t M, size_t K, const float* a, ptrdiff_t rs, ptrdiff_t cs, size_t mr,
+               float* dst);
+/* C = act(packedA * B + ...): see fc_gemm_f32 in fastconv.h. */
+int fc_gemm_packed(size_t M, size_t N, size_t K, const float* a_packed, fc_pack_b_fn pack_b,
+                   const void* b_ctx, const float* bias_row, const float* bias_col,
+                   int accumulate, int activation, float* c, size_t c_rs, int threads);
+
+/* Row activation after the store (tanh, sigmoid; clamps are fused in the kernels). */
+void fc_activation_row(size_t n, int activation, float* y);
+#endif

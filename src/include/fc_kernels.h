@@ -1,0 +1,91 @@
+/* Micro-kernel contracts and the dispatch table (see docs/kernels.md).
+ *
+ * A micro-kernel computes one register tile or one contiguous run. It allocates nothing, starts
+ * no threads and keeps no state. Each family has a scalar version that is always compiled; the
+ * AVX2+FMA and AVX-512 versions are compiled with their own flags, and the table below is filled
+ * once from CPUID + XGETBV, capped by FASTCONV_ISA. */
+#ifndef FC_KERNELS_H
+#define FC_KERNELS_H
+
+#include <stddef.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+enum fc_isa { FC_ISA_SCALAR = 0, FC_ISA_AVX2 = 1, FC_ISA_AVX512 = 2 };
+
+/* What the GEMM micro-kernel does after its kc-long dot products, in this order:
+ * add the previous C tile (accumulate), add a per-row and a per-column bias, clamp to [min, max].
+ * NaN survives the clamp. bias_row holds MR values and bias_col NR values (zero-padded). */
+typedef struct fc_gemm_epilogue {
+  int accumulate;
+  const float* bias_row;
+  const float* bias_col;
+  float min;
+  float max;
+} fc_gemm_epilogue;
+
+/* C[0:MR, 0:NR] (row stride ldc) = A_panel (kc x MR, k-major) * B_panel (kc x NR, k-major),
+ * followed by the epilogue. The whole MR x NR tile is always written; the driver routes edge
+ * tiles through a scratch tile. kc >= 1. */
+typedef void (*fc_gemm_ukernel_fn)(size_t kc, const float* a, const float* b, float* c, size_t ldc,
+                                   const fc_gemm_epilogue* ep);
+
+/* Strided multiply-accumulate over a row: y[i] += w * x[i * stride], i < n. */
+typedef void (*fc_vmacc_fn)(size_t n, float w, const float* x, size_t stride, float* y);
+/* Strided row max and sum (pooling): y[i] = max(y[i], x[i * stride]) / y[i] += x[i * stride]. */
+typedef void (*fc_vrow_fn)(size_t n, const float* x, size_t stride, float* y);
+/* y[i] = clamp(x[i], lo, hi); NaN stays NaN. */
+typedef void (*fc_vclamp_fn)(size_t n, const float* x, float* y, float lo, float hi);
+/* y[i] = clamp(a[i] + b[i], lo, hi). */
+typedef void (*fc_vadd_fn)(size_t n, const float* a, const float* b, float* y, float lo, float hi);
+/* y[i] = x[i] * scale + shift. */
+typedef void (*fc_vaffine_fn)(size_t n, const float* x, float scale, float shift, float* y);
+
+typedef struct fc_gemm_config {
+  fc_gemm_ukernel_fn fn;
+  size_t mr;
+  size_t nr;
+  const char* name;
+} fc_gemm_config;
+
+typedef struct fc_vector_config {
+  fc_vmacc_fn vmacc;
+  fc_vrow_fn vrowmax;
+  fc_vrow_fn vrowsum;
+  fc_vclamp_fn vclamp;
+  fc_vadd_fn vadd;
+  fc_vaffine_fn vaffine;
+  const char* name;
+} fc_vector_config;
+
+/* The kernel table in force (filled at first use, refilled by fc_set_isa_cap). */
+const fc_gemm_config* fc_gemm_config_get(void);
+const fc_vector_config* fc_vector_config_get(void);
+
+/* Kernels, by ISA. The names are their specification: MRxNR tile, epilogue, instruction set. */
+#define FC_GEMM_UKERNEL(name)                                                                      \
+  void name(size_t kc, const float* a, const float* b, float* c, size_t ldc,                     \
+            const fc_gemm_epilogue* ep)
+FC_GEMM_UKERNEL(fc_f32_gemm_minmax_ukernel_4x8__scalar);
+FC_GEMM_UKERNEL(fc_f32_gemm_minmax_ukernel_6x16__avx2);
+FC_GEMM_UKERNEL(fc_f32_gemm_minmax_ukernel_8x32__avx512f);
+
+/* The vector kernels come from one C source compiled once per ISA (f32-vector.c). */
+#define FC_DECLARE_VECTOR_KERNELS(isa)                                                             \
+  void fc_f32_vmacc_ukernel__##isa(size_t, float, const float*, size_t, float*);                 \
+  void fc_f32_vrowmax_ukernel__##isa(size_t, const float*, size_t, float*);                      \
+  void fc_f32_vrowsum_ukernel__##isa(size_t, const float*, size_t, float*);                      \
+  void fc_f32_vclamp_ukernel__##isa(size_t, const float*, float*, float, float);                 \
+  void fc_f32_vadd_minmax_ukernel__##isa(size_t, const float*, const float*, float*, float,      \
+                                         float);                                                 \
+  void fc_f32_vaffine_ukernel__##isa(size_t, const float*, float, float, float*);
+FC_DECLARE_VECTOR_KERNELS(scalar)
+FC_DECLARE_VECTOR_KERNELS(avx2)
+FC_DECLARE_VECTOR_KERNELS(avx512f)
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,153 @@
+/* 2-D convolution, NCHW activations and OIHW weights.
+ *
+ * Three algorithms, all reading the same arguments:
+ *  - im2col + GEMM: per image and group, Y (O x OH*OW) = W (O x C*KH*KW) * cols, where the
+ *    columns are written straight into the GEMM's packed B panels, one K x N block at a time,
+ *    so no whole-image column buffer ever exists;
+ *  - GEMM: for a 1x1 kernel with stride 1 and no padding the input already is the B matrix;
+ *  - direct: each output row accumulates strided input rows (vmacc kernel); best when a group
+ *    has few output channels (depthwise), where a GEMM tile would be mostly empty. */
+#include <math.h>
+#include <string.h>
+
+#include "fastconv.h"
+#include "fc_internal.h"
+#include "fc_kernels.h"
+
+typedef struct im2col_src {
+  const float* x; /* the first input channel of the group, in one image */
+  const fc_conv2d_params* p;
+} im2col_src;
+
+/* Writes rows k0..k0+kc of the column matrix, columns n0..n0+nr_used, into a k-major NR panel. */
+static void pack_b_im2col(const void* ctx, size_t k0, size_t kc, size_t n0, size_t nr_used,
+                          size_t nr, float* dst) {
+  const im2col_src* s = (const im2col_src*)ctx;
+  const fc_conv2d_params* p = s->p;
+  const size_t khw = p->kernel_h * p->kernel_w, ow_n = p->out_w;
+  for (size_t kk = 0; kk < kc; kk++) {
+    const size_t k = k0 + kk, ch = k / khw, kh = (k % khw) / p->kernel_w, kw = k % p->kernel_w;
+    const float* xc = s->x + ch * p->in_h * p->in_w;
+    const ptrdiff_t woff = (ptrdiff_t)(kw * p->dilation_w) - (ptrdiff_t)p->pad_left;
+    float* d = dst + kk * nr;
+    size_t j = 0;
+    while (j < nr_used) { /* one output row segment at a time */
+      const size_t n = n0 + j, oh = n / ow_n, ow0 = n % ow_n;
+      const size_t seg = fc_min(ow_n - ow0, nr_used - j);
+      const ptrdiff_t ih = (ptrdiff_t)(oh * p->stride_h + kh * p->dilation_h) - (ptrdiff_t)p->pad_top;
+      if (ih < 0 || ih >= (ptrdiff_t)p->in_h) {
+        memset(d + j, 0, seg * sizeof(float));
+      } else {
+        size_t lo, hi;
+        fc_valid_range(ow0 + seg, p->stride_w, woff, p->in_w, &lo, &hi);
+        if (lo < ow0) lo = ow0;
+        if (hi < lo) hi = lo;
+        const float* xr = xc + (size_t)ih * p->in_w;
+        for (size_t ow = ow0; ow < lo; ow++) d[j + ow - ow0] = 0.0f;
+        for (size_t ow = lo; ow < hi; ow++) d[j + ow - ow0] = xr[(ptrdiff_t)(ow * p->stride_w) + woff];
+        for (size_t ow = hi; ow < ow0 + seg; ow++) d[j + ow - ow0] = 0.0f;
+      }
+      j += seg;
+    }
+    for (; j < nr; j++) d[j] = 0.0f;
+  }
+}
+
+typedef struct matrix_src {
+  const float* b; /* K x N, row stride N */
+  size_t n;
+} matrix_src;
+
+static void pack_b_matrix(const void* ctx, size_t k0, size_t kc, size_t n0, size_t nr_used,
+                          size_t nr, float* dst) {
+  const matrix_src* s = (const matrix_src*)ctx;
+  for (size_t kk = 0; kk < kc; kk++) {
+    float* d = dst + kk * nr;
+    memcpy(d, s->b + (k0 + kk) * s->n + n0, nr_used * sizeof(float));
+    for (size_t j = nr_used; j < nr; j++) d[j] = 0.0f;
+  }
+}
+
+static int conv_gemm(const fc_conv2d_params* p, int algorithm, const float* x, const float* w,
+                     const float* bias, float* y) {
+  const size_t groups = p->groups, og = p->out_channels / groups, cg = p->in_channels / groups;
+  const size_t kdim = cg * p->kernel_h * p->kernel_w, npix = p->out_h * p->out_w;
+  const size_t in_plane = p->in_h * p->in_w, mr = fc_gemm_config_get()->mr;
+  const size_t apanel = fc_packed_a_size(og, kdim, mr);
+  float* ap = (float*)fc_alloc(apanel * groups * sizeof(float));
+  if (!ap) return FC_ERROR_NOMEM;
+  for (size_t g = 0; g < groups; g++) {
+    fc_pack_a(og, kdim, w + g * og * kdim, (ptrdiff_t)kdim, 1, mr, ap + g * apanel);
+  }
+  const int threads = fc_threads_for(2.0 * og * kdim * npix);
+  int rc = 0;
+  for (size_t n = 0; n < p->batch && rc == 0; n++) {
+    for (size_t g = 0; g < groups && rc == 0; g++) {
+      const float* xg = x + (n * p->in_channels + g * cg) * in_plane;
+      float* yg = y + (n * p->out_channels + g * og) * npix;
+      const float* bg = bias ? bias + g * og : NULL;
+      if (algorithm == FC_CONV_GEMM) {
+        const matrix_src src = {xg, npix};
+        rc = fc_gemm_packed(og, npix, kdim, ap + g * apanel, pack_b_matrix, &src, bg, NULL, 0,
+                            p->activation, yg, npix, threads);
+      } else {
+        const im2col_src src = {xg, p};
+        rc = fc_gemm_packed(og, npix, kdim, ap + g * apanel, pack_b_im2col, &src, bg, NULL, 0,
+                            p->activation, yg, npix, threads);
+      }
+    }
+  }
+  fc_free(ap);
+  return rc;
+}
+
+/* One output row of one output channel: y_row = bias + sum over (c, kh, kw) of w * x_row. */
+static void direct_row(const fc_conv2d_params* p, const fc_vector_config* vk, const float* x,
+                       const float* w, const float* bias, float* y, size_t row) {
+  const size_t oh = row % p->out_h, plane = row / p->out_h;
+  const size_t oc = plane % p->out_channels, n = plane / p->out_channels;
+  const size_t og = p->out_channels / p->groups, cg = p->in_channels / p->groups, g = oc / og;
+  float* yr = y + row * p->out_w;
+  const float b0 = bias ? bias[oc] : 0.0f;
+  for (size_t i = 0; i < p->out_w; i++) yr[i] = b0;
+  for (size_t c = 0; c < cg; c++) {
+    const float* xc = x + (n * p->in_channels + g * cg + c) * p->in_h * p->in_w;
+    const float* wc = w + (oc * cg + c) * p->kernel_h * p->kernel_w;
+    for (size_t kh = 0; kh < p->kernel_h; kh++) {
+      const ptrdiff_t ih = (ptrdiff_t)(oh * p->stride_h + kh * p->dilation_h) - (ptrdiff_t)p->pad_top;
+      if (ih < 0 || ih >= (ptrdiff_t)p->in_h) continue;
+      const float* xr = xc + (size_t)ih * p->in_w;
+      for (size_t kw = 0; kw < p->kernel_w; kw++) {
+        const ptrdiff_t off = (ptrdiff_t)(kw * p->dilation_w) - (ptrdiff_t)p->pad_left;
+        size_t lo, hi;
+        fc_valid_range(p->out_w, p->stride_w, off, p->in_w, &lo, &hi);
+        if (hi > lo) {
+          vk->vmacc(hi - lo, wc[kh * p->kernel_w + kw], xr + (ptrdiff_t)(lo * p->stride_w) + off,
+                    p->stride_w, yr + lo);
+        }
+      }
+    }
+  }
+  if (p->activation == FC_ACT_RELU) vk->vclamp(p->out_w, yr, yr, 0.0f, INFINITY);
+  else if (p->activation == FC_ACT_RELU6) vk->vclamp(p->out_w, yr, yr, 0.0f, 6.0f);
+  else fc_activation_row(p->out_w, p->activation, yr);
+}
+
+static void conv_direct(const fc_conv2d_params* p, const float* x, const float* w,
+                        const float* bias, float* y) {
+  const fc_vector_config* vk = fc_vector_config_get();
+  const size_t rows = p->batch * p->out_channels * p->out_h;
+  const double flops = 2.0 * rows * p->out_w * (p->in_channels / p->groups) * p->kernel_h * p->kernel_w;
+  const int threads = fc_threads_for(flops);
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (size_t row = 0; row < rows; row++) direct_row(p, vk, x, w, bias, y, row);
+}
+
+int fc_conv2d_nchw_f32(const fc_conv2d_params* p, int algorithm, const float* x, const float* w,
+                       const float* bias, float* y) {
+  if (algorithm == FC_CONV_DIRECT) {
+    conv_direct(p, x, w, bias, y);
+    return 0;
+  }
+  return conv_gemm(p, algorithm, x, w, bias, y);
+}

@@ -1,0 +1,189 @@
+/* The GEMM driver: BLIS-style blocking around a register-tiled micro-kernel.
+ *
+ * Loops, outermost first: N in blocks of FC_NC columns, K in blocks of FC_KC, then the
+ * MR x NR tiles of the block. A is packed once, whole (it is the weight matrix of a layer);
+ * each K x N block of B is packed into NR-column panels by a callback, which lets the
+ * convolution write im2col data straight into the panels. Threads split the panels of B and
+ * then the tiles of C; K is never split, so every element of C sums its products in the same
+ * order whatever the thread count. */
+#include <math.h>
+#include <string.h>
+
+#include "fastconv.h"
+#include "fc_internal.h"
+#include "fc_kernels.h"
+
+#define FC_KC 256
+#define FC_NC 1024 /* a multiple of every NR */
+#define FC_MAX_TILE (8 * 32)
+
+size_t fc_packed_a_size(size_t M, size_t K, size_t mr) { return fc_round_up(M, mr) * K; }
+
+/* Panel layout: for each K block (k0, kc), for each MR-row panel i, kc x MR floats, k-major,
+ * at dst + k0 * Mpad + i * MR * kc. Rows past M are zero. */
+void fc_pack_a(size_t M, size_t K, const float* a, ptrdiff_t rs, ptrdiff_t cs, size_t mr,
+               float* dst) {
+  const size_t mpad = fc_round_up(M, mr);
+  for (size_t k0 = 0; k0 < K; k0 += FC_KC) {
+    const size_t kc = fc_min(FC_KC, K - k0);
+    for (size_t m0 = 0; m0 < mpad; m0 += mr) {
+      float* panel = dst + k0 * mpad + m0 * kc;
+      for (size_t r = 0; r < mr; r++) {
+        const size_t m = m0 + r;
+        if (m >= M) {
+          for (size_t kk = 0; kk < kc; kk++) panel[kk * mr + r] = 0.0f;
+          continue;
+        }
+        const float* src = a + (ptrdiff_t)m * rs + (ptrdiff_t)k0 * cs;
+        for (size_t kk = 0; kk < kc; kk++) panel[kk * mr + r] = src[(ptrdiff_t)kk * cs];
+      }
+    }
+  }
+}
+
+typedef struct strided_b {
+  const float* b;
+  ptrdiff_t rs, cs;
+} strided_b;
+
+static void pack_b_strided(const void* ctx, size_t k0, size_t kc, size_t n0, size_t nr_used,
+                           size_t nr, float* dst) {
+  const strided_b* s = (const strided_b*)ctx;
+  for (size_t kk = 0; kk < kc; kk++) {
+    const float* src = s->b + (ptrdiff_t)(k0 + kk) * s->rs + (ptrdiff_t)n0 * s->cs;
+    float* d = dst + kk * nr;
+    if (s->cs == 1) {
+      memcpy(d, src, nr_used * sizeof(float));
+    } else {
+      for (size_t j = 0; j < nr_used; j++) d[j] = src[(ptrdiff_t)j * s->cs];
+    }
+    for (size_t j = nr_used; j < nr; j++) d[j] = 0.0f;
+  }
+}
+
+void fc_activation_row(size_t n, int activation, float* y) {
+  if (activation == FC_ACT_TANH) {
+    for (size_t i = 0; i < n; i++) y[i] = tanhf(y[i]);
+  } else if (activation == FC_ACT_SIGMOID) {
+    for (size_t i = 0; i < n; i++) {
+      const float v = y[i];
+      if (v >= 0.0f) {
+        y[i] = 1.0f / (1.0f + expf(-v));
+      } else {
+        const float e = expf(v);
+        y[i] = e / (1.0f + e);
+      }
+    }
+  }
+}
+
+static void clamp_limits(int activation, float* lo, float* hi) {
+  *lo = -INFINITY;
+  *hi = INFINITY;
+  if (activation == FC_ACT_RELU || activation == FC_ACT_RELU6) *lo = 0.0f;
+  if (activation == FC_ACT_RELU6) *hi = 6.0f;
+}
+
+/* Copies n floats into a fresh buffer of padded_n floats, zero-filled past n. */
+static float* padded_copy(const float* v, size_t n, size_t padded_n) {
+  float* p = (float*)fc_alloc(padded_n * sizeof(float));
+  if (!p) return NULL;
+  memcpy(p, v, n * sizeof(float));
+  memset(p + n, 0, (padded_n - n) * sizeof(float));
+  return p;
+}
+
+typedef struct tile_job {
+  const fc_gemm_config* cfg;
+  float* c;
+  size_t c_rs;
+  int activation;
+  int last;
+} tile_job;
+
+/* One MR x NR tile. Edge tiles go through a scratch tile so the kernel can always store whole. */
+static void run_tile(const tile_job* job, size_t kc, const float* a, const float* b, size_t m0,
+                     size_t mr_used, size_t n0, size_t nr_used, const fc_gemm_epilogue* ep,
+                     float* scratch) {
+  const size_t mr = job->cfg->mr, nr = job->cfg->nr;
+  float* c = job->c + m0 * job->c_rs + n0;
+  if (mr_used == mr && nr_used == nr) {
+    job->cfg->fn(kc, a, b, c, job->c_rs, ep);
+  } else {
+    if (ep->accumulate) {
+      for (size_t r = 0; r < mr_used; r++) memcpy(scratch + r * nr, c + r * job->c_rs, nr_used * 4);
+    }
+    job->cfg->fn(kc, a, b, scratch, nr, ep);
+    for (size_t r = 0; r < mr_used; r++) memcpy(c + r * job->c_rs, scratch + r * nr, nr_used * 4);
+  }
+  if (job->last && (job->activation == FC_ACT_TANH || job->activation == FC_ACT_SIGMOID)) {
+    for (size_t r = 0; r < mr_used; r++) fc_activation_row(nr_used, job->activation, c + r * job->c_rs);
+  }
+}
+
+int fc_gemm_packed(size_t M, size_t N, size_t K, const float* a_packed, fc_pack_b_fn pack_b,
+                   const void* b_ctx, const float* bias_row, const float* bias_col,
+                   int accumulate, int activation, float* c, size_t c_rs, int threads) {
+  const fc_gemm_config* cfg = fc_gemm_config_get();
+  const size_t mr = cfg->mr, nr = cfg->nr;
+  const size_t mpad = fc_round_up(M, mr), npad = fc_round_up(N, nr);
+  const size_t n_mpanels = mpad / mr;
+  float* bbuf = (float*)fc_alloc(fc_min(K, FC_KC) * fc_min(npad, FC_NC) * sizeof(float));
+  float* brow = bias_row ? padded_copy(bias_row, M, mpad) : NULL;
+  float* bcol = bias_col ? padded_copy(bias_col, N, npad) : NULL;
+  if (!bbuf || (bias_row && !brow) || (bias_col && !bcol)) {
+    fc_free(bbuf);
+    fc_free(brow);
+    fc_free(bcol);
+    return FC_ERROR_NOMEM;
+  }
+  float lo, hi;
+  clamp_limits(activation, &lo, &hi);
+
+#pragma omp parallel num_threads(threads)
+  {
+    float scratch[FC_MAX_TILE] __attribute__((aligned(64)));
+    for (size_t n0 = 0; n0 < N; n0 += FC_NC) {
+      const size_t nc = fc_min(FC_NC, N - n0);
+      const size_t n_npanels = (nc + nr - 1) / nr;
+      for (size_t k0 = 0; k0 < K; k0 += FC_KC) {
+        const size_t kc = fc_min(FC_KC, K - k0);
+        const int last = k0 + kc == K;
+        const tile_job job = {cfg, c, c_rs, activation, last};
+        fc_gemm_epilogue ep = {accumulate || k0 > 0, NULL, NULL, last ? lo : -INFINITY,
+                               last ? hi : INFINITY};
+#pragma omp for schedule(static)
+        for (size_t j = 0; j < n_npanels; j++) {
+          pack_b(b_ctx, k0, kc, n0 + j * nr, fc_min(nr, nc - j * nr), nr, bbuf + j * kc * nr);
+        }
+#pragma omp for schedule(static)
+        for (size_t t = 0; t < n_npanels * n_mpanels; t++) {
+          const size_t j = t / n_mpanels, i = t % n_mpanels;
+          const size_t m0 = i * mr, col = n0 + j * nr;
+          ep.bias_row = last && brow ? brow + m0 : NULL;
+          ep.bias_col = last && bcol ? bcol + col : NULL;
+          run_tile(&job, kc, a_packed + k0 * mpad + m0 * kc, bbuf + j * kc * nr, m0,
+                   fc_min(mr, M - m0), col, fc_min(nr, N - col), &ep, scratch);
+        }
+      }
+    }
+  }
+  fc_free(bbuf);
+  fc_free(brow);
+  fc_free(bcol);
+  return 0;
+}
+
+int fc_gemm_f32(size_t M, size_t N, size_t K, const float* a, ptrdiff_t a_rs, ptrdiff_t a_cs,
+                const float* b, ptrdiff_t b_rs, ptrdiff_t b_cs, const float* bias_row,
+                const float* bias_col, int accumulate, int activation, float* c, size_t c_rs) {
+  const size_t mr = fc_gemm_config_get()->mr;
+  float* ap = (float*)fc_alloc(fc_packed_a_size(M, K, mr) * sizeof(float));
+  if (!ap) return FC_ERROR_NOMEM;
+  fc_pack_a(M, K, a, a_rs, a_cs, mr, ap);
+  const strided_b src = {b, b_rs, b_cs};
+  const int rc = fc_gemm_packed(M, N, K, ap, pack_b_strided, &src, bias_row, bias_col, accumulate,
+                                activation, c, c_rs, fc_threads_for(2.0 * M * N * K));
+  fc_free(ap);
+  return rc;
+}

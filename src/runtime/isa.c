@@ -1,0 +1,103 @@
+/* Instruction-set detection (CPUID + XGETBV, once) and the kernel table it selects.
+ * The table is the only place that names per-ISA kernels; drivers read it through
+ * fc_gemm_config_get() and fc_vector_config_get(). */
+#include <stdint.h>
+
+#include "fastconv.h"
+#include "fc_kernels.h"
+
+#if defined(FC_HAVE_X86_KERNELS)
+#include <cpuid.h>
+
+static uint64_t read_xcr0(void) {
+  uint32_t eax, edx;
+  __asm__ volatile("xgetbv" : "=a"(eax), "=d"(edx) : "c"(0));
+  return ((uint64_t)edx << 32) | eax;
+}
+
+static int detect_isa(void) {
+  unsigned int eax, ebx, ecx, edx;
+  if (!__get_cpuid(1, &eax, &ebx, &ecx, &edx)) return FC_ISA_SCALAR;
+  const int osxsave = (ecx >> 27) & 1, avx = (ecx >> 28) & 1, fma = (ecx >> 12) & 1;
+  if (!osxsave || !avx) return FC_ISA_SCALAR;
+  const uint64_t xcr0 = read_xcr0();
+  const int os_ymm = (xcr0 & 0x6) == 0x6;            /* SSE and AVX state */
+  const int os_zmm = (xcr0 & 0xE6) == 0xE6;          /* plus opmask and ZMM state */
+  if (!os_ymm || !__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx)) return FC_ISA_SCALAR;
+  const int avx2 = (ebx >> 5) & 1, avx512f = (ebx >> 16) & 1;
+  if (avx512f && avx2 && fma && os_zmm) return FC_ISA_AVX512;
+  if (avx2 && fma) return FC_ISA_AVX2;
+  return FC_ISA_SCALAR;
+}
+#else
+static int detect_isa(void) { return FC_ISA_SCALAR; }
+#endif
+
+#define VECTOR_CONFIG(isa)                                                                         \
+  {fc_f32_vmacc_ukernel__##isa,      fc_f32_vrowmax_ukernel__##isa,                                \
+   fc_f32_vrowsum_ukernel__##isa,    fc_f32_vclamp_ukernel__##isa,                                 \
+   fc_f32_vadd_minmax_ukernel__##isa, fc_f32_vaffine_ukernel__##isa, "f32_vector__" #isa}
+
+/* Indexed by enum fc_isa. */
+static const fc_gemm_config gemm_configs[] = {
+    {fc_f32_gemm_minmax_ukernel_4x8__scalar, 4, 8, "f32_gemm_minmax_ukernel_4x8__scalar"},
+#if defined(FC_HAVE_X86_KERNELS)
+    {fc_f32_gemm_minmax_ukernel_6x16__avx2, 6, 16, "f32_gemm_minmax_ukernel_6x16__avx2"},
+    {fc_f32_gemm_minmax_ukernel_8x32__avx512f, 8, 32, "f32_gemm_minmax_ukernel_8x32__avx512f"},
+#endif
+};
+static const fc_vector_config vector_configs[] = {
+    VECTOR_CONFIG(scalar),
+#if defined(FC_HAVE_X86_KERNELS)
+    VECTOR_CONFIG(avx2),
+    VECTOR_CONFIG(avx512f),
+#endif
+};
+
+static int detected = -1;
+static int active = FC_ISA_SCALAR;
+
+static void ensure_detected(void) {
+  if (detected < 0) {
+    detected = detect_isa();
+    active = detected;
+  }
+}
+
+int fc_isa_detected(void) {
+  ensure_detected();
+  return detected;
+}
+
+int fc_isa_active(void) {
+  ensure_detected();
+  return active;
+}
+
+int fc_set_isa_cap(int cap) {
+  ensure_detected();
+  if (cap < FC_ISA_SCALAR) cap = FC_ISA_SCALAR;
+  active = cap < detected ? cap : detected;
+  return active;
+}
+
+const char* fc_isa_name(int isa) {
+  switch (isa) {
+    case FC_ISA_AVX512: return "avx512";
+    case FC_ISA_AVX2: return "avx2";
+    default: return "scalar";
+  }
+}
+
+const fc_gemm_config* fc_gemm_config_get(void) {
+  ensure_detected();
+  return &gemm_configs[active];
+}
+
+const fc_vector_config* fc_vector_config_get(void) {
+  ensure_detected();
+  return &vector_configs[active];
+}
+
+const char* fc_gemm_kernel_name(void) { return fc_gemm_config_get()->name; }
+const char* fc_vector_kernel_name(void) { return fc_vector_config_get()->name; }

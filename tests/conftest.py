@@ -1,0 +1,28 @@
+import os
+
+import numpy as np
+import pytest
+
+SEED = int(os.environ.get("FASTCONV_TEST_SEED", "20240611"))
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: heavier tests (deselect with -m 'not slow')")
+
+
+def pytest_report_header(config):
+    lines = [f"FASTCONV_TEST_SEED={SEED}"]
+    try:
+        import fastconv
+        cfg = fastconv.show_config(mode="dicts")
+        for key in ("isa", "isa_cap", "isa_detected", "openmp", "num_threads"):
+            lines.append(f"fastconv {key}: {cfg.get(key)!r}")
+        lines.append(f"fastconv kernels: {cfg.get('kernels')!r}")
+    except Exception as exc:  # report, don't break collection
+        lines.append(f"fastconv show_config unavailable: {exc!r}")
+    return lines
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(SEED)

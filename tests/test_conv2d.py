@@ -1,0 +1,195 @@
+import numpy as np
+import pytest
+
+import fastconv.functional as F
+from reference import ACTIVATIONS, assert_close, conv2d as ref_conv2d, rand, scale_of
+
+ALGOS = ["direct", "im2col", "auto"]
+
+
+def check_conv(x, w, bias=None, algorithm="auto", data_format="channels_first", **kw):
+    y = F.conv2d(x, w, bias=bias, algorithm=algorithm, data_format=data_format, **kw)
+    ref = ref_conv2d(x, w, bias, data_format=data_format, **kw)
+    if data_format == "channels_first":
+        k = w.shape[1] * w.shape[2] * w.shape[3]
+    else:
+        k = w.shape[0] * w.shape[1] * w.shape[2]
+    scale = scale_of(x, w) + (scale_of(bias) if bias is not None else 0.0)
+    assert_close(y, ref, k + 1, scale, err_msg=f"algorithm={algorithm} {data_format} {kw}")
+    return y
+
+
+@pytest.mark.parametrize("algorithm", ALGOS)
+@pytest.mark.parametrize("stride,padding", [(1, 0), (2, "same"), (1, "same_lower"), (3, 1)])
+@pytest.mark.parametrize("k", [1, 2, 3, 5, 7, 11])
+def test_kernel_sizes(rng, k, stride, padding, algorithm):
+    x = rand(rng, (2, 3, 13, 17))
+    w = rand(rng, (5, 3, k, k))
+    check_conv(x, w, rand(rng, (5,)), algorithm, stride=stride, padding=padding)
+
+
+@pytest.mark.parametrize("algorithm", ALGOS)
+@pytest.mark.parametrize("dilation", [1, 2, (1, 3), (2, 1)])
+@pytest.mark.parametrize("stride", [1, 2, 3, (1, 2), (2, 1)])
+def test_stride_dilation(rng, stride, dilation, algorithm):
+    x = rand(rng, (1, 4, 15, 16))
+    w = rand(rng, (6, 4, 3, 2))
+    check_conv(x, w, None, algorithm, stride=stride, dilation=dilation, padding=1)
+
+
+PADDINGS = [0, 1, 2, (1, 2), (0, 3), ((0, 1), (2, 0)), ((2, 1), (0, 3)), "valid", "same",
+            "same_upper", "same_lower"]
+
+
+@pytest.mark.parametrize("algorithm", ALGOS)
+@pytest.mark.parametrize("kernel", [(3, 3), (2, 4)])
+@pytest.mark.parametrize("stride", [1, 2, (2, 3)])
+@pytest.mark.parametrize("padding", PADDINGS, ids=str)
+def test_padding_forms(rng, padding, stride, kernel, algorithm):
+    x = rand(rng, (2, 3, 10, 11))
+    w = rand(rng, (4, 3) + kernel)
+    check_conv(x, w, rand(rng, (4,)), algorithm, stride=stride, padding=padding, dilation=(1, 2))
+
+
+@pytest.mark.parametrize("algorithm", ALGOS)
+@pytest.mark.parametrize("k,stride,padding", [(3, 1, 1), (3, 2, "same"), (5, 1, 2), (1, 1, 0), (2, 2, 0)])
+@pytest.mark.parametrize("C,O,groups", [(8, 8, 2), (8, 12, 4), (4, 6, 2), (8, 4, 4), (6, 6, 6), (6, 12, 6),
+                                        (16, 16, 16), (5, 10, 5), (32, 64, 32), (3, 3, 3)])
+def test_groups_and_depthwise(rng, C, O, groups, k, stride, padding, algorithm):
+    x = rand(rng, (2, C, 9, 11))
+    w = rand(rng, (O, C // groups, k, k))
+    check_conv(x, w, rand(rng, (O,)), algorithm, stride=stride, padding=padding, groups=groups)
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+@pytest.mark.parametrize("C,O", [(1, 1), (2, 6), (4, 7 * 2), (16, 32), (258, 34), (300, 10), (1030, 4)])
+@pytest.mark.parametrize("hw", [(1, 1), (5, 7), (16, 16), (3, 11)])
+def test_gemm_algorithm_1x1(rng, C, O, groups, hw):
+    if C % groups or O % groups:
+        pytest.skip("groups must divide channels")
+    x = rand(rng, (2, C) + hw)
+    w = rand(rng, (O, C // groups, 1, 1))
+    for algorithm in ("gemm", "auto", "im2col", "direct"):
+        check_conv(x, w, rand(rng, (O,)), algorithm, groups=groups)
+
+
+CL_CASES = [dict(), dict(stride=2, padding="same"), dict(padding=((1, 0), (2, 1)), dilation=(2, 1)),
+            dict(groups=2), dict(groups=6, padding=1), dict(stride=(1, 2), padding="same_lower")]
+
+
+@pytest.mark.parametrize("algorithm", ALGOS)
+@pytest.mark.parametrize("kw", CL_CASES, ids=str)
+def test_channels_last_equivalence(rng, kw, algorithm):
+    x = rand(rng, (2, 6, 9, 10))
+    w = rand(rng, (12, 6 // kw.get("groups", 1), 3, 2))
+    b = rand(rng, (12,))
+    y_cf = check_conv(x, w, b, algorithm, **kw)
+    x_cl = np.ascontiguousarray(x.transpose(0, 2, 3, 1))       # NCHW -> NHWC
+    w_cl = np.ascontiguousarray(w.transpose(2, 3, 1, 0))       # OIHW -> HWIO
+    y_cl = check_conv(x_cl, w_cl, b, algorithm, data_format="channels_last", **kw)
+    assert y_cl.shape == y_cf.transpose(0, 2, 3, 1).shape
+    assert_close(y_cl, y_cf.transpose(0, 2, 3, 1), 2 * (w.size // 12) + 2, scale_of(x, w) + 1)
+
+
+@pytest.mark.parametrize("algorithm", ALGOS)
+@pytest.mark.parametrize("with_bias", [False, True])
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_bias_and_activation(rng, activation, with_bias, algorithm):
+    x = rand(rng, (2, 8, 9, 9), -2, 2)
+    w = rand(rng, (10, 8, 3, 3), -2, 2)           # pre-activations well beyond +-6
+    b = rand(rng, (10,), -3, 3) if with_bias else None
+    check_conv(x, w, b, algorithm, padding=1, activation=activation)
+    # depthwise path too
+    wd = rand(rng, (8, 1, 3, 3), -3, 3)
+    check_conv(x, wd, b[:8] if with_bias else None, algorithm, padding=1, groups=8, activation=activation)
+
+
+@pytest.mark.parametrize("algorithm", ALGOS + ["gemm"])
+@pytest.mark.parametrize("data_format", ["channels_first", "channels_last"])
+def test_empty_batch(rng, algorithm, data_format):
+    k = 1 if algorithm == "gemm" else 3
+    if data_format == "channels_first":
+        x, w, expected = np.zeros((0, 4, 7, 8), np.float32), rand(rng, (5, 4, k, k)), (0, 5, 7 - k + 1, 8 - k + 1)
+    else:
+        x, w, expected = np.zeros((0, 7, 8, 4), np.float32), rand(rng, (k, k, 4, 5)), (0, 7 - k + 1, 8 - k + 1, 5)
+    y = F.conv2d(x, w, bias=rand(rng, (5,)), algorithm=algorithm, data_format=data_format)
+    assert y.shape == expected and y.dtype == np.float32
+
+
+@pytest.mark.parametrize("algorithm", ALGOS)
+@pytest.mark.parametrize("n", [1, 3])
+def test_batch_sizes(rng, n, algorithm):
+    x = rand(rng, (n, 5, 8, 7))
+    check_conv(x, rand(rng, (7, 5, 3, 3)), rand(rng, (7,)), algorithm, padding="same")
+
+
+# (input hw, kernel, stride, padding) -> output sizes around 1 and primes
+OUT_CASES = [((3, 3), 3, 1, 0),        # 1x1
+             ((5, 5), 3, 3, 0),        # 1x1 via stride
+             ((1, 1), 1, 1, 0),        # 1x1 input
+             ((1, 9), (1, 3), 1, 0),   # 1x7
+             ((4, 2), 3, 1, (0, 1)),   # 2x2
+             ((13, 17), 3, 1, 1),      # 13x17
+             ((29, 31), 3, 1, "same"),  # 29x31
+             ((57, 61), 3, 2, 1)]      # 29x31 via stride
+
+
+@pytest.mark.parametrize("algorithm", ALGOS)
+@pytest.mark.parametrize("hw,k,stride,padding", OUT_CASES, ids=str)
+def test_output_sizes(rng, hw, k, stride, padding, algorithm):
+    x = rand(rng, (2, 3) + hw)
+    kh, kw = (k, k) if isinstance(k, int) else k
+    check_conv(x, rand(rng, (4, 3, kh, kw)), rand(rng, (4,)), algorithm, stride=stride, padding=padding)
+
+
+# output spatial sizes straddling 16/32/64 multiples of N = OH*OW
+SPATIAL = [(4, 4), (3, 5), (17, 1), (4, 8), (3, 11), (8, 8), (5, 13), (7, 9), (1, 31), (2, 16)]
+
+
+@pytest.mark.parametrize("algorithm", ALGOS)
+@pytest.mark.parametrize("O", [1, 2, 3, 4, 5, 6, 7, 8, 9, 12, 15, 16, 17, 24, 31, 32, 33])
+def test_gemm_tile_edges(rng, O, algorithm):
+    for oh, ow in SPATIAL:
+        x = rand(rng, (1, 3, oh + 2, ow + 2))
+        w = rand(rng, (O, 3, 3, 3))
+        y = check_conv(x, w, rand(rng, (O,)), algorithm)
+        assert y.shape == (1, O, oh, ow)
+
+
+@pytest.mark.parametrize("algorithm", ALGOS)
+@pytest.mark.parametrize("C,k,O,stride,groups", [(128, 3, 40, 1, 1), (120, 3, 17, 2, 1), (64, 5, 9, 1, 1),
+                                                 (256, 3, 8, 1, 2), (1030, 1, 13, 1, 1)])
+def test_large_reduction(rng, C, k, O, stride, groups, algorithm):
+    x = rand(rng, (2, C, 12, 11))
+    w = rand(rng, (O, C // groups, k, k))
+    check_conv(x, w, rand(rng, (O,)), algorithm, stride=stride, padding=k // 2, groups=groups)
+
+
+@pytest.mark.parametrize("algorithm", ALGOS)
+@pytest.mark.parametrize("kw", [dict(padding=1), dict(padding="same", stride=2), dict(dilation=2, padding=2),
+                                dict(groups=3, padding=1), dict(groups=3, stride=(1, 2))], ids=str)
+def test_nan_inf_propagation(rng, kw, algorithm):
+    x = rand(rng, (2, 3, 9, 10))
+    x[0, 1, 4, 5] = np.nan
+    x[0, 0, 0, 0] = np.nan
+    x[1, 2, 8, 9] = np.inf
+    x[1, 0, 8, 0] = -np.inf
+    x[1, 1, 2, 2] = np.inf
+    w = rand(rng, (6, 3 // kw.get("groups", 1), 3, 3))
+    w[np.abs(w) < 0.05] = 0.5                        # no zero weights
+    ref = ref_conv2d(x, w, **kw)
+    assert np.isnan(ref).any() and np.isinf(ref).any() and np.isfinite(ref).any()
+    y = F.conv2d(x, w, algorithm=algorithm, **kw)
+    # assert_close checks the NaN mask and the inf mask/sign exactly
+    assert_close(y, ref, w[0].size, scale_of(x, w))
+
+
+@pytest.mark.parametrize("algorithm", ["gemm", "auto", "im2col"])
+def test_nan_propagation_1x1(rng, algorithm):
+    x = rand(rng, (1, 5, 6, 7))
+    x[0, 3, 2, 4] = np.nan
+    x[0, 0, 5, 6] = np.inf
+    w = rand(rng, (4, 5, 1, 1)) + 2.0
+    ref = ref_conv2d(x, w)
+    y = F.conv2d(x, w, algorithm=algorithm)
+    assert_close(y, ref, 5, scale_of(x, w))
