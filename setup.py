@@ -86,10 +86,12 @@ class BuildExt(build_ext):
             )
             print("WARNING: fastconv is built WITHOUT OpenMP (single-threaded)", file=sys.stderr)
         omp = [OPENMP_FLAG] if use_openmp else []
+        # Without OpenMP the pragmas, and the thread counts computed for them, go unused.
+        quiet = [] if use_openmp else ["-Wno-unknown-pragmas", "-Wno-unused-variable"]
         isas = ISA_KERNELS if IS_X86_64 else {"scalar": ISA_KERNELS["scalar"]}
         compiler_name = " ".join(self.compiler.compiler_so[:1])
         for ext in self.extensions:
-            ext.extra_compile_args = BASE_FLAGS + omp
+            ext.extra_compile_args = BASE_FLAGS + omp + quiet
             ext.extra_link_args = omp
             flags = " ".join(BASE_FLAGS + omp)
             ext.define_macros += [

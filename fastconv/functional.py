@@ -180,7 +180,7 @@ def _gemm(op, a, b, bias, activation):
             bias_col = np.ascontiguousarray(bias)
         else:
             try:
-                c = np.array(np.broadcast_to(bias, (M, N)), dtype=np.float32)
+                c = np.array(np.broadcast_to(bias, (M, N)), dtype=np.float32, order="C")
             except ValueError:
                 raise ValueError(
                     f"{op}: `bias` must broadcast to the output shape {(M, N)}; received shape {bias.shape}"

@@ -62,12 +62,17 @@ cdef inline const float* cptr(cnp.ndarray a):
     return <const float*>cnp.PyArray_DATA(a)
 
 
-cdef inline float* mptr(cnp.ndarray a):
+cdef inline float* mptr(cnp.ndarray a) except NULL:
+    # Outputs are written as dense row-major buffers; anything else would be filled wrongly.
+    if not (cnp.PyArray_IS_C_CONTIGUOUS(a) and cnp.PyArray_TYPE(a) == cnp.NPY_FLOAT32):
+        raise ValueError("fastconv._core: an output buffer must be C-contiguous float32")
     return <float*>cnp.PyArray_DATA(a)
 
 
 cdef inline const float* optional_ptr(object a):
-    return NULL if a is None else <const float*>cnp.PyArray_DATA(<cnp.ndarray>a)
+    if a is None:
+        return NULL
+    return <const float*>cnp.PyArray_DATA(<cnp.ndarray>a)
 
 
 cdef inline void check(int rc) except *:

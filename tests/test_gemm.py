@@ -163,3 +163,16 @@ def test_dense_views_and_dtypes(rng):
 def test_dense_empty_batch(rng):
     y = F.dense(np.zeros((0, 12), np.float32), rand(rng, (5, 12)), bias=rand(rng, (5,)))
     assert y.shape == (0, 5) and y.dtype == np.float32
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("M,N,K", [(3, 5, 4), (13, 37, 300), (9, 33, 257)])
+def test_gemm_nan_inf_propagation(rng, activation, M, N, K):
+    a, b = rand(rng, (M, K)), rand(rng, (K, N))
+    a[1, K // 2] = np.nan                      # row 1 all NaN
+    b[0, N - 1] = np.inf                       # last column +-inf (or NaN where it meets -inf/NaN)
+    a[M - 1, 0] = -np.inf
+    ref = ref_gemm(a, b, None, activation)
+    assert np.isnan(ref).any() and np.isfinite(ref).any()
+    y = F.gemm(a, b, activation=activation)
+    assert_close(y, ref, K, scale_of(a, b))    # checks the NaN and inf masks exactly
