@@ -44,7 +44,11 @@ static void pack_b_im2col(const void* ctx, size_t k0, size_t kc, size_t n0, size
         if (hi < lo) hi = lo;
         const float* xr = xc + (size_t)ih * p->in_w;
         for (size_t ow = ow0; ow < lo; ow++) d[j + ow - ow0] = 0.0f;
-        for (size_t ow = lo; ow < hi; ow++) d[j + ow - ow0] = xr[(ptrdiff_t)(ow * p->stride_w) + woff];
+        if (p->stride_w == 1) {
+          memcpy(d + j + lo - ow0, xr + (ptrdiff_t)lo + woff, (hi - lo) * sizeof(float));
+        } else {
+          for (size_t ow = lo; ow < hi; ow++) d[j + ow - ow0] = xr[(ptrdiff_t)(ow * p->stride_w) + woff];
+        }
         for (size_t ow = hi; ow < ow0 + seg; ow++) d[j + ow - ow0] = 0.0f;
       }
       j += seg;
