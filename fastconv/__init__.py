@@ -8,3 +8,8 @@ from ._version import __version__
 from .runtime import get_num_threads, set_num_threads, show_config
 
 __all__ = ["functional", "get_num_threads", "set_num_threads", "show_config", "__version__"]
+from . import layers
+from .layers import Input
+from .model import Model, Sequential
+
+__all__ += ["layers", "Input", "Model", "Sequential"]

@@ -1,0 +1,403 @@
+"""Model and Sequential: a graph of layers built from symbolic tensors, run on NumPy arrays.
+
+The graph is a list of nodes (the symbolic tensors) in topological order; each node's layer
+computes it from its inbound nodes. ``Model._run`` is the one place that executes layers.
+"""
+import numbers
+from collections import Counter
+
+import numpy as np
+
+from . import summary as _summary
+from .layers import Input, InputLayer, Layer, SymbolicTensor, deserialize, serialize
+from .layers import _checks
+
+
+def _topological_order(outputs):
+    """Nodes reachable from ``outputs``, every node after its inbound nodes (depth first, inbound
+    in call order, so an inception block lists each branch whole). Iterative: deep networks
+    would exceed Python's recursion limit."""
+    order, placed = [], set()
+    stack = [(t, False) for t in reversed(outputs)]
+    while stack:
+        node, expanded = stack.pop()
+        if node in placed:
+            continue
+        if expanded:
+            placed.add(node)
+            order.append(node)
+            continue
+        stack.append((node, True))
+        stack.extend((p, False) for p in reversed(node.inbound) if p not in placed)
+    return order
+
+
+def _assign_names(layers):
+    """Unique names within one model: explicit names are kept, the others get the class's
+    default name with the first free suffix (conv2d, conv2d_1, ...), in graph order, so that
+    weight files keyed by layer name do not depend on what else the session built."""
+    explicit = Counter(layer.name for layer in layers if layer.name)
+    duplicates = sorted(name for name, count in explicit.items() if count > 1)
+    if duplicates:
+        raise ValueError(f"layer names must be unique within a model; duplicated: {duplicates}")
+    taken = set(explicit)
+    for layer in layers:
+        if layer.name:
+            continue
+        candidate, suffix = layer.default_name, 0
+        while candidate in taken:
+            suffix += 1
+            candidate = f"{layer.default_name}_{suffix}"
+        layer.name = candidate
+        taken.add(candidate)
+
+
+class _Step:
+    """One layer call of the schedule: tensor ids read, id written, ids dead afterwards."""
+
+    __slots__ = ("layer", "inputs", "output", "release")
+
+    def __init__(self, layer, inputs, output, release):
+        self.layer, self.inputs, self.output, self.release = layer, inputs, output, release
+
+
+def _schedule(nodes, position, outputs):
+    """A step per computed node; each step releases the inputs it is the last reader of."""
+    last_reader = {}
+    for i, node in enumerate(nodes):
+        for parent in node.inbound:
+            last_reader[position[parent]] = i
+    kept = {position[t] for t in outputs}
+    steps = []
+    for i, node in enumerate(nodes):
+        if isinstance(node.layer, InputLayer):
+            continue
+        reads = [position[p] for p in node.inbound]
+        release = sorted({r for r in reads if last_reader[r] == i and r not in kept})
+        steps.append(_Step(node.layer, reads, i, release))
+    return steps
+
+
+class Model:
+    """A network from its input tensors to its output tensors (the functional API).
+
+    Layers are named (uniquely within the model) and their weights created when the model is
+    built, in graph order, from ``numpy.random.default_rng(seed)``.
+
+    >>> import numpy as np, fastconv
+    >>> from fastconv.layers import Add, Concatenate, Conv2D, Dense, GlobalAveragePooling2D
+    >>> x = fastconv.Input((8, 16, 16))
+    >>> branches = [Conv2D(4, 1)(x), Conv2D(4, 3, padding="same")(x)]
+    >>> y = Add(activation="relu")([Conv2D(8, 1)(Concatenate()(branches)), x])
+    >>> model = fastconv.Model(x, Dense(10)(GlobalAveragePooling2D()(y)), seed=0)
+    >>> model.predict(np.zeros((2, 8, 16, 16), np.float32)).shape
+    (2, 10)
+    """
+
+    def __init__(self, inputs, outputs, name=None, seed=None):
+        if name is not None and (not isinstance(name, str) or not name):
+            raise TypeError(f"Model: `name` must be a non-empty string or None; received {name!r}")
+        self.name = name or self._default_name()
+        self._list_outputs = isinstance(outputs, (list, tuple))
+        self.inputs = self._tensors(inputs, "inputs")
+        self.outputs = self._tensors(outputs, "outputs")
+        self._nodes = _topological_order(self.outputs)
+        self._check_graph()
+        _assign_names([node.layer for node in self._nodes])
+        self._build_layers(np.random.default_rng(seed))
+        position = {node: i for i, node in enumerate(self._nodes)}
+        self._input_ids = [position[t] for t in self.inputs]
+        self._output_ids = [position[t] for t in self.outputs]
+        self._steps = _schedule(self._nodes, position, self.outputs)
+
+    @staticmethod
+    def _default_name():
+        return "model"
+
+    @property
+    def label(self):
+        return f"{type(self).__name__} '{self.name}'"
+
+    @property
+    def data_format(self):
+        return self.inputs[0].data_format
+
+    @property
+    def layers(self):
+        """The layers in graph order, input layers included."""
+        return [node.layer for node in self._nodes]
+
+    # Construction ------------------------------------------------------------------------------
+
+    def _tensors(self, value, arg):
+        tensors = list(value) if isinstance(value, (list, tuple)) else [value]
+        bad = [t for t in tensors if not isinstance(t, SymbolicTensor)]
+        if not tensors or bad:
+            received = type(bad[0]).__name__ if bad else "an empty list"
+            raise TypeError(f"{self.label}: `{arg}` must be symbolic tensors (from fastconv.Input "
+                            f"and layer calls); received {received}")
+        return tensors
+
+    def _check_graph(self):
+        not_inputs = [t for t in self.inputs if not isinstance(t.layer, InputLayer)]
+        if not_inputs:
+            raise ValueError(f"{self.label}: `inputs` must come from fastconv.Input; received "
+                             f"{not_inputs[0]!r}")
+        reached = [n for n in self._nodes if isinstance(n.layer, InputLayer)]
+        missing = [t for t in reached if t not in self.inputs]
+        unused = [t for t in self.inputs if t not in reached]
+        if missing:
+            raise ValueError(f"{self.label}: the outputs depend on an input that is not in "
+                             f"`inputs`: {missing[0]!r}")
+        if unused or len(set(self.inputs)) != len(self.inputs):
+            raise ValueError(f"{self.label}: every input must be used once and reach the outputs; "
+                             f"received inputs {self.inputs}")
+        calls = Counter(id(n.layer) for n in self._nodes)
+        shared = [n.layer.label for n in self._nodes if calls[id(n.layer)] > 1]
+        if shared:
+            raise ValueError(f"{self.label}: {shared[0]} is called more than once in this graph; "
+                             f"shared layers are not supported (create one layer per call)")
+        formats = {n.data_format for n in self._nodes}
+        if len(formats) > 1:
+            raise ValueError(f"{self.label}: all inputs must have one data_format; received "
+                             f"{sorted(formats)}")
+
+    def _build_layers(self, rng):
+        for node in self._nodes:
+            if not node.layer.built:
+                shapes = [p.sample_shape for p in node.inbound]
+                node.layer.build(shapes if node.layer.merges else shapes[0], rng)
+
+    # Execution ---------------------------------------------------------------------------------
+
+    def predict(self, x, batch_size=None):
+        """Runs the model on an array (a list of arrays for several inputs), batch axis first,
+        in chunks of ``batch_size`` samples if given. Returns an array, or a list of arrays if
+        the model was given a list of outputs."""
+        arrays = self._input_arrays(x)
+        batch = arrays[0].shape[0]
+        if batch_size is not None:
+            batch_size = self._batch_size(batch_size)
+        if batch_size is None or batch <= batch_size:
+            results = self._run(arrays)
+        else:
+            chunks = [self._run([a[start:start + batch_size] for a in arrays])
+                      for start in range(0, batch, batch_size)]
+            results = [np.concatenate(parts) for parts in zip(*chunks)]
+        return results if self._list_outputs else results[0]
+
+    def __call__(self, x):
+        items = x if isinstance(x, (list, tuple)) else [x]
+        if any(isinstance(t, SymbolicTensor) for t in items):
+            raise TypeError(f"{self.label}: calling a model on symbolic tensors (nesting models) "
+                            f"is not supported yet; call its layers instead")
+        return self.predict(x)
+
+    def _run(self, arrays):
+        """Executes the schedule on checked float32 inputs and returns the outputs in order.
+        Intermediate results are dropped after their last reader. A planned executor (fused
+        operators, one activation arena) replaces this method."""
+        values = dict(zip(self._input_ids, arrays))
+        for step in self._steps:
+            args = [values[i] for i in step.inputs]
+            values[step.output] = step.layer.call(args if step.layer.merges else args[0])
+            for i in step.release:
+                del values[i]
+        return [values[i] for i in self._output_ids]
+
+    def _batch_size(self, batch_size):
+        is_integer = isinstance(batch_size, numbers.Integral) and not isinstance(batch_size, bool)
+        if not is_integer or batch_size < 1:
+            raise ValueError(f"{self.label}: `batch_size` must be None or an integer >= 1; "
+                             f"received {batch_size!r}")
+        return int(batch_size)
+
+    def _input_arrays(self, x):
+        one_array = isinstance(x, (list, tuple)) and len(x) == 1 and isinstance(x[0], np.ndarray)
+        if len(self.inputs) == 1:
+            items = list(x) if one_array else [x]
+        elif isinstance(x, (list, tuple)) and len(x) == len(self.inputs):
+            items = list(x)
+        else:
+            raise ValueError(f"{self.label}: expects a list of {len(self.inputs)} arrays, one per "
+                             f"input {[t.layer.name for t in self.inputs]}; received "
+                             f"{type(x).__name__}")
+        arrays = [self._input_array(a, t) for a, t in zip(items, self.inputs)]
+        if len({a.shape[0] for a in arrays}) > 1:
+            raise ValueError(f"{self.label}: all inputs must have the same batch size; received "
+                             f"shapes {[a.shape for a in arrays]}")
+        return arrays
+
+    def _input_array(self, value, tensor):
+        array = np.asarray(value)
+        if array.dtype.kind not in "fiu":
+            raise TypeError(f"{self.label}: input '{tensor.layer.name}' must hold real numbers; "
+                            f"received dtype {array.dtype}")
+        if array.ndim != len(tensor.shape) or array.shape[1:] != tensor.sample_shape:
+            expected = "(batch, " + ", ".join(map(str, tensor.sample_shape)) + ")"
+            raise ValueError(f"{self.label}: input '{tensor.layer.name}' expects arrays shaped "
+                             f"{expected} ({self.data_format}); received shape {array.shape}")
+        return np.ascontiguousarray(array, dtype=np.float32)
+
+    # Inspection --------------------------------------------------------------------------------
+
+    def summary(self, print_fn=print):
+        """Prints (through ``print_fn``, unless None) and returns a table of the layers: output
+        shapes, parameter and per-sample MAC counts, and for non-sequential graphs the inbound
+        layers."""
+        text = _summary.summarize(self)
+        if print_fn is not None:
+            print_fn(text)
+        return text
+
+    def get_layer(self, name):
+        for node in self._nodes:
+            if node.layer.name == name:
+                return node.layer
+        raise ValueError(f"{self.label}: no layer named {name!r}; layers: "
+                         f"{[n.layer.name for n in self._nodes]}")
+
+    def count_params(self):
+        return sum(layer.count_params() for layer in self.layers)
+
+    def get_weights(self):
+        """All weight arrays (copies), layer by layer in graph order."""
+        return [w for layer in self.layers for w in layer.get_weights()]
+
+    def set_weights(self, weights):
+        """Sets all weights from a list in ``get_weights`` order; checks every count and shape
+        before changing anything."""
+        weights = list(weights)
+        expected = sum(len(layer.weights) for layer in self.layers)
+        if len(weights) != expected:
+            raise ValueError(f"{self.label}: set_weights expects {expected} arrays; received "
+                             f"{len(weights)}")
+        checked, start = [], 0
+        for layer in self.layers:
+            end = start + len(layer.weights)
+            checked.append((layer, layer._checked_weights(weights[start:end])))
+            start = end
+        for layer, values in checked:
+            layer.weights = values
+
+    def __repr__(self):
+        return f"<{type(self).__name__} name={self.name!r} layers={len(self.layers)}>"
+
+    # Serialisation -----------------------------------------------------------------------------
+
+    def get_config(self):
+        """The architecture as a JSON-compatible dict: layers in graph order, each with its
+        class, constructor config and the names of its inbound layers."""
+        output_names = [t.layer.name for t in self.outputs]
+        return {
+            "name": self.name,
+            "layers": [{**serialize(n.layer), "inbound": [p.layer.name for p in n.inbound]}
+                       for n in self._nodes],
+            "inputs": [t.layer.name for t in self.inputs],
+            "outputs": output_names if self._list_outputs else output_names[0],
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        """A new model (fresh weights) with the architecture of ``get_config``'s dict."""
+        tensors = {}
+        for entry in config["layers"]:
+            layer = deserialize(entry)
+            if isinstance(layer, InputLayer):
+                tensors[layer.name] = layer.output
+                continue
+            unknown = [n for n in entry["inbound"] if n not in tensors]
+            if unknown:
+                raise ValueError(f"{cls.__name__}.from_config: layer {layer.name!r} reads "
+                                 f"{unknown}, which are not defined before it")
+            args = [tensors[n] for n in entry["inbound"]]
+            tensors[layer.name] = layer(args if layer.merges else args[0])
+        outputs = config["outputs"]
+        outputs = tensors[outputs] if isinstance(outputs, str) else [tensors[n] for n in outputs]
+        return cls([tensors[n] for n in config["inputs"]], outputs, name=config["name"])
+
+    def __getstate__(self):
+        # Config and arrays only: workers rebuild the model without unpickling any code.
+        return {"config": self.get_config(),
+                "weights": {layer.name: dict(layer.weights) for layer in self.layers
+                            if layer.weights}}
+
+    def __setstate__(self, state):
+        rebuilt = type(self).from_config(state["config"])
+        for name, weights in state["weights"].items():
+            rebuilt.get_layer(name).set_weights(weights)
+        self.__dict__.update(rebuilt.__dict__)
+
+
+class Sequential(Model):
+    """A plain stack of single-input layers.
+
+    The list starts with ``fastconv.Input(shape)``, or its first layer is given
+    ``input_shape=`` (one sample, no batch axis, in ``data_format``).
+
+    >>> import fastconv
+    >>> from fastconv.layers import Conv2D, Dense, Flatten, MaxPool2D
+    >>> model = fastconv.Sequential([
+    ...     Conv2D(6, 5, activation="relu", input_shape=(1, 32, 32)), MaxPool2D(2),
+    ...     Conv2D(16, 5, activation="relu"), MaxPool2D(2), Flatten(),
+    ...     Dense(120, activation="relu"), Dense(84, activation="relu"), Dense(10)])
+    >>> model.count_params()
+    61706
+    """
+
+    def __init__(self, layers, name=None, data_format=None, seed=None):
+        items = list(layers)
+        source, stack = self._source(items, data_format)
+        x, offset = source, len(items) - len(stack)
+        for i, layer in enumerate(stack, start=offset):
+            if not isinstance(layer, Layer) or isinstance(layer, InputLayer) or layer.merges:
+                raise TypeError(f"Sequential: element {i} must be a single-input layer; received "
+                                f"{layer!r}")
+            x = layer(x)
+        super().__init__(source, x, name=name, seed=seed)
+
+    @staticmethod
+    def _default_name():
+        return "sequential"
+
+    @staticmethod
+    def _source(items, data_format):
+        """The Input tensor and the layers after it."""
+        if data_format is not None:
+            _checks.data_format("Sequential", data_format)
+        first = items[0] if items else None
+        if isinstance(first, SymbolicTensor):
+            if not isinstance(first.layer, InputLayer):
+                raise ValueError("Sequential: the first element must be fastconv.Input(...) or a "
+                                 f"layer; received the output of {first.layer.label}")
+            if data_format not in (None, first.data_format):
+                raise ValueError(f"Sequential: data_format={data_format!r} disagrees with the "
+                                 f"Input's {first.data_format!r}")
+            stack = items[1:]
+            declared = getattr(stack[0], "input_shape", None) if stack else None
+            if declared is not None and declared != first.sample_shape:
+                raise ValueError(f"Sequential: {stack[0].label} declares input_shape {declared} "
+                                 f"but the Input has shape {first.sample_shape}")
+        elif isinstance(first, Layer) and first.input_shape is not None:
+            first = Input(first.input_shape, data_format=data_format or "channels_first")
+            stack = items
+        else:
+            raise ValueError("Sequential: the list must start with fastconv.Input(shape) or with a "
+                             "layer given `input_shape=` (one sample, e.g. (3, 224, 224)); "
+                             f"received {first!r}")
+        if not stack:
+            raise ValueError("Sequential: needs at least one layer after the input")
+        return first, stack
+
+    @property
+    def layers(self):
+        """The layers in order, without the input layer."""
+        return [layer for layer in super().layers if not isinstance(layer, InputLayer)]
+
+    @classmethod
+    def from_config(cls, config):
+        items = []
+        for entry in config["layers"]:
+            layer = deserialize(entry)
+            items.append(layer.output if isinstance(layer, InputLayer) else layer)
+        return cls(items, name=config["name"])
