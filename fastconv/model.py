@@ -9,6 +9,7 @@ from collections import Counter
 import numpy as np
 
 from . import summary as _summary
+from . import weights as _weights
 from .layers import Input, InputLayer, Layer, SymbolicTensor, deserialize, serialize
 from .layers import _checks
 
@@ -109,6 +110,9 @@ class Model:
         self._input_ids = [position[t] for t in self.inputs]
         self._output_ids = [position[t] for t in self.outputs]
         self._steps = _schedule(self._nodes, position, self.outputs)
+        # Where the weights come from, the input preprocessing and the class names, when known:
+        # {"source": ..., "preprocessing": {...}, "labels": [...]}; saved with the weights.
+        self.info = {}
 
     @staticmethod
     def _default_name():
@@ -257,8 +261,9 @@ class Model:
         raise ValueError(f"{self.label}: no layer named {name!r}; layers: "
                          f"{[n.layer.name for n in self._nodes]}")
 
-    def count_params(self):
-        return sum(layer.count_params() for layer in self.layers)
+    def count_params(self, include_non_trainable=False):
+        """Trainable parameters (as papers and torchvision count them); see Layer.count_params."""
+        return sum(layer.count_params(include_non_trainable) for layer in self.layers)
 
     def get_weights(self):
         """All weight arrays (copies), layer by layer in graph order."""
@@ -282,6 +287,22 @@ class Model:
 
     def __repr__(self):
         return f"<{type(self).__name__} name={self.name!r} layers={len(self.layers)}>"
+
+    # Weight files ------------------------------------------------------------------------------
+
+    def save(self, path):
+        """Writes architecture, weights and ``info`` to one safetensors file (see
+        ``fastconv.load``); nothing in it is code."""
+        _weights.save(self, path)
+
+    def save_weights(self, path):
+        """Writes the weights (and ``info``) to a safetensors file keyed ``layer/weight``."""
+        _weights.save_weights(self, path)
+
+    def load_weights(self, path):
+        """Reads weights written by ``save_weights`` or ``save``; every name and shape is checked
+        and all mismatches are reported at once, before any weight changes."""
+        _weights.load_weights(self, path)
 
     # Serialisation -----------------------------------------------------------------------------
 
@@ -318,7 +339,7 @@ class Model:
 
     def __getstate__(self):
         # Config and arrays only: workers rebuild the model without unpickling any code.
-        return {"config": self.get_config(),
+        return {"config": self.get_config(), "info": self.info,
                 "weights": {layer.name: dict(layer.weights) for layer in self.layers
                             if layer.weights}}
 
@@ -326,6 +347,7 @@ class Model:
         rebuilt = type(self).from_config(state["config"])
         for name, weights in state["weights"].items():
             rebuilt.get_layer(name).set_weights(weights)
+        rebuilt.info = state.get("info", {})
         self.__dict__.update(rebuilt.__dict__)
 
 

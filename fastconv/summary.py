@@ -44,8 +44,12 @@ def summarize(model):
 
     rule = "=" * (sum(widths) + 2 * (len(widths) - 1))
     total_params = sum(r[2] for r in rows)
+    fixed = model.count_params(include_non_trainable=True) - total_params
     total_macs = sum(r[3] for r in rows)
     lines = [f'Model: "{model.name}" ({model.data_format})', rule, line(header), rule]
     lines += [line(cells) for cells in table]
-    lines += [rule, f"Total params: {total_params:,}", f"Total MACs: {total_macs:,} per sample"]
+    lines += [rule, f"Total params: {total_params:,}"]
+    if fixed:
+        lines += [f"Non-trainable weights: {fixed:,} (statistics and constants, not counted above)"]
+    lines += [f"Total MACs: {total_macs:,} per sample"]
     return "\n".join(lines)

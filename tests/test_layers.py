@@ -361,6 +361,11 @@ CONFIGURED = [
     L.ZeroPadding2D((1, 2)),
     L.Concatenate(axis=2),
     L.Add(activation="relu"),
+    L.AdaptiveAvgPool2D((6, 7)),
+    L.Rescaling([2.0, 1.0, 0.5], -1.0),
+    L.PartialConv2D([[0, 1], [1, 2], [0, 1, 2]], 5, activation="lecun_tanh"),
+    L.Subsampling2D(2, activation="lecun_tanh"),
+    L.EuclideanRBF(10),
 ]
 
 

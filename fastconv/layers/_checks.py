@@ -7,7 +7,7 @@ received. Checked values come back normalised (pairs as tuples, strings lower-ca
 """
 import numbers
 
-ACTIVATIONS = (None, "linear", "relu", "relu6", "tanh", "sigmoid", "softmax")
+ACTIVATIONS = (None, "linear", "relu", "relu6", "tanh", "sigmoid", "softmax", "lecun_tanh")
 DATA_FORMATS = ("channels_first", "channels_last")
 PADDING_MODES = ("valid", "same", "same_upper", "same_lower")
 

@@ -71,6 +71,7 @@ class Layer:
     """
 
     merges = False
+    non_trainable = ()  # names of weights that are statistics or constants, not parameters
     default_name = None  # the snake_case class name unless a subclass sets it
     _registry = {}
 
@@ -172,9 +173,13 @@ class Layer:
                              f"shape {array.shape}")
         return np.array(array, dtype=np.float32, order="C")
 
-    def count_params(self):
+    def count_params(self, include_non_trainable=False):
+        """Trainable parameters (the figure papers and torchvision publish); with
+        ``include_non_trainable``, also the statistics and constants (BatchNorm's moving mean
+        and variance)."""
         self._require_built("count_params")
-        return sum(w.size for w in self.weights.values())
+        return sum(w.size for name, w in self.weights.items()
+                   if include_non_trainable or name not in self.non_trainable)
 
     def count_macs(self, input_shape, output_shape):
         """Multiply-accumulates per sample (convolution and dense layers; 0 for the others)."""
@@ -267,11 +272,24 @@ def deserialize(entry):
     return cls.from_config(dict(entry["config"]))
 
 
+# Activations the functional ops cannot fuse into their store, applied after them.
+UNFUSED = ("softmax", "lecun_tanh")
+
+
+def lecun_tanh(x):
+    """1.7159 * tanh(2x/3): LeCun et al.'s scaled squashing function (LeNet-5, 1998)."""
+    return F.tanh(np.asarray(x, np.float32) * np.float32(2.0 / 3.0)) * np.float32(1.7159)
+
+
 def finish_activation(y, activation, channel_axis):
-    """Applies the activations the kernels cannot fuse (softmax) after the fused op."""
-    return F.softmax(y, axis=channel_axis) if activation == "softmax" else y
+    """Applies the activations the kernels cannot fuse (softmax, lecun_tanh) after the fused op."""
+    if activation == "softmax":
+        return F.softmax(y, axis=channel_axis)
+    if activation == "lecun_tanh":
+        return lecun_tanh(y)
+    return y
 
 
 def fused(activation):
     """The part of ``activation`` that the functional op fuses into its store."""
-    return None if activation == "softmax" else activation
+    return None if activation in UNFUSED else activation

@@ -5,7 +5,8 @@ import numpy as np
 
 from .. import functional as F
 from . import _checks
-from .base import Layer, SymbolicTensor, finish_activation, fused, glorot_uniform, constant
+from .base import (UNFUSED, Layer, SymbolicTensor, constant, finish_activation, fused,
+                   glorot_uniform)
 
 
 class InputLayer(Layer):
@@ -128,8 +129,8 @@ class Dropout(Layer):
 
 
 class Activation(Layer):
-    """An elementwise activation: "linear" (or None), "relu", "relu6", "tanh", "sigmoid", or
-    "softmax" (over the channel/feature axis).
+    """An elementwise activation: "linear" (or None), "relu", "relu6", "tanh", "sigmoid",
+    "lecun_tanh" (1.7159 tanh(2x/3), LeNet-5 1998) or "softmax" (over the channel/feature axis).
 
     >>> import numpy as np
     >>> Activation("relu6")(np.array([[-1.0, 3.0, 9.0]])).tolist()
@@ -143,8 +144,8 @@ class Activation(Layer):
     def call(self, x):
         if self.activation in (None, "linear"):
             return np.asarray(x, dtype=np.float32)
-        if self.activation == "softmax":
-            return F.softmax(x, axis=self._resolve_axis(-1, np.ndim(x) - 1))
+        if self.activation in UNFUSED:
+            return finish_activation(x, self.activation, self._resolve_axis(-1, np.ndim(x) - 1))
         return getattr(F, self.activation)(x)
 
     def get_config(self):
@@ -208,3 +209,44 @@ class Softmax(Layer):
 
     def get_config(self):
         return {**super().get_config(), "axis": self.axis}
+
+
+class Rescaling(Layer):
+    """``x * scale + offset`` per channel (or with scalars), with no trainable weights: fixed
+    input normalisation such as torchvision GoogLeNet's ``transform_input``.
+
+    >>> import numpy as np
+    >>> Rescaling([2.0, 1.0], [0.0, -1.0])(np.ones((1, 2, 1, 1))).ravel().tolist()
+    [2.0, 0.0]
+    """
+
+    def __init__(self, scale, offset=0.0, name=None, input_shape=None):
+        super().__init__(name=name, input_shape=input_shape)
+        self.scale = self._values("scale", scale)
+        self.offset = self._values("offset", offset)
+
+    def _values(self, arg, value):
+        values = np.atleast_1d(np.asarray(value, dtype=np.float64))
+        if values.ndim != 1 or values.size == 0 or not np.all(np.isfinite(values)):
+            raise ValueError(f"{self.label}: `{arg}` must be a finite number or a list of them, one "
+                             f"per channel; received {value!r}")
+        return [float(v) for v in values]
+
+    def compute_output_shape(self, input_shape):
+        channels = input_shape[self._channel_index(len(input_shape))]
+        for arg, values in (("scale", self.scale), ("offset", self.offset)):
+            if len(values) not in (1, channels):
+                raise ValueError(f"{self.label}: `{arg}` has {len(values)} values for inputs with "
+                                 f"{channels} channels")
+        return tuple(input_shape)
+
+    def call(self, x):
+        channels = x.shape[self._resolve_axis(-1, x.ndim - 1)]
+        scale = np.broadcast_to(self.scale, (channels,))
+        offset = np.broadcast_to(self.offset, (channels,))
+        # batch_norm with mean 0, variance 1 and epsilon 0 is exactly scale * x + offset.
+        return F.batch_norm(x, np.zeros(channels), np.ones(channels), scale, offset, eps=0.0,
+                            data_format=self.data_format)
+
+    def get_config(self):
+        return {**super().get_config(), "scale": self.scale, "offset": self.offset}

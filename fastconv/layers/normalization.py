@@ -24,6 +24,8 @@ class BatchNormalization(Layer):
     ['gamma', 'beta', 'moving_mean', 'moving_variance']
     """
 
+    non_trainable = ("moving_mean", "moving_variance")
+
     def __init__(self, epsilon=1e-5, name=None, input_shape=None):
         super().__init__(name=name, input_shape=input_shape)
         self.epsilon = _checks.number(self.label, "epsilon", epsilon, minimum=0.0)

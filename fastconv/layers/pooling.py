@@ -1,4 +1,6 @@
-"""MaxPool2D, AvgPool2D and GlobalAveragePooling2D."""
+"""MaxPool2D, AvgPool2D, AdaptiveAvgPool2D and GlobalAveragePooling2D."""
+import numpy as np
+
 from .. import functional as F
 from . import _checks
 from .base import Layer
@@ -93,3 +95,45 @@ class GlobalAveragePooling2D(Layer):
 
     def get_config(self):
         return {**super().get_config(), "keepdims": self.keepdims}
+
+
+class AdaptiveAvgPool2D(Layer):
+    """Average pooling to a fixed ``output_size`` (an int or a pair), whatever the input size:
+    output cell i covers input rows floor(i * H / out) to ceil((i + 1) * H / out), as PyTorch's
+    AdaptiveAvgPool2d. torchvision's AlexNet and VGG end their features with it; at 224x224
+    inputs it is the identity.
+
+    >>> import fastconv
+    >>> AdaptiveAvgPool2D(7)(fastconv.Input((512, 14, 14))).shape
+    (None, 512, 7, 7)
+    """
+
+    def __init__(self, output_size, name=None, input_shape=None):
+        super().__init__(name=name, input_shape=input_shape)
+        self.output_size = _checks.pair(self.label, "output_size", output_size)
+
+    def compute_output_shape(self, input_shape):
+        channels, _ = spatial(self, input_shape)
+        return image_shape(self, channels, self.output_size)
+
+    def call(self, x):
+        x = np.asarray(x, dtype=np.float32)
+        if self.data_format == "channels_last":
+            return np.moveaxis(self._pool_nchw(np.moveaxis(x, -1, 1)), 1, -1)
+        return self._pool_nchw(x)
+
+    def _pool_nchw(self, x):
+        (h, w), (oh, ow) = x.shape[2:], self.output_size
+        if (h, w) == (oh, ow):
+            return x
+        if h % oh == 0 and w % ow == 0:
+            return F.avg_pool2d(x, (h // oh, w // ow))
+        y = np.empty(x.shape[:2] + (oh, ow), np.float32)
+        for i in range(oh):
+            rows = slice(i * h // oh, -(-(i + 1) * h // oh))
+            for j in range(ow):
+                y[:, :, i, j] = x[:, :, rows, j * w // ow:-(-(j + 1) * w // ow)].mean(axis=(2, 3))
+        return y
+
+    def get_config(self):
+        return {**super().get_config(), "output_size": self.output_size}

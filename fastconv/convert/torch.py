@@ -1,0 +1,112 @@
+"""PyTorch state_dicts into fastconv models.
+
+A state_dict maps module paths to tensors (``layer1.0.conv1.weight``). The zoo names its layers
+after torchvision's modules, so the key of a weight is ``<layer name>.<torch parameter name>``;
+both frameworks keep convolution kernels OIHW and linear weights (out, in), and flatten NCHW, so
+arrays are copied unchanged. Files are read with ``torch.load(..., weights_only=True)``: a file
+that would run code is refused by torch, never executed.
+"""
+import os
+from collections.abc import Mapping
+
+import numpy as np
+
+# Torch parameter name -> fastconv weight name, by layer class (default for all others).
+_DEFAULT_NAMES = {"weight": "kernel", "bias": "bias"}
+_NAMES = {"BatchNormalization": {"weight": "gamma", "bias": "beta", "running_mean": "moving_mean",
+                                 "running_var": "moving_variance"}}
+_IGNORED_SUFFIXES = ("num_batches_tracked",)  # a training counter, not a weight
+
+
+def read_torch_state_dict(path):
+    """The state_dict in a ``.pt``/``.pth`` file (legacy or zip format), as name -> array."""
+    try:
+        import torch
+    except ImportError:
+        raise ImportError("reading PyTorch files needs torch: pip install torch") from None
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no PyTorch file at {path!r}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ValueError(f"{path!r} cannot be read as a PyTorch state_dict with weights_only=True: "
+                         f"{err}") from None
+    if not isinstance(state, Mapping):
+        raise ValueError(f"{path!r} holds a {type(state).__name__}, not a state_dict (a mapping "
+                         f"of names to tensors)")
+    return {key: _to_numpy(key, value) for key, value in state.items()}
+
+
+def _to_numpy(key, value):
+    if hasattr(value, "detach"):
+        value = value.detach().cpu().numpy()
+    array = np.asarray(value)
+    if array.dtype.kind not in "fiub":
+        raise TypeError(f"state_dict entry {key!r} is not numeric: {type(value).__name__}")
+    return array
+
+
+def _torch_names(layer):
+    """{torch key: fastconv weight name} for one layer."""
+    names = _NAMES.get(type(layer).__name__, _DEFAULT_NAMES)
+    ours_to_torch = {ours: theirs for theirs, ours in names.items()}
+    return {f"{layer.name}.{ours_to_torch.get(weight, weight)}": weight for weight in layer.weights}
+
+
+def from_torch(state_dict_or_path, arch=None, model=None, **options):
+    """A fastconv model holding the weights of a PyTorch state_dict.
+
+    ``state_dict_or_path``: a mapping of names to tensors or arrays, or a ``.pt``/``.pth`` file.
+    The architecture is ``model`` (a fastconv Model) or the zoo's ``arch`` (e.g. "resnet50")
+    built with ``options``. Every key is checked: unknown, missing and mis-shaped entries are
+    reported together. ``num_batches_tracked`` entries are ignored.
+
+    >>> import torchvision  # doctest: +SKIP
+    >>> model = from_torch(torchvision.models.resnet50().state_dict(), arch="resnet50")  # doctest: +SKIP
+    """
+    source = None
+    if isinstance(state_dict_or_path, (str, os.PathLike)):
+        source = os.path.basename(os.fspath(state_dict_or_path))
+        state = read_torch_state_dict(state_dict_or_path)
+    elif isinstance(state_dict_or_path, Mapping):
+        state = {key: _to_numpy(key, value) for key, value in state_dict_or_path.items()}
+    else:
+        raise TypeError(f"from_torch: expected a state_dict (mapping) or a file path; received "
+                        f"{type(state_dict_or_path).__name__}")
+    model = _architecture(arch, model, options)
+    _assign(model, {k: v for k, v in state.items() if not k.endswith(_IGNORED_SUFFIXES)})
+    model.info["source"] = f"torch:{source}" if source else "torch"
+    return model
+
+
+def _architecture(arch, model, options):
+    from .. import models
+    from ..model import Model
+
+    if model is not None:
+        if arch is not None or options or not isinstance(model, Model):
+            raise TypeError("from_torch: give either `model` (a fastconv Model, no options) or "
+                            f"`arch` (a zoo name); received model={model!r}, arch={arch!r}")
+        return model
+    if arch not in models.__all__:
+        raise ValueError(f"from_torch: `arch` must be one of {models.__all__}; received {arch!r}")
+    return getattr(models, arch)(**options)
+
+
+def _assign(model, state):
+    targets = {key: (layer, weight) for layer in model.layers
+               for key, weight in _torch_names(layer).items()}
+    missing = sorted(set(targets) - set(state))
+    unexpected = sorted(set(state) - set(targets))
+    wrong = [f"{key}: expected {targets[key][0].weights[targets[key][1]].shape}, state_dict has "
+             f"{state[key].shape}" for key in sorted(set(targets) & set(state))
+             if state[key].shape != targets[key][0].weights[targets[key][1]].shape]
+    problems = ([f"missing: {', '.join(missing)}"] if missing else []) + \
+               ([f"unexpected: {', '.join(unexpected)}"] if unexpected else []) + wrong
+    if problems:
+        raise ValueError(f"the state_dict does not fit {model.label}:\n  " + "\n  ".join(problems))
+    for layer in model.layers:
+        if layer.weights:
+            names = {weight: key for key, weight in _torch_names(layer).items()}
+            layer.set_weights({weight: state[names[weight]] for weight in layer.weights})
