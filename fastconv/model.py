@@ -79,6 +79,14 @@ def _schedule(nodes, position, outputs):
     return steps
 
 
+def _swap_layout(array, to_channels_first):
+    """NHWC -> NCHW (or NCHW -> NHWC) for 4-D arrays; other ranks are returned as they are."""
+    array = np.asarray(array)
+    if array.ndim != 4:
+        return array
+    return np.ascontiguousarray(array.transpose((0, 3, 1, 2) if to_channels_first else (0, 2, 3, 1)))
+
+
 class Model:
     """A network from its input tensors to its output tensors (the functional API).
 
@@ -125,6 +133,16 @@ class Model:
     @property
     def data_format(self):
         return self.inputs[0].data_format
+
+    @property
+    def input(self):
+        """The input tensor (a list of them for several inputs)."""
+        return self.inputs[0] if len(self.inputs) == 1 else list(self.inputs)
+
+    @property
+    def output(self):
+        """The output tensor (a list of them when the model was given a list)."""
+        return list(self.outputs) if self._list_outputs else self.outputs[0]
 
     @property
     def layers(self):
@@ -174,10 +192,30 @@ class Model:
 
     # Execution ---------------------------------------------------------------------------------
 
-    def predict(self, x, batch_size=None):
+    def predict(self, x, batch_size=None, data_format=None):
         """Runs the model on an array (a list of arrays for several inputs), batch axis first,
         in chunks of ``batch_size`` samples if given. Returns an array, or a list of arrays if
-        the model was given a list of outputs."""
+        the model was given a list of outputs.
+
+        ``data_format`` is the layout of ``x`` and of the 4-D results: None means the model's
+        own; the other one is transposed at the boundary (NHWC images into an NCHW model)."""
+        if not self._swaps_layout(data_format):
+            return self._predict(x, batch_size)
+        into_model = self.data_format == "channels_first"
+        x = [_swap_layout(a, into_model) for a in x] if isinstance(x, (list, tuple)) \
+            else _swap_layout(x, into_model)
+        results = self._predict(x, batch_size)
+        if not self._list_outputs:
+            return _swap_layout(results, not into_model)
+        return [_swap_layout(r, not into_model) for r in results]
+
+    def _swaps_layout(self, data_format):
+        if data_format is None or data_format == self.data_format:
+            return False
+        _checks.data_format(self.label, data_format)
+        return True
+
+    def _predict(self, x, batch_size):
         arrays = self._input_arrays(x)
         batch = arrays[0].shape[0]
         if batch_size is not None:

@@ -264,3 +264,15 @@ def test_bad_weight_files_are_rejected_with_clear_messages(tmp_path):
         fastconv.load(tmp_path / "good.safetensors")
     with pytest.raises(FileNotFoundError):
         fastconv.load(tmp_path / "absent.safetensors")
+
+
+def test_predict_accepts_channels_last_images():
+    model = models.resnet18(num_classes=5, input_shape=(3, 64, 64))
+    x = np.random.default_rng(4).standard_normal((2, 3, 64, 64)).astype(np.float32)
+    nhwc = x.transpose(0, 2, 3, 1)
+    assert np.array_equal(model.predict(nhwc, data_format="channels_last"), model.predict(x))
+    features = fastconv.Model(model.input, model.get_layer("layer4.1.add").output)
+    assert np.array_equal(features.predict(nhwc, data_format="channels_last"),
+                          features.predict(x).transpose(0, 2, 3, 1))
+    with pytest.raises(ValueError, match="data_format"):
+        model.predict(x, data_format="NHWC")

@@ -222,7 +222,10 @@ class Layer:
         self.data_format = data_format
         shapes = [t.sample_shape for t in tensors]
         output_shape = self.compute_output_shape(shapes if self.merges else shapes[0])
-        return SymbolicTensor(output_shape, data_format, self, tensors)
+        # A layer is called once per graph, so its output tensor is well defined (Keras's
+        # ``layer.output``): ``Model(model.inputs, layer.output)`` cuts a model at the layer.
+        self.output = SymbolicTensor(output_shape, data_format, self, tensors)
+        return self.output
 
     def _call_eager(self, items):
         arrays = [np.asarray(a) for a in items]
