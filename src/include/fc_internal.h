@@ -6,6 +6,10 @@
 
 /* Threads to use for an operator call of about `flops` floating-point operations. */
 int fc_threads_for(double flops);
+/* The calling thread's index in the current parallel region (0 outside one or without OpenMP). */
+int fc_thread_id(void);
+/* The number of threads in the current parallel region (1 outside one or without OpenMP). */
+int fc_thread_count(void);
 
 /* 64-byte aligned allocation; NULL when out of memory. */
 void* fc_alloc(size_t bytes);

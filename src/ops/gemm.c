@@ -1,11 +1,12 @@
 /* The GEMM driver: BLIS-style blocking around a register-tiled micro-kernel.
  *
- * Loops, outermost first: N in blocks of FC_NC columns, K in blocks of FC_KC, then the
- * MR x NR tiles of the block. A is packed once, whole (it is the weight matrix of a layer);
- * each K x N block of B is packed into NR-column panels by a callback, which lets the
- * convolution write im2col data straight into the panels. Threads split the panels of B and
- * then the tiles of C; K is never split, so every element of C sums its products in the same
- * order whatever the thread count. */
+ * Each thread owns a block of C: a range of NR-column panels (and, when there are fewer
+ * panels than threads, a range of MR-row panels). Within it, loops run outermost first over
+ * column chunks of FC_NC, K blocks of FC_KC, B panels, then A panels. A is packed once, whole
+ * (it is the weight matrix of a layer); each thread packs its own K x NR panels of B through a
+ * callback, which lets the convolution write im2col data straight into the panels. There is no
+ * barrier inside the parallel region. K is never split, so every element of C sums its
+ * products in the same order whatever the thread count. */
 #include <math.h>
 #include <string.h>
 
@@ -121,14 +122,21 @@ static void run_tile(const tile_job* job, size_t kc, const float* a, const float
   }
 }
 
+/* The part [start, end) of `total` items that share `index` of `parts` gets. */
+static void split(size_t total, size_t parts, size_t index, size_t* start, size_t* end) {
+  *start = total * index / parts;
+  *end = total * (index + 1) / parts;
+}
+
 int fc_gemm_packed(size_t M, size_t N, size_t K, const float* a_packed, fc_pack_b_fn pack_b,
                    const void* b_ctx, const float* bias_row, const float* bias_col,
                    int accumulate, int activation, float* c, size_t c_rs, int threads) {
   const fc_gemm_config* cfg = fc_gemm_config_get();
   const size_t mr = cfg->mr, nr = cfg->nr;
   const size_t mpad = fc_round_up(M, mr), npad = fc_round_up(N, nr);
-  const size_t n_mpanels = mpad / mr;
-  float* bbuf = (float*)fc_alloc(fc_min(K, FC_KC) * fc_min(npad, FC_NC) * sizeof(float));
+  const size_t n_mpanels = mpad / mr, n_npanels = npad / nr;
+  const size_t bsize = fc_min(K, FC_KC) * fc_min(npad, FC_NC);
+  float* bbuf = (float*)fc_alloc((size_t)threads * bsize * sizeof(float));
   float* brow = bias_row ? padded_copy(bias_row, M, mpad) : NULL;
   float* bcol = bias_col ? padded_copy(bias_col, N, npad) : NULL;
   if (!bbuf || (bias_row && !brow) || (bias_col && !bcol)) {
@@ -142,28 +150,39 @@ int fc_gemm_packed(size_t M, size_t N, size_t K, const float* a_packed, fc_pack_
 
 #pragma omp parallel num_threads(threads)
   {
+    /* Threads split the column panels when there are enough of them, so that each packs only
+     * the B panels it uses and no thread ever waits for another; otherwise they split the rows
+     * too and each packs its own copy of the (few) B panels. The runtime may give fewer
+     * threads than asked for, so the grid is made from the team actually running. */
+    const size_t id = (size_t)fc_thread_id(), team = (size_t)fc_thread_count();
+    const size_t tn = fc_min(team, n_npanels), tm = team / tn;
     float scratch[FC_MAX_TILE] __attribute__((aligned(64)));
-    for (size_t n0 = 0; n0 < N; n0 += FC_NC) {
-      const size_t nc = fc_min(FC_NC, N - n0);
-      const size_t n_npanels = (nc + nr - 1) / nr;
+    float* bpanels = bbuf + id * bsize;
+    size_t mp0, mp1, np0, np1;
+    split(n_mpanels, tm, id % tm, &mp0, &mp1);
+    split(n_npanels, tn, id / tm, &np0, &np1);
+    if (id >= tm * tn) np1 = np0; /* a thread left over by the grid */
+    for (size_t p0 = np0; p0 < np1; p0 += FC_NC / nr) {
+      const size_t p1 = fc_min(np1, p0 + FC_NC / nr);
       for (size_t k0 = 0; k0 < K; k0 += FC_KC) {
         const size_t kc = fc_min(FC_KC, K - k0);
         const int last = k0 + kc == K;
         const tile_job job = {cfg, c, c_rs, activation, last};
         fc_gemm_epilogue ep = {accumulate || k0 > 0, NULL, NULL, last ? lo : -INFINITY,
                                last ? hi : INFINITY};
-#pragma omp for schedule(static)
-        for (size_t j = 0; j < n_npanels; j++) {
-          pack_b(b_ctx, k0, kc, n0 + j * nr, fc_min(nr, nc - j * nr), nr, bbuf + j * kc * nr);
+        for (size_t j = p0; j < p1; j++) {
+          const size_t col = j * nr;
+          pack_b(b_ctx, k0, kc, col, fc_min(nr, N - col), nr, bpanels + (j - p0) * kc * nr);
         }
-#pragma omp for schedule(static)
-        for (size_t t = 0; t < n_npanels * n_mpanels; t++) {
-          const size_t j = t / n_mpanels, i = t % n_mpanels;
-          const size_t m0 = i * mr, col = n0 + j * nr;
-          ep.bias_row = last && brow ? brow + m0 : NULL;
+        for (size_t j = p0; j < p1; j++) {
+          const size_t col = j * nr;
           ep.bias_col = last && bcol ? bcol + col : NULL;
-          run_tile(&job, kc, a_packed + k0 * mpad + m0 * kc, bbuf + j * kc * nr, m0,
-                   fc_min(mr, M - m0), col, fc_min(nr, N - col), &ep, scratch);
+          for (size_t i = mp0; i < mp1; i++) {
+            const size_t m0 = i * mr;
+            ep.bias_row = last && brow ? brow + m0 : NULL;
+            run_tile(&job, kc, a_packed + k0 * mpad + m0 * kc, bpanels + (j - p0) * kc * nr, m0,
+                     fc_min(mr, M - m0), col, fc_min(nr, N - col), &ep, scratch);
+          }
         }
       }
     }

@@ -32,6 +32,22 @@ int fc_threads_for(double flops) {
   return n;
 }
 
+int fc_thread_id(void) {
+#ifdef _OPENMP
+  return omp_get_thread_num();
+#else
+  return 0;
+#endif
+}
+
+int fc_thread_count(void) {
+#ifdef _OPENMP
+  return omp_get_num_threads();
+#else
+  return 1;
+#endif
+}
+
 int fc_openmp_enabled(void) {
 #ifdef _OPENMP
   return 1;
