@@ -107,7 +107,8 @@ SLOW = {"vgg13", "vgg16", "vgg19", "vgg16_bn", "resnet101", "resnet152"}
 def randomized_torchvision(torch, torchvision, name):
     """torchvision's model with random weights and non-trivial BatchNorm statistics."""
     torch.manual_seed(0)
-    options = {"aux_logits": False, "init_weights": True} if name == "googlenet" else {}
+    # GoogLeNet keeps its auxiliary heads, as the pretrained state_dicts do: the converter drops them.
+    options = {"aux_logits": True, "init_weights": True} if name == "googlenet" else {}
     net = getattr(torchvision.models, name)(weights=None, **options).eval()
     for module in net.modules():
         if isinstance(module, torch.nn.BatchNorm2d):

@@ -16,6 +16,8 @@ _DEFAULT_NAMES = {"weight": "kernel", "bias": "bias"}
 _NAMES = {"BatchNormalization": {"weight": "gamma", "bias": "beta", "running_mean": "moving_mean",
                                  "running_var": "moving_variance"}}
 _IGNORED_SUFFIXES = ("num_batches_tracked",)  # a training counter, not a weight
+# Heads that only serve training, which the zoo's inference forms leave out, by model name.
+_TRAINING_ONLY = {"googlenet": ("aux1.", "aux2.")}
 
 
 def read_torch_state_dict(path):
@@ -60,7 +62,8 @@ def from_torch(state_dict_or_path, arch=None, model=None, **options):
     ``state_dict_or_path``: a mapping of names to tensors or arrays, or a ``.pt``/``.pth`` file.
     The architecture is ``model`` (a fastconv Model) or the zoo's ``arch`` (e.g. "resnet50")
     built with ``options``. Every key is checked: unknown, missing and mis-shaped entries are
-    reported together. ``num_batches_tracked`` entries are ignored.
+    reported together. ``num_batches_tracked`` entries are ignored, and so are GoogLeNet's
+    auxiliary heads (``aux1.*``, ``aux2.*``), which serve training only.
 
     >>> import torchvision  # doctest: +SKIP
     >>> model = from_torch(torchvision.models.resnet50().state_dict(), arch="resnet50")  # doctest: +SKIP
@@ -75,7 +78,9 @@ def from_torch(state_dict_or_path, arch=None, model=None, **options):
         raise TypeError(f"from_torch: expected a state_dict (mapping) or a file path; received "
                         f"{type(state_dict_or_path).__name__}")
     model = _architecture(arch, model, options)
-    _assign(model, {k: v for k, v in state.items() if not k.endswith(_IGNORED_SUFFIXES)})
+    skipped = _TRAINING_ONLY.get(model.name, ())
+    _assign(model, {k: v for k, v in state.items()
+                    if not k.endswith(_IGNORED_SUFFIXES) and not k.startswith(skipped)})
     model.info["source"] = f"torch:{source}" if source else "torch"
     return model
 
