@@ -8,7 +8,9 @@ from collections import Counter
 
 import numpy as np
 
+from . import _core
 from . import summary as _summary
+from .plan import Plan, plannable
 from . import weights as _weights
 from .layers import Input, InputLayer, Layer, SymbolicTensor, deserialize, serialize
 from .layers import _checks
@@ -121,6 +123,7 @@ class Model:
         # Where the weights come from, the input preprocessing and the class names, when known:
         # {"source": ..., "preprocessing": {...}, "labels": [...]}; saved with the weights.
         self.info = {}
+        self._plan = None
 
     @staticmethod
     def _default_name():
@@ -236,9 +239,34 @@ class Model:
         return self.predict(x)
 
     def _run(self, arrays):
-        """Executes the schedule on checked float32 inputs and returns the outputs in order.
-        Intermediate results are dropped after their last reader. A planned executor (fused
-        operators, one activation arena) replaces this method."""
+        """Runs checked float32 inputs through the model's plan (fused, prepacked steps; see
+        fastconv/plan.py), made on first use and again when weights or kernels changed."""
+        if not plannable(self):
+            return self._run_layers(arrays)
+        if self._plan is None or not self._plan.is_current():
+            self._plan = Plan(self)
+        try:
+            return self._plan.run(arrays)
+        except _core.StaleWeightsError:  # the kernel table changed since the weights were packed
+            self._plan = Plan(self)
+            return self._plan.run(arrays)
+
+    def plan_summary(self, print_fn=print):
+        """Prints (unless ``print_fn`` is None) and returns the steps the model runs: which layers
+        each fused step absorbed and the convolution algorithm it uses."""
+        if not plannable(self):
+            text = "layer by layer (channels_last models are not planned)"
+        else:
+            if self._plan is None or not self._plan.is_current():
+                self._plan = Plan(self)
+            text = self._plan.summary()
+        if print_fn is not None:
+            print_fn(text)
+        return text
+
+    def _run_layers(self, arrays):
+        """Executes the layers one by one, unfused (the reference the plan is tested against).
+        Intermediate results are dropped after their last reader."""
         values = dict(zip(self._input_ids, arrays))
         for step in self._steps:
             args = [values[i] for i in step.inputs]

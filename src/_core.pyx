@@ -12,6 +12,7 @@ cnp.import_array()
 
 cdef extern from "fastconv.h" nogil:
     int FC_ERROR_NOMEM
+    int FC_ERROR_STALE
     int fc_isa_detected()
     int fc_isa_active()
     int fc_set_isa_cap(int cap)
@@ -39,6 +40,18 @@ cdef extern from "fastconv.h" nogil:
         int activation
     int fc_conv2d_nchw_f32(const fc_conv2d_params* p, int algorithm, const float* x,
                            const float* w, const float* bias, float* y)
+    size_t fc_conv2d_packed_size(const fc_conv2d_params* p, int algorithm)
+    int fc_conv2d_packed_tile(int algorithm)
+    void fc_conv2d_pack_weights(const fc_conv2d_params* p, int algorithm, const float* w,
+                                float* packed)
+    int fc_conv2d_nchw_f32_packed(const fc_conv2d_params* p, int algorithm, int packed_tile,
+                                  const float* packed, const float* bias, const float* residual,
+                                  const float* x, float* y)
+    size_t fc_dense_packed_size(size_t K, size_t N)
+    int fc_dense_packed_tile()
+    void fc_dense_pack_weights(size_t K, size_t N, const float* w, float* packed)
+    int fc_dense_f32_packed(size_t M, size_t N, size_t K, int packed_tile, const float* packed,
+                            const float* bias, int activation, const float* x, float* y)
 
     ctypedef struct fc_pool2d_params:
         size_t planes, in_h, in_w, out_h, out_w
@@ -75,9 +88,24 @@ cdef inline const float* optional_ptr(object a):
     return <const float*>cnp.PyArray_DATA(<cnp.ndarray>a)
 
 
+class StaleWeightsError(RuntimeError):
+    """Weights were packed for another kernel table (the ISA cap changed): pack them again."""
+
+
 cdef inline void check(int rc) except *:
     if rc == FC_ERROR_NOMEM:
         raise MemoryError("fastconv: the kernel's workspace could not be allocated")
+    if rc == FC_ERROR_STALE:
+        raise StaleWeightsError("fastconv: weights were packed for another kernel table")
+
+
+def aligned_empty(size_t n):
+    """A float32 array of n elements starting on a 64-byte boundary (packed panels are read
+    with aligned vector loads)."""
+    import numpy as np
+    buffer = np.empty(n + 16, np.float32)
+    cdef size_t offset = ((-<size_t>cnp.PyArray_DATA(buffer)) % 64) // 4
+    return buffer[offset:offset + n]
 
 
 # Runtime ---------------------------------------------------------------------------------------
@@ -229,3 +257,74 @@ def lrn(cnp.ndarray x, cnp.ndarray y, size_t outer, size_t channels, size_t inne
     cdef float* py = mptr(y)
     with nogil:
         fc_lrn_f32(outer, channels, inner, size, alpha, beta, k, px, py)
+
+
+# Prepacked operators (the model plan) -------------------------------------------------------
+
+cdef class Conv2dPlan:
+    """A convolution with its weights packed once for the kernel table in force.
+
+    Shapes are fixed except the batch: run(x, y, residual=None) with x (N, C, H, W) and y
+    (N, O, OH, OW) C-contiguous float32; residual, if given, has y's shape (it may be y).
+    """
+    cdef fc_conv2d_params p
+    cdef int algorithm, tile
+    cdef object packed, bias
+
+    def __init__(self, cnp.ndarray w, object bias, tuple in_chw, tuple out_hw, tuple stride,
+                 tuple dilation, tuple pad_begin, Py_ssize_t groups, int activation,
+                 int algorithm):
+        self.p.batch = 1
+        self.p.in_channels, self.p.in_h, self.p.in_w = in_chw
+        self.p.out_channels, self.p.kernel_h, self.p.kernel_w = w.shape[0], w.shape[2], w.shape[3]
+        self.p.out_h, self.p.out_w = out_hw
+        self.p.stride_h, self.p.stride_w = stride
+        self.p.dilation_h, self.p.dilation_w = dilation
+        self.p.pad_top, self.p.pad_left = pad_begin
+        self.p.groups = groups
+        self.p.activation = activation
+        self.algorithm = algorithm
+        self.bias = bias
+        self.packed = aligned_empty(fc_conv2d_packed_size(&self.p, algorithm))
+        self.tile = fc_conv2d_packed_tile(algorithm)
+        fc_conv2d_pack_weights(&self.p, algorithm, cptr(w), mptr(self.packed))
+
+    def run(self, cnp.ndarray x, cnp.ndarray y, object residual=None):
+        cdef fc_conv2d_params p = self.p
+        p.batch = x.shape[0]
+        cdef const float* px = cptr(x)
+        cdef float* py = mptr(y)
+        cdef const float* pr = optional_ptr(residual)
+        cdef const float* pw = cptr(self.packed)
+        cdef const float* pb = optional_ptr(self.bias)
+        cdef int rc
+        with nogil:
+            rc = fc_conv2d_nchw_f32_packed(&p, self.algorithm, self.tile, pw, pb, pr, px, py)
+        check(rc)
+
+
+cdef class DensePlan:
+    """A dense layer with its (out, in) weights packed once as GEMM B panels.
+    run(x, y): x (M, in), y (M, out), C-contiguous float32."""
+    cdef size_t k, n
+    cdef int activation, tile
+    cdef object packed, bias
+
+    def __init__(self, cnp.ndarray w, object bias, int activation):
+        self.n, self.k = w.shape[0], w.shape[1]
+        self.activation = activation
+        self.bias = bias
+        self.packed = aligned_empty(fc_dense_packed_size(self.k, self.n))
+        self.tile = fc_dense_packed_tile()
+        fc_dense_pack_weights(self.k, self.n, cptr(w), mptr(self.packed))
+
+    def run(self, cnp.ndarray x, cnp.ndarray y):
+        cdef size_t m = x.shape[0]
+        cdef const float* px = cptr(x)
+        cdef float* py = mptr(y)
+        cdef const float* pw = cptr(self.packed)
+        cdef const float* pb = optional_ptr(self.bias)
+        cdef int rc
+        with nogil:
+            rc = fc_dense_f32_packed(m, self.n, self.k, self.tile, pw, pb, self.activation, px, py)
+        check(rc)

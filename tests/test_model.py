@@ -139,7 +139,10 @@ def test_inception_and_residual_graph_equals_the_functional_computation(rng):
                      bn["gamma"], bn["beta"])
     z = F.add(r, y, activation="relu")
     expected = F.dense(F.global_avg_pool2d(z, keepdims=False), w["dense"]["kernel"], w["dense"]["bias"])
-    np.testing.assert_array_equal(model.predict(x), expected)
+    # Layer by layer the model makes exactly these calls; its plan folds the BatchNormalization
+    # into the convolution and adds the residual in the store, which rounds differently.
+    np.testing.assert_array_equal(model._run_layers([x])[0], expected)
+    np.testing.assert_allclose(model.predict(x), expected, rtol=0, atol=1e-5 * np.abs(expected).max())
     assert model.count_params(include_non_trainable=True) == sum(a.size for a in model.get_weights())
 
 

@@ -341,7 +341,11 @@ def read_caffemodel(path):
         for field in pb.fields(data):
             offset = field.offset
             if field.number in (2, 100) and field.wire_type == pb.LENGTH:
-                name, layer = _read_stored_layer(data, field.value, v1=field.number == 2)
+                try:
+                    name, layer = _read_stored_layer(data, field.value, v1=field.number == 2)
+                except pb.ProtobufError as err:
+                    err.offset = field.offset        # report the layer whose blob is damaged
+                    raise
                 if name is not None:
                     stored.setdefault(name, layer)
     except pb.ProtobufError as err:

@@ -170,6 +170,15 @@ def _verification_inputs(inputs, x, seed):
 # The importer --------------------------------------------------------------------------------
 
 
+class _SkippedInitialisation:
+    """Stands in for the NumPy Generator that ``Layer.build`` draws initial weights from: every
+    draw is zeros, because the importer replaces the weights at once (drawing VGG's 138 million
+    Glorot values would take seconds for nothing)."""
+
+    def __getattr__(self, method):
+        return lambda *args, size=None, **kwargs: np.zeros(size, np.float32)
+
+
 def _attributes(node):
     from onnx import helper
 
@@ -190,7 +199,7 @@ class _GraphImporter:
         self.opset = self._opset()
         self.values = {}
         self.names = set()
-        self.rng = np.random.default_rng(0)  # initialisers run before the weights are replaced
+        self.rng = _SkippedInitialisation()
         self.batch = 1
         self.dense_from_matmul = {}  # Dense output -> (MatMul node, its input, kernel)
         self.readers = _reader_counts(self.graph)
@@ -298,9 +307,13 @@ class _GraphImporter:
                                   f"{node.op_type} (opset {self.opset})")
         inputs = [self.values[n] if n else None for n in node.input]
         data = [v for v in inputs if isinstance(v, L.SymbolicTensor)]
+        handler = getattr(self, f"_op_{node.op_type}", None)
+        if data and handler is None:
+            raise self.fail(node, f"{node.op_type} is supported only on constants (shape "
+                                  f"arithmetic); here it reads data computed from the graph inputs")
         try:
             if data or node.op_type == "Shape":
-                results = getattr(self, f"_op_{node.op_type}")(node, attrs, inputs)
+                results = handler(node, attrs, inputs)
             else:
                 results = self._fold(node, attrs, inputs)
         except (ValueError, TypeError) as err:
@@ -425,7 +438,9 @@ class _GraphImporter:
         expected = (b.shape[0], features) if trans_b else (features, b.shape[1])
         self.check_shape(node, 1, "B", b, expected, f"(transB={trans_b}) for {features} input "
                                                     f"features")
-        kernel = (b if trans_b else b.T) * np.float32(attrs.get("alpha", 1.0))
+        kernel = b if trans_b else b.T
+        if attrs.get("alpha", 1.0) != 1.0:
+            kernel = kernel * np.float32(attrs["alpha"])
         bias = self.constant(node, inputs, 2, "C")
         if bias is not None:
             bias = self.dense_bias(node, bias * np.float32(attrs.get("beta", 1.0)), kernel.shape[0])
@@ -617,7 +632,8 @@ class _GraphImporter:
             return x
         if target == (features,):
             return self.add_layer(node, L.Flatten(name=self.layer_name(node)), x)
-        raise self.fail(node, f"Reshape of {x.shape} to {tuple(shape)} is not supported: only "
+        raise self.fail(node, f"Reshape of {x.shape} to {tuple(int(s) for s in np.ravel(shape))} "
+                              f"is not supported: only "
                               f"flattening each sample (torch's x.view(x.size(0), -1))")
 
     def reshaped(self, node, x, shape, attrs):

@@ -11,6 +11,7 @@ extern "C" {
 #endif
 
 #define FC_ERROR_NOMEM 1
+#define FC_ERROR_STALE 2 /* weights packed for another kernel table: pack them again */
 
 typedef enum fc_activation {
   FC_ACT_NONE = 0,
@@ -59,6 +60,26 @@ typedef struct fc_conv2d_params {
 /* x NCHW, weight OIHW (I = in_channels / groups), bias (O) or NULL, y NCHW. */
 int fc_conv2d_nchw_f32(const fc_conv2d_params* p, int algorithm, const float* x, const float* w,
                        const float* bias, float* y);
+
+/* Weights packed once for the kernel table in force (a model plan keeps them):
+ * `fc_conv2d_packed_size` floats, stamped with `fc_conv2d_packed_tile`, which the run checks
+ * (FC_ERROR_STALE when the table changed since). With `residual` (NCHW like y, may be y itself)
+ * the result is act(conv + bias + residual): a ResNet shortcut fused into the store. */
+size_t fc_conv2d_packed_size(const fc_conv2d_params* p, int algorithm);
+int fc_conv2d_packed_tile(int algorithm);
+void fc_conv2d_pack_weights(const fc_conv2d_params* p, int algorithm, const float* w,
+                            float* packed);
+int fc_conv2d_nchw_f32_packed(const fc_conv2d_params* p, int algorithm, int packed_tile,
+                              const float* packed, const float* bias, const float* residual,
+                              const float* x, float* y);
+
+/* Dense layers with weights (N x K, row-major: out x in) packed once as GEMM B panels:
+ * y (M x N) = act(x (M x K) * W^T + bias [+ residual]). */
+size_t fc_dense_packed_size(size_t K, size_t N);
+int fc_dense_packed_tile(void);
+void fc_dense_pack_weights(size_t K, size_t N, const float* w, float* packed);
+int fc_dense_f32_packed(size_t M, size_t N, size_t K, int packed_tile, const float* packed,
+                        const float* bias, int activation, const float* x, float* y);
 
 typedef struct fc_pool2d_params {
   size_t planes, in_h, in_w, out_h, out_w;

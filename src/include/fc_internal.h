@@ -38,7 +38,8 @@ typedef void (*fc_pack_b_fn)(const void* ctx, size_t k0, size_t kc, size_t n0, s
 size_t fc_packed_a_size(size_t M, size_t K, size_t mr);
 void fc_pack_a(size_t M, size_t K, const float* a, ptrdiff_t rs, ptrdiff_t cs, size_t mr,
                float* dst);
-/* C = act(packedA * B + ...): see fc_gemm_f32 in fastconv.h. */
+/* C = act(packedA * B + ...): see fc_gemm_f32 in fastconv.h. With pack_b NULL, b_ctx points
+ * to B already packed in the layout of fc_dense_pack_weights. */
 int fc_gemm_packed(size_t M, size_t N, size_t K, const float* a_packed, fc_pack_b_fn pack_b,
                    const void* b_ctx, const float* bias_row, const float* bias_col,
                    int accumulate, int activation, float* c, size_t c_rs, int threads);

@@ -72,48 +72,75 @@ static void pack_b_matrix(const void* ctx, size_t k0, size_t kc, size_t n0, size
   }
 }
 
-static int conv_gemm(const fc_conv2d_params* p, int algorithm, const float* x, const float* w,
-                     const float* bias, float* y) {
-  const size_t groups = p->groups, og = p->out_channels / groups, cg = p->in_channels / groups;
-  const size_t kdim = cg * p->kernel_h * p->kernel_w, npix = p->out_h * p->out_w;
-  const size_t in_plane = p->in_h * p->in_w, mr = fc_gemm_config_get()->mr;
-  const size_t apanel = fc_packed_a_size(og, kdim, mr);
-  float* ap = (float*)fc_alloc(apanel * groups * sizeof(float));
-  if (!ap) return FC_ERROR_NOMEM;
-  for (size_t g = 0; g < groups; g++) {
-    fc_pack_a(og, kdim, w + g * og * kdim, (ptrdiff_t)kdim, 1, mr, ap + g * apanel);
+static size_t gemm_kdim(const fc_conv2d_params* p) {
+  return p->in_channels / p->groups * p->kernel_h * p->kernel_w;
+}
+
+size_t fc_conv2d_packed_size(const fc_conv2d_params* p, int algorithm) {
+  const size_t og = p->out_channels / p->groups;
+  if (algorithm == FC_CONV_DIRECT) return p->out_channels * gemm_kdim(p);
+  return p->groups * fc_packed_a_size(og, gemm_kdim(p), fc_gemm_config_get()->mr);
+}
+
+int fc_conv2d_packed_tile(int algorithm) {
+  return algorithm == FC_CONV_DIRECT ? 0 : (int)fc_gemm_config_get()->mr;
+}
+
+void fc_conv2d_pack_weights(const fc_conv2d_params* p, int algorithm, const float* w,
+                            float* packed) {
+  const size_t og = p->out_channels / p->groups, kdim = gemm_kdim(p);
+  if (algorithm == FC_CONV_DIRECT) {
+    memcpy(packed, w, p->out_channels * kdim * sizeof(float));
+    return;
   }
+  const size_t mr = fc_gemm_config_get()->mr, apanel = fc_packed_a_size(og, kdim, mr);
+  for (size_t g = 0; g < p->groups; g++) {
+    fc_pack_a(og, kdim, w + g * og * kdim, (ptrdiff_t)kdim, 1, mr, packed + g * apanel);
+  }
+}
+
+/* Per image and group: Y_g (O/g x OH*OW) = act(W_g * B_g + bias [+ residual]). */
+static int conv_gemm(const fc_conv2d_params* p, int algorithm, const float* packed,
+                     const float* bias, const float* residual, const float* x, float* y) {
+  const size_t groups = p->groups, og = p->out_channels / groups, cg = p->in_channels / groups;
+  const size_t kdim = gemm_kdim(p), npix = p->out_h * p->out_w, in_plane = p->in_h * p->in_w;
+  const size_t apanel = fc_packed_a_size(og, kdim, fc_gemm_config_get()->mr);
   const int threads = fc_threads_for(2.0 * og * kdim * npix);
   int rc = 0;
   for (size_t n = 0; n < p->batch && rc == 0; n++) {
     for (size_t g = 0; g < groups && rc == 0; g++) {
+      const size_t out_offset = (n * p->out_channels + g * og) * npix;
       const float* xg = x + (n * p->in_channels + g * cg) * in_plane;
-      float* yg = y + (n * p->out_channels + g * og) * npix;
       const float* bg = bias ? bias + g * og : NULL;
-      if (algorithm == FC_CONV_GEMM) {
-        const matrix_src src = {xg, npix};
-        rc = fc_gemm_packed(og, npix, kdim, ap + g * apanel, pack_b_matrix, &src, bg, NULL, 0,
-                            p->activation, yg, npix, threads);
-      } else {
-        const im2col_src src = {xg, p};
-        rc = fc_gemm_packed(og, npix, kdim, ap + g * apanel, pack_b_im2col, &src, bg, NULL, 0,
-                            p->activation, yg, npix, threads);
+      if (residual && residual != y) {
+        memcpy(y + out_offset, residual + out_offset, og * npix * sizeof(float));
       }
+      const im2col_src cols = {xg, p};
+      const matrix_src matrix = {xg, npix};
+      rc = fc_gemm_packed(og, npix, kdim, packed + g * apanel,
+                          algorithm == FC_CONV_GEMM ? pack_b_matrix : pack_b_im2col,
+                          algorithm == FC_CONV_GEMM ? (const void*)&matrix : (const void*)&cols,
+                          bg, NULL, residual != NULL, p->activation, y + out_offset, npix, threads);
     }
   }
-  fc_free(ap);
   return rc;
 }
 
 /* One output row of one output channel: y_row = bias + sum over (c, kh, kw) of w * x_row. */
 static void direct_row(const fc_conv2d_params* p, const fc_vector_config* vk, const float* x,
-                       const float* w, const float* bias, float* y, size_t row) {
+                       const float* w, const float* bias, const float* residual, float* y,
+                       size_t row) {
   const size_t oh = row % p->out_h, plane = row / p->out_h;
   const size_t oc = plane % p->out_channels, n = plane / p->out_channels;
   const size_t og = p->out_channels / p->groups, cg = p->in_channels / p->groups, g = oc / og;
   float* yr = y + row * p->out_w;
   const float b0 = bias ? bias[oc] : 0.0f;
-  for (size_t i = 0; i < p->out_w; i++) yr[i] = b0;
+  if (residual) {
+    const float* rr = residual + row * p->out_w;
+    for (size_t i = 0; i < p->out_w; i++) yr[i] = rr[i] + b0;
+  } else {
+    for (size_t i = 0; i < p->out_w; i++) yr[i] = b0;
+  }
   for (size_t c = 0; c < cg; c++) {
     const float* xc = x + (n * p->in_channels + g * cg + c) * p->in_h * p->in_w;
     const float* wc = w + (oc * cg + c) * p->kernel_h * p->kernel_w;
@@ -137,21 +164,37 @@ static void direct_row(const fc_conv2d_params* p, const fc_vector_config* vk, co
   else fc_activation_row(p->out_w, p->activation, yr);
 }
 
-static void conv_direct(const fc_conv2d_params* p, const float* x, const float* w,
-                        const float* bias, float* y) {
+static void conv_direct(const fc_conv2d_params* p, const float* w, const float* bias,
+                        const float* residual, const float* x, float* y) {
   const fc_vector_config* vk = fc_vector_config_get();
   const size_t rows = p->batch * p->out_channels * p->out_h;
   const double flops = 2.0 * rows * p->out_w * (p->in_channels / p->groups) * p->kernel_h * p->kernel_w;
   const int threads = fc_threads_for(flops);
 #pragma omp parallel for schedule(static) num_threads(threads)
-  for (size_t row = 0; row < rows; row++) direct_row(p, vk, x, w, bias, y, row);
+  for (size_t row = 0; row < rows; row++) direct_row(p, vk, x, w, bias, residual, y, row);
+}
+
+int fc_conv2d_nchw_f32_packed(const fc_conv2d_params* p, int algorithm, int packed_tile,
+                              const float* packed, const float* bias, const float* residual,
+                              const float* x, float* y) {
+  if (packed_tile != fc_conv2d_packed_tile(algorithm)) return FC_ERROR_STALE;
+  if (algorithm == FC_CONV_DIRECT) {
+    conv_direct(p, packed, bias, residual, x, y);
+    return 0;
+  }
+  return conv_gemm(p, algorithm, packed, bias, residual, x, y);
 }
 
 int fc_conv2d_nchw_f32(const fc_conv2d_params* p, int algorithm, const float* x, const float* w,
                        const float* bias, float* y) {
   if (algorithm == FC_CONV_DIRECT) {
-    conv_direct(p, x, w, bias, y);
+    conv_direct(p, w, bias, NULL, x, y);
     return 0;
   }
-  return conv_gemm(p, algorithm, x, w, bias, y);
+  float* packed = (float*)fc_alloc(fc_conv2d_packed_size(p, algorithm) * sizeof(float));
+  if (!packed) return FC_ERROR_NOMEM;
+  fc_conv2d_pack_weights(p, algorithm, w, packed);
+  const int rc = conv_gemm(p, algorithm, packed, bias, NULL, x, y);
+  fc_free(packed);
+  return rc;
 }

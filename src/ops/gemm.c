@@ -135,7 +135,8 @@ int fc_gemm_packed(size_t M, size_t N, size_t K, const float* a_packed, fc_pack_
   const size_t mr = cfg->mr, nr = cfg->nr;
   const size_t mpad = fc_round_up(M, mr), npad = fc_round_up(N, nr);
   const size_t n_mpanels = mpad / mr, n_npanels = npad / nr;
-  const size_t bsize = fc_min(K, FC_KC) * fc_min(npad, FC_NC);
+  const float* prepacked = pack_b ? NULL : (const float*)b_ctx;
+  const size_t bsize = prepacked ? 0 : fc_min(K, FC_KC) * fc_min(npad, FC_NC);
   float* bbuf = (float*)fc_alloc((size_t)threads * bsize * sizeof(float));
   float* brow = bias_row ? padded_copy(bias_row, M, mpad) : NULL;
   float* bcol = bias_col ? padded_copy(bias_col, N, npad) : NULL;
@@ -170,18 +171,20 @@ int fc_gemm_packed(size_t M, size_t N, size_t K, const float* a_packed, fc_pack_
         const tile_job job = {cfg, c, c_rs, activation, last};
         fc_gemm_epilogue ep = {accumulate || k0 > 0, NULL, NULL, last ? lo : -INFINITY,
                                last ? hi : INFINITY};
-        for (size_t j = p0; j < p1; j++) {
+        for (size_t j = p0; j < p1 && !prepacked; j++) {
           const size_t col = j * nr;
           pack_b(b_ctx, k0, kc, col, fc_min(nr, N - col), nr, bpanels + (j - p0) * kc * nr);
         }
         for (size_t j = p0; j < p1; j++) {
           const size_t col = j * nr;
+          const float* b = prepacked ? prepacked + k0 * npad + j * kc * nr
+                                     : bpanels + (j - p0) * kc * nr;
           ep.bias_col = last && bcol ? bcol + col : NULL;
           for (size_t i = mp0; i < mp1; i++) {
             const size_t m0 = i * mr;
             ep.bias_row = last && brow ? brow + m0 : NULL;
-            run_tile(&job, kc, a_packed + k0 * mpad + m0 * kc, bpanels + (j - p0) * kc * nr, m0,
-                     fc_min(mr, M - m0), col, fc_min(nr, N - col), &ep, scratch);
+            run_tile(&job, kc, a_packed + k0 * mpad + m0 * kc, b, m0, fc_min(mr, M - m0), col,
+                     fc_min(nr, N - col), &ep, scratch);
           }
         }
       }
@@ -203,6 +206,40 @@ int fc_gemm_f32(size_t M, size_t N, size_t K, const float* a, ptrdiff_t a_rs, pt
   const strided_b src = {b, b_rs, b_cs};
   const int rc = fc_gemm_packed(M, N, K, ap, pack_b_strided, &src, bias_row, bias_col, accumulate,
                                 activation, c, c_rs, fc_threads_for(2.0 * M * N * K));
+  fc_free(ap);
+  return rc;
+}
+
+/* Dense weights W (N x K, row-major) as B = W^T panels: for each K block (k0, kc), for each
+ * NR-column panel j, kc x NR floats at k0 * Npad + j * kc * NR (the layout fc_gemm_packed reads
+ * when it is given no packing callback). Columns past N are zero. */
+size_t fc_dense_packed_size(size_t K, size_t N) {
+  return fc_round_up(N, fc_gemm_config_get()->nr) * K;
+}
+
+int fc_dense_packed_tile(void) { return (int)fc_gemm_config_get()->nr; }
+
+void fc_dense_pack_weights(size_t K, size_t N, const float* w, float* packed) {
+  const size_t nr = fc_gemm_config_get()->nr, npad = fc_round_up(N, nr);
+  const strided_b wt = {w, 1, (ptrdiff_t)K}; /* B[k][n] = W[n][k] */
+  for (size_t k0 = 0; k0 < K; k0 += FC_KC) {
+    const size_t kc = fc_min(FC_KC, K - k0);
+    for (size_t col = 0; col < npad; col += nr) {
+      pack_b_strided(&wt, k0, kc, col, fc_min(nr, N - col), nr,
+                     packed + k0 * npad + col * kc);
+    }
+  }
+}
+
+int fc_dense_f32_packed(size_t M, size_t N, size_t K, int packed_tile, const float* packed,
+                        const float* bias, int activation, const float* x, float* y) {
+  if (packed_tile != fc_dense_packed_tile()) return FC_ERROR_STALE;
+  const size_t mr = fc_gemm_config_get()->mr;
+  float* ap = (float*)fc_alloc(fc_packed_a_size(M, K, mr) * sizeof(float));
+  if (!ap) return FC_ERROR_NOMEM;
+  fc_pack_a(M, K, x, (ptrdiff_t)K, 1, mr, ap);
+  const int rc = fc_gemm_packed(M, N, K, ap, NULL, packed, NULL, bias, 0, activation, y, N,
+                                fc_threads_for(2.0 * M * N * K));
   fc_free(ap);
   return rc;
 }

@@ -1,0 +1,255 @@
+"""The execution plan of a model: its layers fused into fewer, cheaper steps.
+
+A model's graph is what the user wrote (Conv2D, BatchNormalization, ReLU, Add, ...). The plan is
+what runs:
+
+- a Conv2D absorbs the BatchNormalization that follows it (folded into its kernel and bias),
+  then a ReLU/ReLU6/tanh/sigmoid activation, then a residual ``Add`` (whose other operand is
+  added in the convolution's store, in place when that operand is not needed afterwards) and the
+  activation after it;
+- a Dense absorbs the activation that follows it;
+- convolution and dense weights are packed once into the layout their kernels read;
+- Dropout is free (the identity), every other layer runs as it is.
+
+A fused step runs at the position of the last layer it absorbed, so its inputs (including a
+residual computed on another branch) are always ready. Intermediate arrays are dropped after
+their last reader. The plan is rebuilt when a layer's weights are replaced (``set_weights``,
+``load_weights``) or the kernel table changes (``fastconv.runtime.isa_cap``).
+
+Only channels_first models are planned; channels_last models run layer by layer.
+"""
+import numpy as np
+
+from . import _core
+from . import functional as F
+from .layers import Activation, Add, BatchNormalization, Conv2D, Dense, Dropout, InputLayer
+
+_FUSABLE = ("relu", "relu6", "tanh", "sigmoid")
+
+
+def plannable(model):
+    return model.data_format == "channels_first"
+
+
+class Step:
+    """One operator call: reads the arrays of ``inputs`` (node ids), writes node ``output``.
+
+    ``fresh`` steps return a new array that nothing else refers to (fused convolutions and dense
+    layers); other layers may return a view of their input (Flatten, Dropout)."""
+
+    def __init__(self, inputs, output, run, describe, fresh=False):
+        self.inputs, self.output, self.run, self.describe = list(inputs), output, run, describe
+        self.fresh = fresh
+        self.release = []
+        self.residual = None  # node id added in this step's store, if any
+        self.in_place = False  # whether the store may overwrite the residual's array
+
+
+class Plan:
+    def __init__(self, model):
+        self._model = model
+        self._position = {node: i for i, node in enumerate(model._nodes)}
+        self._consumers = _consumers(model._nodes)
+        self._outputs = {self._position[t] for t in model.outputs}
+        self._inputs = {self._position[t] for t in model.inputs}
+        self._weights = [(layer, layer.weights) for layer in model.layers]
+        self._absorbed = set()  # nodes merged into a fused step that starts at another node
+        self.steps = self._fuse()
+        _schedule_releases(self.steps, self._outputs)
+        self._mark_in_place()
+
+    def _mark_in_place(self):
+        """A residual array may be overwritten by the step that adds it when that step is its
+        last reader, it is nobody's view (made and read by fresh steps only) and it is neither
+        a model input nor a model output."""
+        producer = {step.output: step for step in self.steps}
+        for step in self.steps:
+            r = step.residual
+            if r is None or r in self._inputs or r in self._outputs or r not in step.release:
+                continue
+            readers = [s for s in self.steps if r in s.inputs]
+            step.in_place = producer[r].fresh and all(s.fresh for s in readers)
+
+    def is_current(self):
+        """False once any layer's weights were replaced since the plan was made."""
+        return all(layer.weights is weights for layer, weights in self._weights)
+
+    def run(self, arrays):
+        values = dict(zip((self._position[t] for t in self._model.inputs), arrays))
+        for step in self.steps:
+            values[step.output] = step.run(values)
+            for i in step.release:
+                del values[i]
+        return [values[self._position[t]] for t in self._model.outputs]
+
+    def summary(self):
+        """One line per step: what it computes and which layers it absorbed."""
+        return "\n".join(f"{i:3d}  {step.describe}" for i, step in enumerate(self.steps))
+
+    # Fusion ------------------------------------------------------------------------------------
+
+    def _fuse(self):
+        absorbed, pending = self._absorbed, {}
+        for node in self._model._nodes:
+            layer = node.layer
+            if node in absorbed or isinstance(layer, InputLayer):
+                continue
+            if isinstance(layer, Conv2D) and layer.activation in (None, "linear") + _FUSABLE:
+                chain = self._conv_chain(node)
+            elif isinstance(layer, Dense) and layer.activation in (None, "linear") + _FUSABLE:
+                chain = self._dense_chain(node)
+            else:
+                chain = None
+            if chain is None:
+                pending[node] = self._layer_step(node)
+                continue
+            absorbed.update(chain["nodes"][1:])
+            pending[chain["nodes"][-1]] = chain["make"](chain)
+        # Each step runs where its last absorbed layer stood in the graph order.
+        return [pending[node] for node in self._model._nodes if node in pending]
+
+    def _single_consumer(self, node):
+        """The one layer reading ``node``, or None if it has several readers, is an output, or
+        was already merged into another step (an Add whose other operand claimed it)."""
+        readers = self._consumers[node]
+        if len(readers) != 1 or self._position[node] in self._outputs or readers[0] in self._absorbed:
+            return None
+        return readers[0]
+
+    def _absorb_activation(self, chain):
+        nxt = self._single_consumer(chain["nodes"][-1])
+        if (chain["activation"] is None and nxt is not None and isinstance(nxt.layer, Activation)
+                and nxt.layer.activation in _FUSABLE):
+            chain["nodes"].append(nxt)
+            chain["activation"] = nxt.layer.activation
+
+    def _conv_chain(self, node):
+        layer = node.layer
+        chain = {"nodes": [node], "activation": _activation(layer.activation), "bn": None,
+                 "residual": None, "make": self._conv_step}
+        nxt = self._single_consumer(node)
+        if chain["activation"] is None and nxt is not None and isinstance(nxt.layer, BatchNormalization):
+            chain["nodes"].append(nxt)
+            chain["bn"] = nxt.layer
+        self._absorb_activation(chain)
+        nxt = self._single_consumer(chain["nodes"][-1])
+        if (chain["activation"] is None and nxt is not None and isinstance(nxt.layer, Add)
+                and len(nxt.inbound) == 2):
+            end = chain["nodes"][-1]
+            other = nxt.inbound[1] if nxt.inbound[0] is end else nxt.inbound[0]
+            if other is not end:
+                chain["nodes"].append(nxt)
+                chain["residual"] = other
+                chain["activation"] = _activation(nxt.layer.activation)
+                self._absorb_activation(chain)
+        return chain
+
+    def _dense_chain(self, node):
+        chain = {"nodes": [node], "activation": _activation(node.layer.activation),
+                 "make": self._dense_step}
+        self._absorb_activation(chain)
+        return chain
+
+    # Steps -------------------------------------------------------------------------------------
+
+    def _conv_step(self, chain):
+        node = chain["nodes"][0]
+        layer, source = node.layer, node.inbound[0]
+        kernel, bias = _folded(layer, chain["bn"])
+        channels, height, width = source.sample_shape
+        out_channels, out_h, out_w = chain["nodes"][-1].sample_shape
+        pads = F._resolve_padding(layer.padding, "plan", (height, width), layer.kernel_size,
+                                  layer.strides, layer.dilation)
+        algorithm = F._conv_algorithm("auto", layer.kernel_size, layer.strides, pads,
+                                      out_channels // layer.groups)
+        act = F._ACTIVATIONS[chain["activation"]]
+        conv = _core.Conv2dPlan(kernel, bias, (channels, height, width), (out_h, out_w),
+                                layer.strides, layer.dilation, (pads[0][0], pads[1][0]),
+                                layer.groups, act, algorithm)
+        x_id = self._position[source]
+        out_id = self._position[chain["nodes"][-1]]
+        residual = chain["residual"]
+        r_id = None if residual is None else self._position[residual]
+
+        def run(values):
+            x = values[x_id]
+            if step.in_place:
+                y = values[r_id]
+                conv.run(x, y, y)
+                return y
+            y = np.empty((x.shape[0], out_channels, out_h, out_w), np.float32)
+            conv.run(x, y, None if r_id is None else values[r_id])
+            return y
+
+        names = " + ".join(n.layer.name for n in chain["nodes"])
+        algo_name = {v: k for k, v in F._ALGORITHMS.items()}[algorithm]
+        describe = f"conv2d[{algo_name}] {names}" + (f" (+ residual {residual.layer.name})" if residual else "")
+        step = Step([x_id] + ([r_id] if r_id is not None else []), out_id, run, describe, fresh=True)
+        step.residual = r_id
+        return step
+
+    def _dense_step(self, chain):
+        node = chain["nodes"][0]
+        layer = node.layer
+        dense = _core.DensePlan(layer.weights["kernel"], layer.weights.get("bias"),
+                                F._ACTIVATIONS[chain["activation"]])
+        x_id, out_id = self._position[node.inbound[0]], self._position[chain["nodes"][-1]]
+
+        def run(values):
+            x = np.ascontiguousarray(values[x_id], dtype=np.float32)
+            y = np.empty((x.shape[0], layer.units), np.float32)
+            dense.run(x, y)
+            return y
+
+        names = " + ".join(n.layer.name for n in chain["nodes"])
+        return Step([x_id], out_id, run, f"dense {names}", fresh=True)
+
+    def _layer_step(self, node):
+        layer, ids = node.layer, [self._position[p] for p in node.inbound]
+        if isinstance(layer, Dropout):
+            return Step(ids, self._position[node], lambda values: values[ids[0]],
+                        f"identity {layer.name}")
+
+        def run(values):
+            args = [values[i] for i in ids]
+            return layer.call(args if layer.merges else args[0])
+
+        return Step(ids, self._position[node], run, f"{type(layer).__name__.lower()} {layer.name}")
+
+
+def _activation(name):
+    return None if name in (None, "linear") else name
+
+
+def _folded(conv, bn):
+    """Conv2D kernel and bias with a following BatchNormalization folded in (float64 math)."""
+    kernel = conv.weights["kernel"]
+    bias = conv.weights.get("bias")
+    if bn is None:
+        return kernel, bias
+    w = bn.weights
+    scale = w["gamma"].astype(np.float64) / np.sqrt(w["moving_variance"].astype(np.float64) + bn.epsilon)
+    base = np.zeros(kernel.shape[0]) if bias is None else bias.astype(np.float64)
+    folded_bias = (base - w["moving_mean"]) * scale + w["beta"]
+    folded_kernel = kernel.astype(np.float64) * scale[:, None, None, None]
+    return folded_kernel.astype(np.float32), folded_bias.astype(np.float32)
+
+
+def _consumers(nodes):
+    readers = {node: [] for node in nodes}
+    for node in nodes:
+        for source in node.inbound:
+            readers[source].append(node)
+    return readers
+
+
+def _schedule_releases(steps, outputs):
+    """Marks, on each step, the arrays it is the last to read (model outputs are kept)."""
+    last = {}
+    for step in steps:
+        for i in step.inputs:
+            last[i] = step
+    for node_id, step in last.items():
+        if node_id not in outputs:
+            step.release.append(node_id)
+

@@ -1,0 +1,113 @@
+"""The model plan (fastconv/plan.py): fused, prepacked steps must compute what the layers
+compute one by one (Model._run_layers, itself tested against the functional ops), for every
+fusion it makes and every case where it must not fuse or must not overwrite."""
+import numpy as np
+import pytest
+
+import fastconv
+from fastconv import layers as L
+from fastconv import models
+from fastconv.runtime import isa_cap
+
+
+def randomize_batchnorm(model, seed=1):
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if isinstance(layer, L.BatchNormalization):
+            c = layer.weights["gamma"].shape
+            layer.set_weights([rng.uniform(0.5, 1.5, c), rng.uniform(-0.2, 0.2, c),
+                               rng.uniform(-0.5, 0.5, c), rng.uniform(0.5, 1.5, c)])
+
+
+def assert_plan_matches_layers(model, x):
+    planned = model.predict(x)
+    reference = model._run_layers([np.ascontiguousarray(x, np.float32)])[0]
+    assert planned.shape == reference.shape
+    assert np.abs(planned - reference).max() <= 1e-5 * np.abs(reference).max()
+    return planned
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50", "mobilenet_v2", "googlenet", "alexnet"])
+def test_zoo_plans_match_layer_by_layer(name):
+    model = getattr(models, name)(input_shape=(3, 96, 96)) if name != "alexnet" else models.alexnet()
+    randomize_batchnorm(model)
+    size = 224 if name == "alexnet" else 96
+    x = np.random.default_rng(0).standard_normal((2, 3, size, size)).astype(np.float32)
+    assert_plan_matches_layers(model, x)
+
+
+def test_resnet_plan_folds_batchnorm_and_fuses_the_residual_add():
+    model = models.resnet18()
+    text = model.plan_summary(print_fn=None)
+    assert "conv2d[im2col] layer1.0.conv2 + layer1.0.bn2 + layer1.0.add (+ residual maxpool)" in text
+    assert "layer2.0.downsample.0 + layer2.0.downsample.1" in text
+    assert len(model._plan.steps) == 23 and len(model.layers) == 61
+    assert "batchnormalization" not in text and "relu " not in text
+
+
+def small_residual(residual_is_output=False, reuse_residual=False):
+    x = fastconv.Input((4, 9, 9))
+    a = L.Conv2D(6, 3, padding=1, name="a")(x)
+    b = L.BatchNormalization(name="bn")(L.Conv2D(6, 1, name="b")(a))
+    y = L.Add(activation="relu", name="add")([b, a])
+    outputs = [y]
+    if residual_is_output:
+        outputs.append(a)
+    if reuse_residual:
+        outputs.append(L.Conv2D(2, 1, name="after")(a))
+    return fastconv.Model(x, outputs if len(outputs) > 1 else y, seed=0)
+
+
+@pytest.mark.parametrize("variant", [{}, {"residual_is_output": True}, {"reuse_residual": True}])
+def test_residual_fusion_never_overwrites_a_live_array(variant):
+    model = small_residual(**variant)
+    randomize_batchnorm(model)
+    x = np.random.default_rng(2).standard_normal((3, 4, 9, 9)).astype(np.float32)
+    planned = model.predict(x)
+    reference = model._run_layers([x.copy()])
+    for got, expected in zip(planned if isinstance(planned, list) else [planned], reference):
+        assert np.abs(got - expected).max() <= 1e-5 * np.abs(expected).max()
+    fused = [s for s in model._plan.steps if s.residual is not None]
+    assert len(fused) == 1
+    assert fused[0].in_place == (variant == {})
+
+
+def test_residual_from_the_model_input_leaves_the_input_untouched():
+    x = fastconv.Input((3, 8, 8))
+    model = fastconv.Model(x, L.Add(activation="relu")([L.Conv2D(3, 3, padding=1)(x), x]), seed=0)
+    data = np.random.default_rng(3).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    kept = data.copy()
+    assert_plan_matches_layers(model, data)
+    assert np.array_equal(data, kept)
+
+
+def test_both_add_operands_from_convolutions():
+    x = fastconv.Input((4, 10, 10))
+    left = L.BatchNormalization()(L.Conv2D(8, 3, padding=1)(x))
+    right = L.BatchNormalization()(L.Conv2D(8, 1)(x))
+    model = fastconv.Model(x, L.ReLU()(L.Add()([left, right])), seed=0)
+    randomize_batchnorm(model)
+    assert_plan_matches_layers(model, np.random.default_rng(4).standard_normal((1, 4, 10, 10)))
+    assert len(model._plan.steps) == 2
+
+
+def test_replaced_weights_and_a_new_kernel_table_rebuild_the_plan():
+    model = models.lenet5()
+    x = np.random.default_rng(5).standard_normal((4, 1, 32, 32)).astype(np.float32)
+    before = model.predict(x)
+    conv = model.get_layer("conv1")
+    conv.set_weights([conv.weights["kernel"] * 2, conv.weights["bias"] + 1])
+    after = model.predict(x)
+    assert not np.array_equal(before, after)
+    assert_plan_matches_layers(model, x)
+    with isa_cap("scalar"):
+        scalar = model.predict(x)
+    assert np.abs(scalar - after).max() <= 1e-5 * np.abs(after).max()
+
+
+def test_channels_last_models_run_layer_by_layer():
+    x = fastconv.Input((8, 8, 3), data_format="channels_last")
+    model = fastconv.Model(x, L.Conv2D(4, 3, activation="relu")(x), seed=0)
+    assert "not planned" in model.plan_summary(print_fn=None)
+    data = np.random.default_rng(6).standard_normal((2, 8, 8, 3)).astype(np.float32)
+    assert np.array_equal(model.predict(data), model._run_layers([data])[0])
