@@ -198,7 +198,8 @@ def _read_layer(path, msg, v1):
         raise _layer_error(path, name, type_, problem, msg.line)
 
     # Rules first: a training-only layer (a Data layer, a loss) is skipped whatever its type.
-    rules = [[_read_fields(r, _RULE, fail, f"{key}.") for r in msg.get_all(key)]
+    rules = [[_read_fields(r, _RULE, fail, f"{key}.") if isinstance(r, pb.TextMessage)
+              else fail(f"parameter '{key}' must be a {{ ... }} block") for r in msg.get_all(key)]
              for key in ("include", "exclude")]
     if not _included(rules, fail):
         return None
