@@ -77,6 +77,12 @@ def randomize(net, seed):
                 module.bias.normal_(0.0, 0.1, generator=generator)
                 module.running_mean.normal_(0.0, 0.1, generator=generator)
                 module.running_var.uniform_(0.5, 1.5, generator=generator)
+        for module in net.modules():
+            # ResNet's residual sums grow with depth (to 1e12 for ResNet-152 at gamma ~ 1);
+            # small gammas on each block's last BatchNorm keep outputs O(10-100) as trained nets.
+            last_bn = {"BasicBlock": "bn2", "Bottleneck": "bn3"}.get(type(module).__name__)
+            if last_bn:
+                getattr(module, last_bn).weight.mul_(0.2)
     return net.eval()
 
 
