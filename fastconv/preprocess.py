@@ -220,7 +220,9 @@ def _resize(pixels, height, width, interpolation):
         cols = np.minimum(((np.arange(width) + 0.5) * w / width).astype(int), w - 1)
         return pixels[rows][:, cols]
     rows, cols = _bilinear_weights(h, height), _bilinear_weights(w, width)
-    resized = np.einsum("ih,hwc,jw->ijc", rows, pixels.astype(np.float64), cols)
+    # Two separable passes, each a matrix product: rows (H'xH) times each column, then columns.
+    resized = np.tensordot(rows, pixels.astype(np.float64), axes=(1, 0))      # (H', W, C)
+    resized = np.tensordot(resized, cols, axes=(1, 1)).transpose(0, 2, 1)     # (H', W', C)
     return np.clip(np.rint(resized), 0, 255)  # back to pixel values, as an 8-bit resize gives
 
 
