@@ -1,8 +1,8 @@
 /* The GEMM driver: BLIS-style blocking around a register-tiled micro-kernel.
  *
- * Each thread owns a block of C: a range of NR-column panels (and, when there are fewer
- * panels than threads, a range of MR-row panels). Within it, loops run outermost first over
- * column chunks of FC_NC, K blocks of FC_KC, B panels, then A panels. A is packed once, whole
+ * Each thread owns a block of C: a range of NR-column panels or of MR-row panels (see
+ * thread_grid). Within it, loops run outermost first over column chunks of FC_NC, K blocks of
+ * FC_KC, row blocks of FC_MC, B panels (kept in L1), then A panels (the block kept in L2). A is packed once, whole
  * (it is the weight matrix of a layer); each thread packs its own K x NR panels of B through a
  * callback, which lets the convolution write im2col data straight into the panels. There is no
  * barrier inside the parallel region. K is never split, so every element of C sums its
@@ -16,6 +16,7 @@
 
 #define FC_KC 256
 #define FC_NC 1024 /* a multiple of every NR */
+#define FC_MC 256  /* rows of A per block: MC x KC floats (256 KiB) stay in L2 */
 #define FC_MAX_TILE (8 * 32)
 
 size_t fc_packed_a_size(size_t M, size_t K, size_t mr) { return fc_round_up(M, mr) * K; }
@@ -122,6 +123,20 @@ static void run_tile(const tile_job* job, size_t kc, const float* a, const float
   }
 }
 
+/* How a team shares the tiles of C: tm row groups times tn column groups. Splitting columns
+ * lets each thread pack only its own B panels, but every thread then streams all of A (the
+ * weights); with few column panels (late, small-image layers, large weights) the rows are split
+ * instead, each thread reading half of A and packing its own copy of the few B panels. */
+static void thread_grid(size_t team, size_t n_mpanels, size_t n_npanels, size_t* tm, size_t* tn) {
+  if (n_npanels < 4 * team && n_mpanels >= 2 * team) {
+    *tm = team;
+    *tn = 1;
+  } else {
+    *tn = fc_min(team, n_npanels);
+    *tm = team / *tn;
+  }
+}
+
 /* The part [start, end) of `total` items that share `index` of `parts` gets. */
 static void split(size_t total, size_t parts, size_t index, size_t* start, size_t* end) {
   *start = total * index / parts;
@@ -151,12 +166,12 @@ int fc_gemm_packed(size_t M, size_t N, size_t K, const float* a_packed, fc_pack_
 
 #pragma omp parallel num_threads(threads)
   {
-    /* Threads split the column panels when there are enough of them, so that each packs only
-     * the B panels it uses and no thread ever waits for another; otherwise they split the rows
-     * too and each packs its own copy of the (few) B panels. The runtime may give fewer
-     * threads than asked for, so the grid is made from the team actually running. */
+    /* No thread ever waits for another. The runtime may give fewer threads than asked for, so
+     * the grid is made from the team actually running. */
     const size_t id = (size_t)fc_thread_id(), team = (size_t)fc_thread_count();
-    const size_t tn = fc_min(team, n_npanels), tm = team / tn;
+    const size_t mc_panels = FC_MC / mr ? FC_MC / mr : 1;
+    size_t tm, tn;
+    thread_grid(team, n_mpanels, n_npanels, &tm, &tn);
     float scratch[FC_MAX_TILE] __attribute__((aligned(64)));
     float* bpanels = bbuf + id * bsize;
     size_t mp0, mp1, np0, np1;
@@ -175,16 +190,19 @@ int fc_gemm_packed(size_t M, size_t N, size_t K, const float* a_packed, fc_pack_
           const size_t col = j * nr;
           pack_b(b_ctx, k0, kc, col, fc_min(nr, N - col), nr, bpanels + (j - p0) * kc * nr);
         }
-        for (size_t j = p0; j < p1; j++) {
-          const size_t col = j * nr;
-          const float* b = prepacked ? prepacked + k0 * npad + j * kc * nr
-                                     : bpanels + (j - p0) * kc * nr;
-          ep.bias_col = last && bcol ? bcol + col : NULL;
-          for (size_t i = mp0; i < mp1; i++) {
-            const size_t m0 = i * mr;
-            ep.bias_row = last && brow ? brow + m0 : NULL;
-            run_tile(&job, kc, a_packed + k0 * mpad + m0 * kc, b, m0, fc_min(mr, M - m0), col,
-                     fc_min(nr, N - col), &ep, scratch);
+        for (size_t i0 = mp0; i0 < mp1; i0 += mc_panels) {
+          const size_t i1 = fc_min(mp1, i0 + mc_panels);
+          for (size_t j = p0; j < p1; j++) {
+            const size_t col = j * nr;
+            const float* b = prepacked ? prepacked + k0 * npad + j * kc * nr
+                                       : bpanels + (j - p0) * kc * nr;
+            ep.bias_col = last && bcol ? bcol + col : NULL;
+            for (size_t i = i0; i < i1; i++) {
+              const size_t m0 = i * mr;
+              ep.bias_row = last && brow ? brow + m0 : NULL;
+              run_tile(&job, kc, a_packed + k0 * mpad + m0 * kc, b, m0, fc_min(mr, M - m0), col,
+                       fc_min(nr, N - col), &ep, scratch);
+            }
           }
         }
       }
