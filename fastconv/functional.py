@@ -20,7 +20,7 @@ from . import _core
 __all__ = [
     "gemm", "dense", "conv2d", "max_pool2d", "avg_pool2d", "global_avg_pool2d",
     "global_max_pool2d", "relu", "relu6", "tanh", "sigmoid", "softmax", "lrn", "batch_norm",
-    "add", "concat", "flatten", "conv_output_size", "pool_output_size",
+    "add", "concat", "flatten", "conv_output_size", "pool_output_size", "PreparedConv2d",
 ]
 
 # Codes shared with src/include/fastconv.h (enum fc_activation, enum fc_conv_algorithm).
@@ -261,6 +261,44 @@ def _conv_algorithm(algorithm, kernel, stride, pads, out_per_group):
     return _ALGORITHMS[algorithm]
 
 
+class _ConvGeometry:
+    """A convolution's checked arguments (NCHW / OIHW) and derived sizes."""
+
+    def __init__(self, op, in_chw, weight_shape, bias, stride, padding, dilation, groups,
+                 activation, algorithm, shown_weight_shape):
+        (c, h, wd), (o, i, kh, kw) = in_chw, weight_shape
+        self.groups = _int(groups, op, "groups", 1)
+        self.stride, self.dilation = _pair(stride, op, "stride"), _pair(dilation, op, "dilation")
+        self.activation = _activation(activation, op)
+        if kh < 1 or kw < 1 or i < 1:
+            raise ValueError(f"{op}: `weight` must have a kernel and input channels >= 1; received "
+                             f"shape {shown_weight_shape}")
+        if c % self.groups or o % self.groups:
+            raise ValueError(f"{op}: `groups` must divide the input channels ({c}) and the output "
+                             f"channels ({o}); received groups={self.groups}")
+        if c // self.groups != i:
+            raise ValueError(f"{op}: `x` has {c} channels, so with groups={self.groups} the weight "
+                             f"needs {c // self.groups} input channels per group; received weight "
+                             f"with {i} (shape {shown_weight_shape})")
+        self.pads = _resolve_padding(padding, op, (h, wd), (kh, kw), self.stride, self.dilation)
+        _check_window_fits(op, (h, wd), (kh, kw), self.dilation, self.pads)
+        self.out_hw = tuple(conv_output_size((h, wd)[a], (kh, kw)[a], self.stride[a], self.pads[a],
+                                             self.dilation[a]) for a in (0, 1))
+        _check_output(op, self.out_hw, (h, wd))
+        self.algorithm = _conv_algorithm(algorithm, (kh, kw), self.stride, self.pads, o // self.groups)
+        self.bias = None
+        if bias is not None:
+            self.bias = np.ascontiguousarray(_as_array(bias, op, "bias"))
+            if self.bias.shape != (o,):
+                raise ValueError(f"{op}: `bias` must have shape ({o},) (one per output channel); "
+                                 f"received shape {self.bias.shape}")
+        self.out_channels = o
+
+    @property
+    def pad_begin(self):
+        return (self.pads[0][0], self.pads[1][0])
+
+
 def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, activation=None,
            data_format="channels_first", algorithm="auto"):
     """2-D convolution (cross-correlation, as in every deep learning framework).
@@ -281,36 +319,62 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, acti
     _check_rank(w, 4, op, "weight", "(KH, KW, C/groups, O)" if channels_last else "(O, C/groups, KH, KW)")
     if channels_last:
         x, w = x.transpose(0, 3, 1, 2), w.transpose(3, 2, 0, 1)
-    (n, c, h, wd), (o, i, kh, kw) = x.shape, w.shape
-    groups = _int(groups, op, "groups", 1)
-    stride, dilation = _pair(stride, op, "stride"), _pair(dilation, op, "dilation")
-    act = _activation(activation, op)
-    if kh < 1 or kw < 1 or i < 1:
-        raise ValueError(f"conv2d: `weight` must have a kernel and input channels >= 1; received shape {weight.shape}")
-    if c % groups or o % groups:
-        raise ValueError(
-            f"conv2d: `groups` must divide the input channels ({c}) and the output channels ({o}); "
-            f"received groups={groups}"
-        )
-    if c // groups != i:
-        raise ValueError(
-            f"conv2d: `x` has {c} channels, so with groups={groups} the weight needs {c // groups} "
-            f"input channels per group; received weight with {i} (shape {weight.shape})"
-        )
-    pads = _resolve_padding(padding, op, (h, wd), (kh, kw), stride, dilation)
-    _check_window_fits(op, (h, wd), (kh, kw), dilation, pads)
-    out_hw = [conv_output_size((h, wd)[a], (kh, kw)[a], stride[a], pads[a], dilation[a]) for a in (0, 1)]
-    _check_output(op, out_hw, (h, wd))
-    algo = _conv_algorithm(algorithm, (kh, kw), stride, pads, o // groups)
-    if bias is not None:
-        bias = np.ascontiguousarray(_as_array(bias, op, "bias"))
-        if bias.shape != (o,):
-            raise ValueError(f"conv2d: `bias` must have shape ({o},) (one per output channel); received shape {bias.shape}")
-    y = np.empty((n, o, out_hw[0], out_hw[1]), np.float32)
+    g = _ConvGeometry(op, x.shape[1:], w.shape, bias, stride, padding, dilation, groups,
+                      activation, algorithm, weight.shape)
+    y = np.empty((x.shape[0], g.out_channels) + g.out_hw, np.float32)
     if y.size:
-        _core.conv2d_nchw(np.ascontiguousarray(x), np.ascontiguousarray(w), bias, y, stride,
-                          dilation, (pads[0][0], pads[1][0]), groups, act, algo)
+        _core.conv2d_nchw(np.ascontiguousarray(x), np.ascontiguousarray(w), g.bias, y, g.stride,
+                          g.dilation, g.pad_begin, g.groups, g.activation, g.algorithm)
     return np.ascontiguousarray(y.transpose(0, 2, 3, 1)) if channels_last else y
+
+
+class PreparedConv2d:
+    """``conv2d`` with fixed weights, packed once for the kernels, for inputs of one shape
+    (any batch): what a model plan runs. NCHW / OIHW only.
+
+    ``prepared(x, residual=None)`` returns act(conv(x) + bias [+ residual]); ``residual`` has the
+    output's shape (a ResNet shortcut added in the convolution's store) and may be written in
+    place with ``out=residual``.
+
+    >>> conv = PreparedConv2d(np.ones((8, 3, 3, 3), np.float32), None, (3, 32, 32), padding=1)
+    >>> conv(np.zeros((2, 3, 32, 32), np.float32)).shape
+    (2, 8, 32, 32)
+    """
+
+    def __init__(self, weight, bias, input_shape, stride=1, padding=0, dilation=1, groups=1,
+                 activation=None, algorithm="auto"):
+        op = "PreparedConv2d"
+        w = np.ascontiguousarray(_as_array(weight, op, "weight"))
+        _check_rank(w, 4, op, "weight", "(O, C/groups, KH, KW)")
+        self.input_shape = tuple(_int(v, op, "input_shape", 1) for v in input_shape)
+        if len(self.input_shape) != 3:
+            raise ValueError(f"{op}: `input_shape` must be (C, H, W); received {input_shape!r}")
+        g = _ConvGeometry(op, self.input_shape, w.shape, bias, stride, padding, dilation, groups,
+                          activation, algorithm, w.shape)
+        self.output_shape = (g.out_channels,) + g.out_hw
+        self.algorithm = {v: k for k, v in _ALGORITHMS.items()}[g.algorithm]
+        self._conv = _core.Conv2dPlan(w, g.bias, self.input_shape, g.out_hw, g.stride, g.dilation,
+                                      g.pad_begin, g.groups, g.activation, g.algorithm)
+
+    def __call__(self, x, residual=None, out=None):
+        x = np.ascontiguousarray(_as_array(x, "PreparedConv2d", "x"))
+        if x.ndim != 4 or x.shape[1:] != self.input_shape:
+            raise ValueError(f"PreparedConv2d: `x` must be (N,) + {self.input_shape}; received "
+                             f"shape {x.shape}")
+        shape = (x.shape[0],) + self.output_shape
+        if residual is not None:
+            residual = np.ascontiguousarray(_as_array(residual, "PreparedConv2d", "residual"))
+            if residual.shape != shape:
+                raise ValueError(f"PreparedConv2d: `residual` must have the output's shape {shape}; "
+                                 f"received {residual.shape}")
+        if out is None:
+            out = np.empty(shape, np.float32)
+        elif out.shape != shape or out.dtype != np.float32 or not out.flags.c_contiguous:
+            raise ValueError(f"PreparedConv2d: `out` must be a C-contiguous float32 array of shape "
+                             f"{shape}; received {out.dtype} {out.shape}")
+        if out.size:
+            self._conv.run(x, out, residual)
+        return out
 
 
 # Pooling --------------------------------------------------------------------------------------

@@ -156,34 +156,20 @@ class Plan:
         node = chain["nodes"][0]
         layer, source = node.layer, node.inbound[0]
         kernel, bias = _folded(layer, chain["bn"])
-        channels, height, width = source.sample_shape
-        out_channels, out_h, out_w = chain["nodes"][-1].sample_shape
-        pads = F._resolve_padding(layer.padding, "plan", (height, width), layer.kernel_size,
-                                  layer.strides, layer.dilation)
-        algorithm = F._conv_algorithm("auto", layer.kernel_size, layer.strides, pads,
-                                      out_channels // layer.groups)
-        act = F._ACTIVATIONS[chain["activation"]]
-        conv = _core.Conv2dPlan(kernel, bias, (channels, height, width), (out_h, out_w),
-                                layer.strides, layer.dilation, (pads[0][0], pads[1][0]),
-                                layer.groups, act, algorithm)
+        conv = F.PreparedConv2d(kernel, bias, source.sample_shape, layer.strides, layer.padding,
+                                layer.dilation, layer.groups, chain["activation"])
         x_id = self._position[source]
         out_id = self._position[chain["nodes"][-1]]
         residual = chain["residual"]
         r_id = None if residual is None else self._position[residual]
 
         def run(values):
-            x = values[x_id]
             if step.in_place:
-                y = values[r_id]
-                conv.run(x, y, y)
-                return y
-            y = np.empty((x.shape[0], out_channels, out_h, out_w), np.float32)
-            conv.run(x, y, None if r_id is None else values[r_id])
-            return y
+                return conv(values[x_id], residual=values[r_id], out=values[r_id])
+            return conv(values[x_id], residual=None if r_id is None else values[r_id])
 
         names = " + ".join(n.layer.name for n in chain["nodes"])
-        algo_name = {v: k for k, v in F._ALGORITHMS.items()}[algorithm]
-        describe = f"conv2d[{algo_name}] {names}" + (f" (+ residual {residual.layer.name})" if residual else "")
+        describe = f"conv2d[{conv.algorithm}] {names}" + (f" (+ residual {residual.layer.name})" if residual else "")
         step = Step([x_id] + ([r_id] if r_id is not None else []), out_id, run, describe, fresh=True)
         step.residual = r_id
         return step
