@@ -27,6 +27,7 @@ DRIVERS = [
     "src/runtime/memory.c",
     "src/ops/gemm.c",
     "src/ops/conv2d.c",
+    "src/ops/winograd.c",
     "src/ops/pool2d.c",
     "src/ops/elementwise.c",
 ]

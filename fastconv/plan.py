@@ -20,7 +20,7 @@ Only channels_first models are planned; channels_last models run layer by layer.
 """
 import numpy as np
 
-from . import _core
+from . import _core, runtime
 from . import functional as F
 from .layers import Activation, Add, BatchNormalization, Conv2D, Dense, Dropout, InputLayer
 
@@ -53,6 +53,7 @@ class Plan:
         self._outputs = {self._position[t] for t in model.outputs}
         self._inputs = {self._position[t] for t in model.inputs}
         self._weights = [(layer, layer.weights) for layer in model.layers]
+        self._winograd = runtime.winograd_enabled()
         self._absorbed = set()  # nodes merged into a fused step that starts at another node
         self.steps = self._fuse()
         _schedule_releases(self.steps, self._outputs)
@@ -71,8 +72,10 @@ class Plan:
             step.in_place = producer[r].fresh and all(s.fresh for s in readers)
 
     def is_current(self):
-        """False once any layer's weights were replaced since the plan was made."""
-        return all(layer.weights is weights for layer, weights in self._weights)
+        """False once any layer's weights were replaced, or the Winograd setting changed, since
+        the plan was made."""
+        return self._winograd == runtime.winograd_enabled() and all(
+            layer.weights is weights for layer, weights in self._weights)
 
     def run(self, arrays):
         values = dict(zip((self._position[t] for t in self._model.inputs), arrays))
@@ -157,7 +160,8 @@ class Plan:
         layer, source = node.layer, node.inbound[0]
         kernel, bias = _folded(layer, chain["bn"])
         conv = F.PreparedConv2d(kernel, bias, source.sample_shape, layer.strides, layer.padding,
-                                layer.dilation, layer.groups, chain["activation"])
+                                layer.dilation, layer.groups, chain["activation"],
+                                winograd=self._winograd)
         x_id = self._position[source]
         out_id = self._position[chain["nodes"][-1]]
         residual = chain["residual"]

@@ -51,6 +51,20 @@ def isa_cap(name):
         _core.set_isa_cap(previous)
 
 
+_winograd = os.environ.get("FASTCONV_WINOGRAD", "1").strip() not in ("0", "false", "off")
+
+
+def set_winograd(enabled):
+    """Lets model plans use Winograd F(2x2, 3x3) for eligible 3x3 convolutions (the default;
+    ``FASTCONV_WINOGRAD=0`` turns it off at start). Plans made afterwards follow the setting."""
+    global _winograd
+    _winograd = bool(enabled)
+
+
+def winograd_enabled():
+    return _winograd
+
+
 def set_num_threads(n):
     """Sets the number of OpenMP threads every kernel call uses (n >= 1)."""
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
@@ -76,6 +90,7 @@ def config():
         "isa_cap": os.environ.get("FASTCONV_ISA") or None,
         "kernels": _core.kernel_names(),
         "num_threads": get_num_threads(),
+        "winograd": _winograd,
     }
 
 

@@ -42,8 +42,8 @@ cdef extern from "fastconv.h" nogil:
                            const float* w, const float* bias, float* y)
     size_t fc_conv2d_packed_size(const fc_conv2d_params* p, int algorithm)
     int fc_conv2d_packed_tile(int algorithm)
-    void fc_conv2d_pack_weights(const fc_conv2d_params* p, int algorithm, const float* w,
-                                float* packed)
+    int fc_conv2d_pack_weights(const fc_conv2d_params* p, int algorithm, const float* w,
+                               float* packed)
     int fc_conv2d_nchw_f32_packed(const fc_conv2d_params* p, int algorithm, int packed_tile,
                                   const float* packed, const float* bias, const float* residual,
                                   const float* x, float* y)
@@ -287,7 +287,7 @@ cdef class Conv2dPlan:
         self.bias = bias
         self.packed = aligned_empty(fc_conv2d_packed_size(&self.p, algorithm))
         self.tile = fc_conv2d_packed_tile(algorithm)
-        fc_conv2d_pack_weights(&self.p, algorithm, cptr(w), mptr(self.packed))
+        check(fc_conv2d_pack_weights(&self.p, algorithm, cptr(w), mptr(self.packed)))
 
     def run(self, cnp.ndarray x, cnp.ndarray y, object residual=None):
         cdef fc_conv2d_params p = self.p

@@ -25,6 +25,7 @@ typedef enum fc_conv_algorithm {
   FC_CONV_DIRECT = 0,
   FC_CONV_IM2COL = 1,
   FC_CONV_GEMM = 2, /* 1x1, stride 1, no padding: the input is the GEMM operand */
+  FC_CONV_WINOGRAD = 3, /* F(2x2, 3x3): 3x3, stride 1, dilation 1, one group */
 } fc_conv_algorithm;
 
 /* Runtime: instruction set, dispatch, threads, build. */
@@ -67,8 +68,8 @@ int fc_conv2d_nchw_f32(const fc_conv2d_params* p, int algorithm, const float* x,
  * the result is act(conv + bias + residual): a ResNet shortcut fused into the store. */
 size_t fc_conv2d_packed_size(const fc_conv2d_params* p, int algorithm);
 int fc_conv2d_packed_tile(int algorithm);
-void fc_conv2d_pack_weights(const fc_conv2d_params* p, int algorithm, const float* w,
-                            float* packed);
+int fc_conv2d_pack_weights(const fc_conv2d_params* p, int algorithm, const float* w,
+                           float* packed);
 int fc_conv2d_nchw_f32_packed(const fc_conv2d_params* p, int algorithm, int packed_tile,
                               const float* packed, const float* bias, const float* residual,
                               const float* x, float* y);

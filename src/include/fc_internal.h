@@ -4,6 +4,8 @@
 
 #include <stddef.h>
 
+#include "fastconv.h"
+
 /* Threads to use for an operator call of about `flops` floating-point operations. */
 int fc_threads_for(double flops);
 /* The calling thread's index in the current parallel region (0 outside one or without OpenMP). */
@@ -43,6 +45,20 @@ void fc_pack_a(size_t M, size_t K, const float* a, ptrdiff_t rs, ptrdiff_t cs, s
 int fc_gemm_packed(size_t M, size_t N, size_t K, const float* a_packed, fc_pack_b_fn pack_b,
                    const void* b_ctx, const float* bias_row, const float* bias_col,
                    int accumulate, int activation, float* c, size_t c_rs, int threads);
+
+/* A B operand that is a plain row-major K x N matrix (row stride n). */
+typedef struct fc_matrix_src {
+  const float* b;
+  size_t n;
+} fc_matrix_src;
+void fc_pack_b_matrix(const void* ctx, size_t k0, size_t kc, size_t n0, size_t nr_used,
+                      size_t nr, float* dst);
+
+/* Winograd F(2x2, 3x3) convolution (src/ops/winograd.c). */
+size_t fc_winograd_packed_size(const fc_conv2d_params* p);
+int fc_winograd_pack_weights(const fc_conv2d_params* p, const float* w, float* packed);
+int fc_winograd_run(const fc_conv2d_params* p, const float* packed, const float* bias,
+                    const float* residual, const float* x, float* y);
 
 /* Row activation after the store (tanh, sigmoid; clamps are fused in the kernels). */
 void fc_activation_row(size_t n, int activation, float* y);

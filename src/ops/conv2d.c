@@ -57,21 +57,6 @@ static void pack_b_im2col(const void* ctx, size_t k0, size_t kc, size_t n0, size
   }
 }
 
-typedef struct matrix_src {
-  const float* b; /* K x N, row stride N */
-  size_t n;
-} matrix_src;
-
-static void pack_b_matrix(const void* ctx, size_t k0, size_t kc, size_t n0, size_t nr_used,
-                          size_t nr, float* dst) {
-  const matrix_src* s = (const matrix_src*)ctx;
-  for (size_t kk = 0; kk < kc; kk++) {
-    float* d = dst + kk * nr;
-    memcpy(d, s->b + (k0 + kk) * s->n + n0, nr_used * sizeof(float));
-    for (size_t j = nr_used; j < nr; j++) d[j] = 0.0f;
-  }
-}
-
 static size_t gemm_kdim(const fc_conv2d_params* p) {
   return p->in_channels / p->groups * p->kernel_h * p->kernel_w;
 }
@@ -79,6 +64,7 @@ static size_t gemm_kdim(const fc_conv2d_params* p) {
 size_t fc_conv2d_packed_size(const fc_conv2d_params* p, int algorithm) {
   const size_t og = p->out_channels / p->groups;
   if (algorithm == FC_CONV_DIRECT) return p->out_channels * gemm_kdim(p);
+  if (algorithm == FC_CONV_WINOGRAD) return fc_winograd_packed_size(p);
   return p->groups * fc_packed_a_size(og, gemm_kdim(p), fc_gemm_config_get()->mr);
 }
 
@@ -86,17 +72,19 @@ int fc_conv2d_packed_tile(int algorithm) {
   return algorithm == FC_CONV_DIRECT ? 0 : (int)fc_gemm_config_get()->mr;
 }
 
-void fc_conv2d_pack_weights(const fc_conv2d_params* p, int algorithm, const float* w,
-                            float* packed) {
+int fc_conv2d_pack_weights(const fc_conv2d_params* p, int algorithm, const float* w,
+                           float* packed) {
   const size_t og = p->out_channels / p->groups, kdim = gemm_kdim(p);
   if (algorithm == FC_CONV_DIRECT) {
     memcpy(packed, w, p->out_channels * kdim * sizeof(float));
-    return;
+    return 0;
   }
+  if (algorithm == FC_CONV_WINOGRAD) return fc_winograd_pack_weights(p, w, packed);
   const size_t mr = fc_gemm_config_get()->mr, apanel = fc_packed_a_size(og, kdim, mr);
   for (size_t g = 0; g < p->groups; g++) {
     fc_pack_a(og, kdim, w + g * og * kdim, (ptrdiff_t)kdim, 1, mr, packed + g * apanel);
   }
+  return 0;
 }
 
 /* Per image and group: Y_g (O/g x OH*OW) = act(W_g * B_g + bias [+ residual]). */
@@ -116,9 +104,9 @@ static int conv_gemm(const fc_conv2d_params* p, int algorithm, const float* pack
         memcpy(y + out_offset, residual + out_offset, og * npix * sizeof(float));
       }
       const im2col_src cols = {xg, p};
-      const matrix_src matrix = {xg, npix};
+      const fc_matrix_src matrix = {xg, npix};
       rc = fc_gemm_packed(og, npix, kdim, packed + g * apanel,
-                          algorithm == FC_CONV_GEMM ? pack_b_matrix : pack_b_im2col,
+                          algorithm == FC_CONV_GEMM ? fc_pack_b_matrix : pack_b_im2col,
                           algorithm == FC_CONV_GEMM ? (const void*)&matrix : (const void*)&cols,
                           bg, NULL, residual != NULL, p->activation, y + out_offset, npix, threads);
     }
@@ -182,6 +170,7 @@ int fc_conv2d_nchw_f32_packed(const fc_conv2d_params* p, int algorithm, int pack
     conv_direct(p, packed, bias, residual, x, y);
     return 0;
   }
+  if (algorithm == FC_CONV_WINOGRAD) return fc_winograd_run(p, packed, bias, residual, x, y);
   return conv_gemm(p, algorithm, packed, bias, residual, x, y);
 }
 
@@ -193,8 +182,11 @@ int fc_conv2d_nchw_f32(const fc_conv2d_params* p, int algorithm, const float* x,
   }
   float* packed = (float*)fc_alloc(fc_conv2d_packed_size(p, algorithm) * sizeof(float));
   if (!packed) return FC_ERROR_NOMEM;
-  fc_conv2d_pack_weights(p, algorithm, w, packed);
-  const int rc = conv_gemm(p, algorithm, packed, bias, NULL, x, y);
+  int rc = fc_conv2d_pack_weights(p, algorithm, w, packed);
+  if (rc == 0) {
+    rc = fc_conv2d_nchw_f32_packed(p, algorithm, fc_conv2d_packed_tile(algorithm), packed, bias,
+                                   NULL, x, y);
+  }
   fc_free(packed);
   return rc;
 }

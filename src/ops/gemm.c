@@ -63,6 +63,16 @@ static void pack_b_strided(const void* ctx, size_t k0, size_t kc, size_t n0, siz
   }
 }
 
+void fc_pack_b_matrix(const void* ctx, size_t k0, size_t kc, size_t n0, size_t nr_used,
+                      size_t nr, float* dst) {
+  const fc_matrix_src* s = (const fc_matrix_src*)ctx;
+  for (size_t kk = 0; kk < kc; kk++) {
+    float* d = dst + kk * nr;
+    memcpy(d, s->b + (k0 + kk) * s->n + n0, nr_used * sizeof(float));
+    for (size_t j = nr_used; j < nr; j++) d[j] = 0.0f;
+  }
+}
+
 void fc_activation_row(size_t n, int activation, float* y) {
   if (activation == FC_ACT_TANH) {
     for (size_t i = 0; i < n; i++) y[i] = tanhf(y[i]);
