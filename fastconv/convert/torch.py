@@ -21,14 +21,19 @@ _TRAINING_ONLY = {"googlenet": ("aux1.", "aux2.")}
 
 
 def read_torch_state_dict(path):
-    """The state_dict in a ``.pt``/``.pth`` file (legacy or zip format), as name -> array."""
+    """The state_dict in a ``.pt``/``.pth`` file (legacy or zip format) or a ``.safetensors``
+    file, as name -> array."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no PyTorch file at {path!r}")
+    if path.endswith(".safetensors"):
+        from ..weights import read
+
+        return read(path)[0]
     try:
         import torch
     except ImportError:
         raise ImportError("reading PyTorch files needs torch: pip install torch") from None
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"no PyTorch file at {path!r}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
@@ -56,14 +61,24 @@ def _torch_names(layer):
     return {f"{layer.name}.{ours_to_torch.get(weight, weight)}": weight for weight in layer.weights}
 
 
-def from_torch(state_dict_or_path, arch=None, model=None, **options):
+def from_torch(state_dict_or_path, arch=None, model=None, match="auto", verify=False,
+               print_fn=None, **options):
     """A fastconv model holding the weights of a PyTorch state_dict.
 
-    ``state_dict_or_path``: a mapping of names to tensors or arrays, or a ``.pt``/``.pth`` file.
-    The architecture is ``model`` (a fastconv Model) or the zoo's ``arch`` (e.g. "resnet50")
-    built with ``options``. Every key is checked: unknown, missing and mis-shaped entries are
-    reported together. ``num_batches_tracked`` entries are ignored, and so are GoogLeNet's
-    auxiliary heads (``aux1.*``, ``aux2.*``), which serve training only.
+    ``state_dict_or_path``: a mapping of names to tensors or arrays, or a ``.pt``/``.pth`` (legacy
+    or zip) or ``.safetensors`` file. The architecture is ``model`` (a fastconv Model) or the
+    zoo's ``arch`` (e.g. "resnet50") built with ``options``.
+
+    ``match``: "name" (keys ``<layer>.<param>``; unknown, missing and mis-shaped entries are
+    reported together), "order" (the state_dict's entries in order onto the model's weights in
+    graph order, every shape checked: for a model whose layer names differ from the module
+    names), or "auto" (by name when every name is found, else by order). ``print_fn`` receives
+    the mapping made by order, one line per tensor. ``num_batches_tracked`` entries are ignored,
+    and so are GoogLeNet's auxiliary heads (``aux1.*``, ``aux2.*``), which serve training only.
+
+    ``verify=True`` (a torchvision ``arch`` and torchvision installed) runs torchvision's model
+    with the same weights and this model on one random input and stores the largest absolute
+    difference in ``model.info["verification"]``.
 
     >>> import torchvision  # doctest: +SKIP
     >>> model = from_torch(torchvision.models.resnet50().state_dict(), arch="resnet50")  # doctest: +SKIP
@@ -77,12 +92,74 @@ def from_torch(state_dict_or_path, arch=None, model=None, **options):
     else:
         raise TypeError(f"from_torch: expected a state_dict (mapping) or a file path; received "
                         f"{type(state_dict_or_path).__name__}")
+    if match not in ("auto", "name", "order"):
+        raise ValueError(f"from_torch: `match` must be 'auto', 'name' or 'order'; received {match!r}")
     model = _architecture(arch, model, options)
     skipped = _TRAINING_ONLY.get(model.name, ())
-    _assign(model, {k: v for k, v in state.items()
-                    if not k.endswith(_IGNORED_SUFFIXES) and not k.startswith(skipped)})
+    state = {k: v for k, v in state.items()
+             if not k.endswith(_IGNORED_SUFFIXES) and not k.startswith(skipped)}
+    names_fit = all(key in state for layer in model.layers for key in _torch_names(layer))
+    if match == "order" or (match == "auto" and not names_fit):
+        _assign_by_order(model, state, print_fn)
+    else:
+        _assign(model, state)
     model.info["source"] = f"torch:{source}" if source else "torch"
+    if verify:
+        model.info["verification"] = _verify(model, arch, state, options)
     return model
+
+
+def _assign_by_order(model, state, print_fn):
+    """The i-th tensor of the state_dict onto the i-th weight of the model (graph order, each
+    layer's weights in torch's order), after checking every count and shape."""
+    slots = [(layer, weight) for layer in model.layers for weight in _torch_order(layer)]
+    entries = list(state.items())
+    report = [f"{key} {tuple(array.shape)} -> {layer.name}/{weight} {layer.weights[weight].shape}"
+              for (key, array), (layer, weight) in zip(entries, slots)]
+    bad = [line for line, (key, array), (layer, weight) in zip(report, entries, slots)
+           if tuple(array.shape) != layer.weights[weight].shape]
+    if len(entries) != len(slots) or bad:
+        raise ValueError(f"the state_dict does not fit {model.label} by order either: "
+                         f"{len(entries)} tensors for {len(slots)} weights"
+                         + ("; shapes disagree:\n  " + "\n  ".join(bad) if bad else ""))
+    for line in report if print_fn else ():
+        print_fn(line)
+    per_layer = {}
+    for (key, array), (layer, weight) in zip(entries, slots):
+        per_layer.setdefault(layer, {})[weight] = array
+    for layer, weights in per_layer.items():
+        layer.set_weights(weights)
+
+
+def _torch_order(layer):
+    """The layer's weight names in the order torch modules register their tensors."""
+    names = _NAMES.get(type(layer).__name__, _DEFAULT_NAMES)
+    ordered = [ours for ours in names.values() if ours in layer.weights]
+    return ordered + [w for w in layer.weights if w not in ordered]
+
+
+def _verify(model, arch, state, options):
+    """Largest |fastconv - torchvision| on one random input, with the same weights."""
+    try:
+        import torch
+        import torchvision
+    except ImportError:
+        raise ImportError("verify=True needs torch and torchvision") from None
+    if arch is None or not hasattr(torchvision.models, arch):
+        raise ValueError(f"verify=True needs a torchvision `arch`; received {arch!r}")
+    extra = {"aux_logits": False, "init_weights": False} if arch == "googlenet" else {}
+    net = getattr(torchvision.models, arch)(weights=None, **extra, **_torchvision_options(options))
+    net.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in state.items()}, strict=False)
+    x = np.random.default_rng(0).standard_normal((1,) + model.inputs[0].sample_shape).astype(np.float32)
+    with torch.inference_mode():
+        expected = net.eval()(torch.from_numpy(x)).numpy()
+    difference = float(np.abs(model.predict(x) - expected).max())
+    return {"reference": f"torchvision {torchvision.__version__}", "max_abs_difference": difference,
+            "output_scale": float(np.abs(expected).max())}
+
+
+def _torchvision_options(options):
+    return {"num_classes": options["num_classes"]} if "num_classes" in options else {}
 
 
 def _architecture(arch, model, options):
