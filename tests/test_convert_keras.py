@@ -357,3 +357,12 @@ def test_missing_h5py_is_a_clear_import_error(monkeypatch, tmp_path):
     monkeypatch.setitem(__import__("sys").modules, "h5py", None)  # as if not installed
     with pytest.raises(ImportError, match="pip install h5py"):
         read_keras_file(tmp_path / "any.h5")
+
+
+@pytest.mark.parametrize("data_format", ["channels_first", "channels_last"])
+def test_verify_compares_with_keras_itself(small, data_format):
+    _, folder, _, _ = small
+    model = from_keras(folder / "small.keras", data_format=data_format, verify=True)
+    check = model.info["verification"]
+    assert check["reference"].startswith("keras ")
+    assert check["max_abs_difference"] <= 1e-5

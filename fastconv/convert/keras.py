@@ -682,7 +682,7 @@ def _assign(model, pairs, keras_file):
 # The converter -----------------------------------------------------------------------------
 
 def from_keras(path, model=None, arch=None, *, data_format="channels_first", input_shape=None,
-               preprocessing=None, print_fn=None, **options):
+               preprocessing=None, print_fn=None, verify=False, **options):
     """A fastconv model holding the weights of a Keras file (``.h5``, ``.weights.h5``,
     ``.keras``).
 
@@ -693,7 +693,9 @@ def from_keras(path, model=None, arch=None, *, data_format="channels_first", inp
     weights; ``print_fn`` (e.g. ``print``) receives the mapping. Every mismatch is reported in
     one ValueError before any weight changes. ``preprocessing``: the input preparation to record
     in ``model.info`` (a dict, see ``fastconv.preprocess``, or "caffe", "tf" or "torch" for
-    keras.applications' modes at the model's input size).
+    keras.applications' modes at the model's input size). ``verify=True`` (a file holding its
+    architecture, Keras installed) runs Keras's own model and this one on one random input and
+    stores the largest absolute difference in ``model.info["verification"]``.
 
     >>> model = from_keras("vgg16.h5")                                  # doctest: +SKIP
     >>> model = from_keras("Model1.h5", model=lenet1, print_fn=print)   # doctest: +SKIP
@@ -709,7 +711,29 @@ def from_keras(path, model=None, arch=None, *, data_format="channels_first", inp
         model.info["keras_version"] = keras_file.keras_version
     if preprocessing is not None:
         model.info["preprocessing"] = _preprocessing(preprocessing, model)
+    if verify:
+        model.info["verification"] = _verify(model, keras_file.path)
     return model
+
+
+def _verify(model, path):
+    """Largest |fastconv - Keras| on one random input (Keras reads the same file)."""
+    try:
+        import keras
+    except ImportError:
+        raise ImportError("verify=True needs keras (e.g. pip install keras, KERAS_BACKEND=torch)") from None
+    try:
+        reference = keras.models.load_model(path, compile=False)
+    except Exception as err:
+        raise ValueError(f"{path!r}: verify=True needs a file Keras can load as a model "
+                         f"(model.save, not save_weights): {err}") from None
+    sample = model.inputs[0].sample_shape
+    x = np.random.default_rng(0).standard_normal((1,) + sample).astype(np.float32)
+    nhwc = np.moveaxis(x, 1, -1) if model.data_format == "channels_first" and len(sample) == 3 else x
+    expected = np.asarray(reference.predict(nhwc, verbose=0))
+    difference = float(np.abs(model.predict(x) - expected).max())
+    return {"reference": f"keras {keras.__version__}", "max_abs_difference": difference,
+            "output_scale": float(np.abs(expected).max())}
 
 
 def _architecture(keras_file, model, arch, data_format, input_shape, options):
