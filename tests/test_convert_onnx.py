@@ -438,6 +438,13 @@ def test_verify_onnx_sees_a_wrong_weight():
     assert verify_onnx(model, proto) > 1e-2
 
 
+def test_from_onnx_verify_records_the_difference():
+    pytest.importorskip("onnxruntime")
+    _, nodes, shape, initializers, opset, _ = HELPER_GRAPHS[0]
+    check = from_onnx(make_model(nodes, shape, initializers, opset), verify=True).info["verification"]
+    assert check["reference"].startswith("onnxruntime ") and check["max_abs_difference"] < 1e-5
+
+
 # Files and graphs that must be refused ---------------------------------------------------------
 
 

@@ -88,13 +88,15 @@ def _check_is_model(proto, where):
         raise ValueError(f"{where}: not an ONNX model (no IR version, opset or graph inputs)")
 
 
-def from_onnx(path_or_model, name=None):
+def from_onnx(path_or_model, name=None, verify=False):
     """A fastconv model (channels_first) rebuilt from an ONNX file or ``onnx.ModelProto``.
 
     Layers are named after the nodes (unique: a repeated or empty node name gets a suffix or the
     operator's name), the inputs after the graph inputs; the batch axis of the graph inputs is
     dropped (fastconv models take any batch). ``name`` defaults to the graph's name.
-    ``model.info["source"]`` is ``"onnx:<file name>"``.
+    ``model.info["source"]`` is ``"onnx:<file name>"``. ``verify=True`` runs ONNX Runtime on one
+    random input (see ``verify_onnx``) and stores the largest absolute difference in
+    ``model.info["verification"]``.
 
     >>> import torch, torchvision  # doctest: +SKIP
     >>> torch.onnx.export(torchvision.models.resnet18().eval(), torch.zeros(1, 3, 224, 224),
@@ -108,6 +110,11 @@ def from_onnx(path_or_model, name=None):
     proto, where, source = _load(path_or_model, "from_onnx")
     model = _GraphImporter(proto, where).build(name)
     model.info["source"] = source
+    if verify:
+        import onnxruntime
+
+        model.info["verification"] = {"reference": f"onnxruntime {onnxruntime.__version__}",
+                                      "max_abs_difference": float(verify_onnx(model, proto))}
     return model
 
 
