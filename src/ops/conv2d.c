@@ -114,10 +114,18 @@ static int conv_gemm(const fc_conv2d_params* p, int algorithm, const float* pack
   return rc;
 }
 
-/* One output row of one output channel: y_row = bias + sum over (c, kh, kw) of w * x_row. */
-static void direct_row(const fc_conv2d_params* p, const fc_vector_config* vk, const float* x,
-                       const float* w, const float* bias, const float* residual, float* y,
-                       size_t row) {
+/* The output columns [lo, hi) whose input column lies inside the image, for one kernel column:
+ * the same for every row, so computed once per call. */
+typedef struct col_range {
+  size_t lo, hi;
+  ptrdiff_t offset;
+} col_range;
+
+/* One output row of one output channel: y_row = bias [+ residual] + sum over (c, kh, kw) of
+ * w * x_row, then the activation. */
+static void direct_row(const fc_conv2d_params* p, const fc_vector_config* vk,
+                       const col_range* cols, const float* x, const float* w, const float* bias,
+                       const float* residual, float* y, size_t row) {
   const size_t oh = row % p->out_h, plane = row / p->out_h;
   const size_t oc = plane % p->out_channels, n = plane / p->out_channels;
   const size_t og = p->out_channels / p->groups, cg = p->in_channels / p->groups, g = oc / og;
@@ -137,12 +145,10 @@ static void direct_row(const fc_conv2d_params* p, const fc_vector_config* vk, co
       if (ih < 0 || ih >= (ptrdiff_t)p->in_h) continue;
       const float* xr = xc + (size_t)ih * p->in_w;
       for (size_t kw = 0; kw < p->kernel_w; kw++) {
-        const ptrdiff_t off = (ptrdiff_t)(kw * p->dilation_w) - (ptrdiff_t)p->pad_left;
-        size_t lo, hi;
-        fc_valid_range(p->out_w, p->stride_w, off, p->in_w, &lo, &hi);
-        if (hi > lo) {
-          vk->vmacc(hi - lo, wc[kh * p->kernel_w + kw], xr + (ptrdiff_t)(lo * p->stride_w) + off,
-                    p->stride_w, yr + lo);
+        const col_range r = cols[kw];
+        if (r.hi > r.lo) {
+          vk->vmacc(r.hi - r.lo, wc[kh * p->kernel_w + kw],
+                    xr + (ptrdiff_t)(r.lo * p->stride_w) + r.offset, p->stride_w, yr + r.lo);
         }
       }
     }
@@ -152,34 +158,36 @@ static void direct_row(const fc_conv2d_params* p, const fc_vector_config* vk, co
   else fc_activation_row(p->out_w, p->activation, yr);
 }
 
-static void conv_direct(const fc_conv2d_params* p, const float* w, const float* bias,
-                        const float* residual, const float* x, float* y) {
+static int conv_direct(const fc_conv2d_params* p, const float* w, const float* bias,
+                       const float* residual, const float* x, float* y) {
   const fc_vector_config* vk = fc_vector_config_get();
+  col_range* cols = (col_range*)fc_alloc(p->kernel_w * sizeof(col_range));
+  if (!cols) return FC_ERROR_NOMEM;
+  for (size_t kw = 0; kw < p->kernel_w; kw++) {
+    cols[kw].offset = (ptrdiff_t)(kw * p->dilation_w) - (ptrdiff_t)p->pad_left;
+    fc_valid_range(p->out_w, p->stride_w, cols[kw].offset, p->in_w, &cols[kw].lo, &cols[kw].hi);
+  }
   const size_t rows = p->batch * p->out_channels * p->out_h;
   const double flops = 2.0 * rows * p->out_w * (p->in_channels / p->groups) * p->kernel_h * p->kernel_w;
   const int threads = fc_threads_for(flops);
 #pragma omp parallel for schedule(static) num_threads(threads)
-  for (size_t row = 0; row < rows; row++) direct_row(p, vk, x, w, bias, residual, y, row);
+  for (size_t row = 0; row < rows; row++) direct_row(p, vk, cols, x, w, bias, residual, y, row);
+  fc_free(cols);
+  return 0;
 }
 
 int fc_conv2d_nchw_f32_packed(const fc_conv2d_params* p, int algorithm, int packed_tile,
                               const float* packed, const float* bias, const float* residual,
                               const float* x, float* y) {
   if (packed_tile != fc_conv2d_packed_tile(algorithm)) return FC_ERROR_STALE;
-  if (algorithm == FC_CONV_DIRECT) {
-    conv_direct(p, packed, bias, residual, x, y);
-    return 0;
-  }
+  if (algorithm == FC_CONV_DIRECT) return conv_direct(p, packed, bias, residual, x, y);
   if (algorithm == FC_CONV_WINOGRAD) return fc_winograd_run(p, packed, bias, residual, x, y);
   return conv_gemm(p, algorithm, packed, bias, residual, x, y);
 }
 
 int fc_conv2d_nchw_f32(const fc_conv2d_params* p, int algorithm, const float* x, const float* w,
                        const float* bias, float* y) {
-  if (algorithm == FC_CONV_DIRECT) {
-    conv_direct(p, w, bias, NULL, x, y);
-    return 0;
-  }
+  if (algorithm == FC_CONV_DIRECT) return conv_direct(p, w, bias, NULL, x, y);
   float* packed = (float*)fc_alloc(fc_conv2d_packed_size(p, algorithm) * sizeof(float));
   if (!packed) return FC_ERROR_NOMEM;
   int rc = fc_conv2d_pack_weights(p, algorithm, w, packed);
