@@ -73,8 +73,10 @@ def test_safetensors_state_dict_equals_the_tensors(tmp_path):
 
 def test_order_mismatch_is_reported_with_shapes():
     state = {"a.weight": np.zeros((32, 1, 3, 3)), "a.bias": np.zeros(31)}
-    with pytest.raises(ValueError, match=r"by order either: 2 tensors for 8 weights"):
+    with pytest.raises(ValueError, match=r"(?s)missing: .*by order: 2 tensors for 8 weights"):
         from_torch(state, model=unnamed_lenet())
+    with pytest.raises(ValueError, match=r"does not fit .* by order:\n  2 tensors for 8 weights"):
+        from_torch(state, model=unnamed_lenet(), match="order")
     with pytest.raises(ValueError, match="`match` must be"):
         from_torch(state, model=unnamed_lenet(), match="shape")
 

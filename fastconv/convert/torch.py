@@ -98,37 +98,52 @@ def from_torch(state_dict_or_path, arch=None, model=None, match="auto", verify=F
     skipped = _TRAINING_ONLY.get(model.name, ())
     state = {k: v for k, v in state.items()
              if not k.endswith(_IGNORED_SUFFIXES) and not k.startswith(skipped)}
-    names_fit = all(key in state for layer in model.layers for key in _torch_names(layer))
-    if match == "order" or (match == "auto" and not names_fit):
-        _assign_by_order(model, state, print_fn)
-    else:
+    by_name = [] if match == "order" else _name_problems(model, state)
+    by_order = _order_problems(model, state) if match == "order" or (match == "auto" and by_name) else []
+    if match == "name" or (match == "auto" and not by_name):
+        _raise_if(by_name, model, "")
         _assign(model, state)
+    else:
+        if match == "auto" and by_order:  # neither fits: report both ways of matching
+            _raise_if(by_name + [f"by order: {p}" for p in by_order], model, "")
+        _raise_if(by_order, model, " by order")
+        _assign_by_order(model, state, print_fn)
     model.info["source"] = f"torch:{source}" if source else "torch"
     if verify:
         model.info["verification"] = _verify(model, arch, state, options)
     return model
 
 
+def _order_slots(model):
+    return [(layer, weight) for layer in model.layers for weight in _torch_order(layer)]
+
+
+def _order_problems(model, state):
+    """Why the state_dict's tensors, in order, do not fit the model's weights in graph order."""
+    slots, entries = _order_slots(model), list(state.items())
+    problems = [f"{key} {tuple(array.shape)} -> {layer.name}/{weight} {layer.weights[weight].shape}"
+                for (key, array), (layer, weight) in zip(entries, slots)
+                if tuple(array.shape) != layer.weights[weight].shape]
+    if len(entries) != len(slots):
+        problems.insert(0, f"{len(entries)} tensors for {len(slots)} weights")
+    return problems
+
+
 def _assign_by_order(model, state, print_fn):
     """The i-th tensor of the state_dict onto the i-th weight of the model (graph order, each
-    layer's weights in torch's order), after checking every count and shape."""
-    slots = [(layer, weight) for layer in model.layers for weight in _torch_order(layer)]
-    entries = list(state.items())
-    report = [f"{key} {tuple(array.shape)} -> {layer.name}/{weight} {layer.weights[weight].shape}"
-              for (key, array), (layer, weight) in zip(entries, slots)]
-    bad = [line for line, (key, array), (layer, weight) in zip(report, entries, slots)
-           if tuple(array.shape) != layer.weights[weight].shape]
-    if len(entries) != len(slots) or bad:
-        raise ValueError(f"the state_dict does not fit {model.label} by order either: "
-                         f"{len(entries)} tensors for {len(slots)} weights"
-                         + ("; shapes disagree:\n  " + "\n  ".join(bad) if bad else ""))
-    for line in report if print_fn else ():
-        print_fn(line)
+    layer's weights in torch's order); counts and shapes were checked by _order_problems."""
     per_layer = {}
-    for (key, array), (layer, weight) in zip(entries, slots):
+    for (key, array), (layer, weight) in zip(state.items(), _order_slots(model)):
+        if print_fn is not None:
+            print_fn(f"{key} {tuple(array.shape)} -> {layer.name}/{weight} {layer.weights[weight].shape}")
         per_layer.setdefault(layer, {})[weight] = array
     for layer, weights in per_layer.items():
         layer.set_weights(weights)
+
+
+def _raise_if(problems, model, how):
+    if problems:
+        raise ValueError(f"the state_dict does not fit {model.label}{how}:\n  " + "\n  ".join(problems))
 
 
 def _torch_order(layer):
@@ -176,18 +191,19 @@ def _architecture(arch, model, options):
     return getattr(models, arch)(**options)
 
 
-def _assign(model, state):
-    targets = {key: (layer, weight) for layer in model.layers
+def _name_problems(model, state):
+    """Missing, unexpected and mis-shaped keys when matching by name."""
+    targets = {key: layer.weights[weight].shape for layer in model.layers
                for key, weight in _torch_names(layer).items()}
     missing = sorted(set(targets) - set(state))
     unexpected = sorted(set(state) - set(targets))
-    wrong = [f"{key}: expected {targets[key][0].weights[targets[key][1]].shape}, state_dict has "
-             f"{state[key].shape}" for key in sorted(set(targets) & set(state))
-             if state[key].shape != targets[key][0].weights[targets[key][1]].shape]
-    problems = ([f"missing: {', '.join(missing)}"] if missing else []) + \
-               ([f"unexpected: {', '.join(unexpected)}"] if unexpected else []) + wrong
-    if problems:
-        raise ValueError(f"the state_dict does not fit {model.label}:\n  " + "\n  ".join(problems))
+    wrong = [f"{key}: expected {targets[key]}, state_dict has {state[key].shape}"
+             for key in sorted(set(targets) & set(state)) if state[key].shape != targets[key]]
+    return ([f"missing: {', '.join(missing)}"] if missing else []) + \
+           ([f"unexpected: {', '.join(unexpected)}"] if unexpected else []) + wrong
+
+
+def _assign(model, state):
     for layer in model.layers:
         if layer.weights:
             names = {weight: key for key, weight in _torch_names(layer).items()}
