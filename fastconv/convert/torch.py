@@ -98,20 +98,26 @@ def from_torch(state_dict_or_path, arch=None, model=None, match="auto", verify=F
     skipped = _TRAINING_ONLY.get(model.name, ())
     state = {k: v for k, v in state.items()
              if not k.endswith(_IGNORED_SUFFIXES) and not k.startswith(skipped)}
-    by_name = [] if match == "order" else _name_problems(model, state)
-    by_order = _order_problems(model, state) if match == "order" or (match == "auto" and by_name) else []
-    if match == "name" or (match == "auto" and not by_name):
-        _raise_if(by_name, model, "")
-        _assign(model, state)
-    else:
-        if match == "auto" and by_order:  # neither fits: report both ways of matching
-            _raise_if(by_name + [f"by order: {p}" for p in by_order], model, "")
-        _raise_if(by_order, model, " by order")
-        _assign_by_order(model, state, print_fn)
+    _load(model, state, match, print_fn)
     model.info["source"] = f"torch:{source}" if source else "torch"
     if verify:
         model.info["verification"] = _verify(model, arch, state, options)
     return model
+
+
+def _load(model, state, match, print_fn):
+    """Matches the state_dict by name or by order (see from_torch) and sets the weights; nothing
+    changes unless everything fits."""
+    by_name = [] if match == "order" else _name_problems(model, state)
+    if match == "name" or (match == "auto" and not by_name):
+        _raise_if(by_name, model, "")
+        _assign(model, state)
+        return
+    by_order = _order_problems(model, state)
+    if match == "auto" and by_order:  # neither fits: report both ways of matching
+        _raise_if(by_name + [f"by order: {p}" for p in by_order], model, "")
+    _raise_if(by_order, model, " by order")
+    _assign_by_order(model, state, print_fn)
 
 
 def _order_slots(model):
