@@ -264,6 +264,13 @@ class Model:
             print_fn(text)
         return text
 
+    def profile(self, x, repeats=5):
+        """Times each step of the plan on ``x`` (median of ``repeats`` runs), slowest first, with
+        its share of the total and its GFLOP/s (see fastconv.profiling)."""
+        from .profiling import profile_plan
+
+        return profile_plan(self, x, repeats)
+
     def _run_layers(self, arrays):
         """Executes the layers one by one, unfused (the reference the plan is tested against).
         Intermediate results are dropped after their last reader."""

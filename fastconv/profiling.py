@@ -1,0 +1,94 @@
+"""Where a model's time goes: each step of its plan timed on its own, and the work it does.
+
+``profile_plan(model, x)`` runs the model's plan (fastconv/plan.py) step by step, exactly as
+``predict`` does (same steps, same order, intermediate arrays released after their last
+reader), with a clock around every step. It is what ``fastconv profile`` prints, and what a
+``Model.profile(x)`` method would return.
+
+MACs are counted as ``Model.summary`` counts them (per sample: convolutions and dense layers
+only); a fused step is credited with the MACs of the layer it starts with.
+"""
+import time
+
+import numpy as np
+
+from .summary import _rows
+
+
+def layer_macs(model):
+    """{layer name: multiply-accumulates per sample}, the counts of ``model.summary()``."""
+    return {name.rsplit(" (", 1)[0]: macs for name, _, _, macs, _ in _rows(model)}
+
+
+def model_macs(model):
+    """Multiply-accumulates per sample of the whole model (the summary's "Total MACs")."""
+    return sum(layer_macs(model).values())
+
+
+def step_kind(describe):
+    """The operator of a plan step from its description: ``conv2d[winograd]``, ``dense``,
+    ``maxpool2d``, ..."""
+    return describe.split(" ", 1)[0]
+
+
+def _step_layer(describe):
+    """The name of the first layer a step runs (``conv2d[im2col] conv1 + bn1`` -> ``conv1``)."""
+    parts = describe.split(" ", 1)
+    return parts[1].split(" + ", 1)[0].split(" (+ residual", 1)[0] if len(parts) == 2 else ""
+
+
+def current_plan(model):
+    """The model's up-to-date plan (made now if needed); ValueError for unplanned models."""
+    if model.data_format != "channels_first":
+        raise ValueError(f"{model.label}: only channels_first models have a plan to profile "
+                         f"(this one is {model.data_format})")
+    model.plan_summary(print_fn=None)  # makes the plan, or remakes a stale one
+    return model._plan
+
+
+def _run_timed(plan, model, arrays):
+    """One pass of the plan over checked input arrays; the seconds of each step."""
+    values = dict(zip((plan._position[t] for t in model.inputs), arrays))
+    seconds = []
+    for step in plan.steps:
+        start = time.perf_counter()
+        values[step.output] = step.run(values)
+        seconds.append(time.perf_counter() - start)
+        for i in step.release:
+            del values[i]
+    return seconds
+
+
+def profile_plan(model, x, repeats=5):
+    """Times every step of ``model``'s plan on input ``x`` (an array, batch axis first).
+
+    Runs ``predict(x)`` once to warm up, then ``repeats`` timed passes. Returns one dict per
+    step, in plan order: ``index``, ``step`` (its description), ``kind``, ``median_ms``,
+    ``times_ms`` (every pass), ``macs`` (for the whole batch, 0 for steps that do not multiply)
+    and ``gflops`` (None where there are no MACs).
+    """
+    if not (isinstance(repeats, int) and repeats >= 1):
+        raise ValueError(f"profile_plan: `repeats` must be an int >= 1; received {repeats!r}")
+    model.predict(x)  # warm-up, and the shape checks of predict
+    arrays = model._input_arrays(x)
+    plan = current_plan(model)
+    passes = np.array([_run_timed(plan, model, arrays) for _ in range(repeats)]) * 1e3
+    macs_per_layer = layer_macs(model)
+    batch = arrays[0].shape[0]
+    rows = []
+    for i, step in enumerate(plan.steps):
+        median_ms = float(np.median(passes[:, i]))
+        macs = macs_per_layer.get(_step_layer(step.describe), 0) * batch
+        gflops = 2.0 * macs / (median_ms * 1e-3) / 1e9 if macs and median_ms > 0 else None
+        rows.append({"index": i, "step": step.describe, "kind": step_kind(step.describe),
+                     "median_ms": median_ms, "times_ms": passes[:, i].tolist(), "macs": macs,
+                     "gflops": gflops})
+    return rows
+
+
+def time_by_kind(rows):
+    """{step kind: total median milliseconds}, largest first."""
+    totals = {}
+    for row in rows:
+        totals[row["kind"]] = totals.get(row["kind"], 0.0) + row["median_ms"]
+    return dict(sorted(totals.items(), key=lambda item: -item[1]))
