@@ -136,12 +136,20 @@ def _resolve_padding(padding, op, in_hw, kernel, stride, dilation):
 
 
 def conv_output_size(size, kernel, stride=1, padding=(0, 0), dilation=1):
-    """floor((size + p_begin + p_end - dilation*(kernel-1) - 1) / stride) + 1 (may be < 1)."""
+    """floor((size + p_begin + p_end - dilation*(kernel-1) - 1) / stride) + 1 (may be < 1).
+
+    >>> conv_output_size(224, 7, stride=2, padding=(3, 3))
+    112
+    """
     return (size + padding[0] + padding[1] - dilation * (kernel - 1) - 1) // stride + 1
 
 
 def pool_output_size(size, kernel, stride, padding=(0, 0), dilation=1, ceil_mode=False):
-    """Pooled size; with ceil_mode a last window starting in the end padding is dropped."""
+    """Pooled size; with ceil_mode a last window starting in the end padding is dropped.
+
+    >>> pool_output_size(56, 3, 2), pool_output_size(56, 3, 2, ceil_mode=True)
+    (27, 28)
+    """
     span = size + padding[0] + padding[1] - dilation * (kernel - 1) - 1
     if not ceil_mode:
         return span // stride + 1
@@ -224,6 +232,9 @@ def dense(x, weight, bias=None, activation=None):
     """A fully connected layer: act(x @ weight.T + bias), weight shaped (out, in).
 
     x is (batch, in) -> (batch, out), or (in,) -> (out,).
+
+    >>> dense([[1., 2.]], [[1., 0.], [1., 1.], [-1., 0.]], bias=[0., 0., 1.], activation="relu")
+    array([[1., 3., 0.]], dtype=float32)
     """
     x, w = _as_array(x, "dense", "x"), _as_array(weight, "dense", "weight")
     _check_rank(x, (1, 2), "dense", "x", "(batch, in_features) or (in_features,)")
@@ -433,7 +444,15 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fal
 
 def avg_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
                count_include_pad=True, data_format="channels_first"):
-    """Average pooling; the divisor follows ``count_include_pad`` (see docs/functional.md)."""
+    """Average pooling; the divisor follows ``count_include_pad`` (see docs/functional.md).
+
+    >>> avg_pool2d(np.arange(16.).reshape(1, 1, 4, 4), 2)[0, 0]
+    array([[ 2.5,  4.5],
+           [10.5, 12.5]], dtype=float32)
+    >>> avg_pool2d(np.ones((1, 1, 2, 2)), 2, padding=1, count_include_pad=False)[0, 0]
+    array([[1., 1.],
+           [1., 1.]], dtype=float32)
+    """
     return _pool("avg_pool2d", x, kernel_size, stride, padding, dilation, ceil_mode,
                  count_include_pad, data_format)
 
@@ -456,12 +475,22 @@ def _global_pool(op, x, is_max, data_format, keepdims):
 
 
 def global_avg_pool2d(x, data_format="channels_first", keepdims=True):
-    """Mean over H and W: (N, C, 1, 1), or (N, C) with ``keepdims=False``."""
+    """Mean over H and W: (N, C, 1, 1), or (N, C) with ``keepdims=False``.
+
+    >>> global_avg_pool2d(np.arange(16.).reshape(1, 1, 4, 4), keepdims=False)
+    array([[7.5]], dtype=float32)
+    """
     return _global_pool("global_avg_pool2d", x, False, data_format, keepdims)
 
 
 def global_max_pool2d(x, data_format="channels_first", keepdims=True):
-    """Maximum over H and W: (N, C, 1, 1), or (N, C) with ``keepdims=False``."""
+    """Maximum over H and W: (N, C, 1, 1), or (N, C) with ``keepdims=False``.
+
+    >>> global_max_pool2d(np.arange(16.).reshape(1, 1, 4, 4)).shape
+    (1, 1, 1, 1)
+    >>> global_max_pool2d(np.arange(16.).reshape(1, 1, 4, 4), keepdims=False)
+    array([[15.]], dtype=float32)
+    """
     return _global_pool("global_max_pool2d", x, True, data_format, keepdims)
 
 
@@ -476,22 +505,38 @@ def _unary(op, x, act):
 
 
 def relu(x):
-    """max(x, 0); NaN stays NaN."""
+    """max(x, 0); NaN stays NaN.
+
+    >>> relu([-1., 0., 2.])
+    array([0., 0., 2.], dtype=float32)
+    """
     return _unary("relu", x, _ACTIVATIONS["relu"])
 
 
 def relu6(x):
-    """min(max(x, 0), 6); NaN stays NaN."""
+    """min(max(x, 0), 6); NaN stays NaN.
+
+    >>> relu6([-1., 3., 8.])
+    array([0., 3., 6.], dtype=float32)
+    """
     return _unary("relu6", x, _ACTIVATIONS["relu6"])
 
 
 def tanh(x):
-    """Hyperbolic tangent."""
+    """Hyperbolic tangent.
+
+    >>> tanh([0., 1.]).round(4)
+    array([0.    , 0.7616], dtype=float32)
+    """
     return _unary("tanh", x, _ACTIVATIONS["tanh"])
 
 
 def sigmoid(x):
-    """1 / (1 + exp(-x)), computed without overflow."""
+    """1 / (1 + exp(-x)), computed without overflow.
+
+    >>> sigmoid([-1., 0., 1.]).round(4)
+    array([0.2689, 0.5   , 0.7311], dtype=float32)
+    """
     return _unary("sigmoid", x, _ACTIVATIONS["sigmoid"])
 
 
@@ -502,7 +547,12 @@ def _axis(axis, ndim, op, name="axis"):
 
 
 def softmax(x, axis=-1):
-    """exp(x - max) / sum(exp(x - max)) along ``axis``."""
+    """exp(x - max) / sum(exp(x - max)) along ``axis``.
+
+    >>> softmax([[1., 1.], [0., np.log(3)]]).round(4)
+    array([[0.5 , 0.5 ],
+           [0.25, 0.75]], dtype=float32)
+    """
     x = _as_array(x, "softmax", "x")
     if x.ndim == 0:
         raise ValueError("softmax: `x` must have at least one dimension; received a scalar")
@@ -522,7 +572,11 @@ def _channel_axis_first(x, channels_last, op):
 
 def lrn(x, size, alpha=1e-4, beta=0.75, k=1.0, data_format="channels_first"):
     """Local response normalisation across channels (Caffe/PyTorch/ONNX form):
-    y = x / (k + alpha/size * sum of x^2 over ``size`` neighbouring channels)^beta."""
+    y = x / (k + alpha/size * sum of x^2 over ``size`` neighbouring channels)^beta.
+
+    >>> lrn(np.ones((1, 3, 1, 1)), size=3, alpha=3.0, beta=1.0)[0, :, 0, 0].round(4)
+    array([0.3333, 0.25  , 0.3333], dtype=float32)
+    """
     op = "lrn"
     channels_last = _channels_last(data_format, op)
     size = _int(size, op, "size", 1)
@@ -535,7 +589,11 @@ def lrn(x, size, alpha=1e-4, beta=0.75, k=1.0, data_format="channels_first"):
 
 
 def batch_norm(x, mean, var, gamma=None, beta=None, eps=1e-5, data_format="channels_first"):
-    """Inference batch normalisation: gamma * (x - mean) / sqrt(var + eps) + beta, per channel."""
+    """Inference batch normalisation: gamma * (x - mean) / sqrt(var + eps) + beta, per channel.
+
+    >>> batch_norm(np.full((1, 2, 1, 1), 3.0), mean=[1., 1.], var=[4., 1.], eps=0.0)[:, :, 0, 0]
+    array([[1., 2.]], dtype=float32)
+    """
     op = "batch_norm"
     channels_last = _channels_last(data_format, op)
     x = _channel_axis_first(_as_array(x, op, "x"), channels_last, op)
@@ -557,7 +615,11 @@ def batch_norm(x, mean, var, gamma=None, beta=None, eps=1e-5, data_format="chann
 
 
 def add(a, b, activation=None):
-    """act(a + b) with NumPy broadcasting (a residual connection with its ReLU fused)."""
+    """act(a + b) with NumPy broadcasting (a residual connection with its ReLU fused).
+
+    >>> add([[1., -2.]], [[1., 1.]], activation="relu")
+    array([[2., 0.]], dtype=float32)
+    """
     op = "add"
     act = _activation(activation, op)
     a, b = _as_array(a, op, "a"), _as_array(b, op, "b")
@@ -574,7 +636,11 @@ def add(a, b, activation=None):
 
 
 def concat(tensors, axis=None, data_format="channels_first"):
-    """Joins tensors along ``axis`` (default: the channel axis of ``data_format``)."""
+    """Joins tensors along ``axis`` (default: the channel axis of ``data_format``).
+
+    >>> concat([np.zeros((1, 2, 4, 4)), np.ones((1, 3, 4, 4))]).shape
+    (1, 5, 4, 4)
+    """
     op = "concat"
     channels_last = _channels_last(data_format, op)
     if not isinstance(tensors, (list, tuple)) or not tensors:
@@ -593,7 +659,11 @@ def concat(tensors, axis=None, data_format="channels_first"):
 
 
 def flatten(x, axis=1):
-    """Reshapes to 2-D (prod(shape[:axis]), prod(shape[axis:])), as ONNX Flatten."""
+    """Reshapes to 2-D (prod(shape[:axis]), prod(shape[axis:])), as ONNX Flatten.
+
+    >>> flatten(np.zeros((2, 3, 4, 5))).shape, flatten(np.zeros((2, 3, 4, 5)), axis=2).shape
+    ((2, 60), (6, 20))
+    """
     x = _as_array(x, "flatten", "x")
     if not isinstance(axis, numbers.Integral) or isinstance(axis, bool) or not -x.ndim <= axis <= x.ndim:
         raise ValueError(f"flatten: `axis` must be an integer in [{-x.ndim}, {x.ndim}]; received {axis!r}")

@@ -22,6 +22,9 @@ from importlib import resources
 
 import numpy as np
 
+__all__ = ["decode_predictions", "imagenet_classes", "imagenet_preprocessing",
+           "keras_imagenet_preprocessing", "preprocess"]
+
 DEFAULTS = {"size": None, "resize": None, "interpolation": "bilinear", "scale": 1.0 / 255.0,
             "mean": [0.0], "std": [1.0], "channel_order": "RGB", "color": "rgb"}
 _INTERPOLATIONS = ("bilinear", "nearest")

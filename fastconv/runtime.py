@@ -41,6 +41,11 @@ def isa_cap(name):
     """Runs the enclosed block with the kernel table capped at ``name`` (scalar, avx2, avx512).
 
     Not thread-safe: meant for tests and benchmarks that compare instruction sets in one process.
+
+    >>> import fastconv
+    >>> with fastconv.runtime.isa_cap("scalar") as isa:
+    ...     print(isa)
+    scalar
     """
     level = _isa_level(name, "isa_cap")
     previous = ISA_LEVELS[_core.isa_active()]
@@ -56,29 +61,62 @@ _winograd = os.environ.get("FASTCONV_WINOGRAD", "1").strip() not in ("0", "false
 
 def set_winograd(enabled):
     """Lets model plans use Winograd F(2x2, 3x3) for eligible 3x3 convolutions (the default;
-    ``FASTCONV_WINOGRAD=0`` turns it off at start). Plans made afterwards follow the setting."""
+    ``FASTCONV_WINOGRAD=0`` turns it off at start). Plans made afterwards follow the setting.
+
+    >>> import fastconv
+    >>> previous = fastconv.runtime.winograd_enabled()
+    >>> fastconv.runtime.set_winograd(False)
+    >>> fastconv.runtime.winograd_enabled()
+    False
+    >>> fastconv.runtime.set_winograd(previous)
+    """
     global _winograd
     _winograd = bool(enabled)
 
 
 def winograd_enabled():
+    """Whether model plans may use Winograd for eligible 3x3 convolutions (see ``set_winograd``).
+
+    >>> import fastconv
+    >>> fastconv.runtime.winograd_enabled() == fastconv.runtime.config()["winograd"]
+    True
+    """
     return _winograd
 
 
 def set_num_threads(n):
-    """Sets the number of OpenMP threads every kernel call uses (n >= 1)."""
+    """Sets the number of OpenMP threads every kernel call uses (n >= 1).
+
+    >>> import fastconv
+    >>> previous = fastconv.get_num_threads()
+    >>> fastconv.set_num_threads(2)
+    >>> fastconv.get_num_threads()
+    2
+    >>> fastconv.set_num_threads(previous)
+    """
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"set_num_threads: expected an integer >= 1, received {n!r}")
     _core.set_num_threads(n)
 
 
 def get_num_threads():
-    """The thread count kernel calls use: set_num_threads, else OMP_NUM_THREADS, else all cores."""
+    """The thread count kernel calls use: set_num_threads, else OMP_NUM_THREADS, else all cores.
+
+    >>> import fastconv
+    >>> fastconv.get_num_threads() >= 1
+    True
+    """
     return _core.get_num_threads()
 
 
 def config():
-    """The build and dispatch configuration as a dict."""
+    """The build and dispatch configuration as a dict.
+
+    >>> import fastconv
+    >>> info = fastconv.runtime.config()
+    >>> info["version"] == fastconv.__version__, info["isa"] in ("scalar", "avx2", "avx512")
+    (True, True)
+    """
     build = _core.build_info()
     return {
         "version": __version__,

@@ -106,7 +106,13 @@ def save(model, path):
 
 
 def load(path):
-    """The model saved by ``Model.save``: architecture, weights and info, with no code run."""
+    """The model saved by ``Model.save``: architecture, weights and info, with no code run.
+
+    >>> import fastconv
+    >>> fastconv.models.lenet5().save("lenet5.safetensors")  # doctest: +SKIP
+    >>> fastconv.load("lenet5.safetensors").count_params()  # doctest: +SKIP
+    61706
+    """
     from .model import Model, Sequential
 
     tensors, metadata = read(path)

@@ -68,6 +68,10 @@ def read_onnx_model(path):
     """The ``onnx.ModelProto`` in ``path`` (external data files next to it are read too).
 
     A missing file raises FileNotFoundError; a truncated or non-ONNX file ValueError naming it.
+
+    >>> proto = read_onnx_model("resnet18.onnx")  # exported as in from_onnx  # doctest: +SKIP
+    >>> from_onnx(proto).predict(images).shape  # images (N, 3, 224, 224)  # doctest: +SKIP
+    (N, 1000)
     """
     onnx = _onnx()
     path = os.fspath(path)

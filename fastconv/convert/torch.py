@@ -22,7 +22,12 @@ _TRAINING_ONLY = {"googlenet": ("aux1.", "aux2.")}
 
 def read_torch_state_dict(path):
     """The state_dict in a ``.pt``/``.pth`` file (legacy or zip format) or a ``.safetensors``
-    file, as name -> array."""
+    file, as name -> array.
+
+    >>> state = read_torch_state_dict("resnet18.pth")  # torch.save(net.state_dict(), ...)  # doctest: +SKIP
+    >>> len(state), state["fc.weight"].shape  # doctest: +SKIP
+    (122, (1000, 512))
+    """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no PyTorch file at {path!r}")

@@ -262,12 +262,24 @@ class Layer:
 
 
 def serialize(layer):
-    """{"class_name": ..., "config": ...} for a layer."""
+    """{"class_name": ..., "config": ...} for a layer.
+
+    >>> import fastconv
+    >>> serialize(fastconv.layers.Dense(10, activation="relu", name="fc"))
+    {'class_name': 'Dense', 'config': {'name': 'fc', 'units': 10, 'activation': 'relu', 'use_bias': True}}
+    """
     return {"class_name": type(layer).__name__, "config": layer.get_config()}
 
 
 def deserialize(entry):
-    """The layer described by ``serialize``'s dict (any Layer subclass that has been imported)."""
+    """The layer described by ``serialize``'s dict (any Layer subclass that has been imported).
+
+    >>> layer = deserialize({"class_name": "Dense", "config": {"units": 10, "name": "fc"}})
+    >>> layer
+    <Dense name='fc' built=False>
+    >>> layer.units
+    10
+    """
     class_name = entry.get("class_name")
     cls = Layer._registry.get(class_name)
     if cls is None:

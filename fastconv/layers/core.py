@@ -10,7 +10,12 @@ from .base import (UNFUSED, Layer, SymbolicTensor, constant, finish_activation, 
 
 
 class InputLayer(Layer):
-    """The source of a graph; use ``Input``, which returns its output tensor."""
+    """The source of a graph; use ``Input``, which returns its output tensor.
+
+    >>> layer = InputLayer((3, 32, 32), name="image")
+    >>> layer.output.shape
+    (None, 3, 32, 32)
+    """
 
     default_name = "input"
 

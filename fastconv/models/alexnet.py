@@ -57,6 +57,11 @@ def alexnet(weights=None, variant="torchvision", num_classes=1000, input_shape=N
     """AlexNet: 61,100,840 parameters (torchvision), 60,965,224 (``variant="caffe"``).
 
     ``input_shape`` defaults to (3, 224, 224) (torchvision) or (3, 227, 227) (caffe).
+
+    >>> import fastconv
+    >>> model = fastconv.models.alexnet(variant="caffe")  # doctest: +SKIP
+    >>> model.count_params(), model.outputs[0].shape  # doctest: +SKIP
+    (60965224, (None, 1000))
     """
     check_choice("alexnet", "variant", variant, ("torchvision", "caffe"))
     if variant == "caffe":

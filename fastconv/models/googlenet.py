@@ -105,6 +105,11 @@ def googlenet(weights=None, variant="torchvision", num_classes=1000, input_shape
 
     ``transform_input=True`` for the torchvision weights converted from Google's (input is then
     normalised with the ImageNet mean and std, as for every torchvision model).
+
+    >>> import fastconv
+    >>> model = fastconv.models.googlenet()
+    >>> model.count_params()
+    6624904
     """
     check_choice("googlenet", "variant", variant, ("torchvision", "caffe"))
     if variant == "caffe":

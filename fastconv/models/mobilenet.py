@@ -35,7 +35,13 @@ def inverted_residual(x, filters, stride, expansion, name):
 
 def mobilenet_v2(weights=None, num_classes=1000, input_shape=(3, 224, 224)):
     """MobileNetV2: 3,504,872 parameters, 0.3 GMACs at 224x224; top-1 71.878 % on ImageNet with
-    torchvision's IMAGENET1K_V1 weights (``weights="mobilenet_v2-b0353104.pth"``)."""
+    torchvision's IMAGENET1K_V1 weights (``weights="mobilenet_v2-b0353104.pth"``).
+
+    >>> import fastconv
+    >>> model = fastconv.models.mobilenet_v2()
+    >>> model.count_params()
+    3504872
+    """
     inputs = L.Input(input_shape, name="input")
     x = conv_bn_relu6(inputs, 32, 3, "features.0", stride=2)
     index = 1

@@ -72,7 +72,13 @@ def resnet18(weights=None, **options):
 
 
 def resnet34(weights=None, **options):
-    """ResNet-34: 21,797,672 parameters."""
+    """ResNet-34: 21,797,672 parameters.
+
+    >>> import fastconv
+    >>> model = fastconv.models.resnet34()
+    >>> model.count_params()
+    21797672
+    """
     return resnet(34, weights, **options)
 
 
@@ -82,15 +88,32 @@ def resnet50(weights=None, **options):
     Options: ``num_classes`` (1000), ``input_shape`` ((3, 224, 224)), ``variant`` ("v1.5" as
     torchvision, or "v1": stride on the first 1x1 convolution as Caffe and Keras).
     ``weights``: a path to a fastconv file or a torchvision state_dict file.
+
+    >>> import fastconv
+    >>> model = fastconv.models.resnet50()
+    >>> model.count_params()
+    25557032
     """
     return resnet(50, weights, **options)
 
 
 def resnet101(weights=None, **options):
-    """ResNet-101: 44,549,160 parameters."""
+    """ResNet-101: 44,549,160 parameters.
+
+    >>> import fastconv
+    >>> model = fastconv.models.resnet101()
+    >>> model.count_params()
+    44549160
+    """
     return resnet(101, weights, **options)
 
 
 def resnet152(weights=None, **options):
-    """ResNet-152: 60,192,808 parameters."""
+    """ResNet-152: 60,192,808 parameters.
+
+    >>> import fastconv
+    >>> model = fastconv.models.resnet152()
+    >>> model.count_params()
+    60192808
+    """
     return resnet(152, weights, **options)

@@ -45,12 +45,24 @@ def vgg(depth, weights=None, batch_norm=False, num_classes=1000, input_shape=(3,
 
 
 def vgg11(weights=None, **options):
-    """VGG-11 (configuration A): 132,863,336 parameters (``batch_norm=True``: 132,868,840)."""
+    """VGG-11 (configuration A): 132,863,336 parameters (``batch_norm=True``: 132,868,840).
+
+    >>> import fastconv
+    >>> model = fastconv.models.vgg11(batch_norm=True)  # doctest: +SKIP
+    >>> model.count_params()  # doctest: +SKIP
+    132868840
+    """
     return vgg(11, weights, **options)
 
 
 def vgg13(weights=None, **options):
-    """VGG-13 (configuration B): 133,047,848 parameters."""
+    """VGG-13 (configuration B): 133,047,848 parameters.
+
+    >>> import fastconv
+    >>> model = fastconv.models.vgg13()  # doctest: +SKIP
+    >>> model.count_params()  # doctest: +SKIP
+    133047848
+    """
     return vgg(13, weights, **options)
 
 
@@ -59,10 +71,21 @@ def vgg16(weights=None, **options):
     parameters, 15.5 GMACs at 224x224.
 
     Options: ``batch_norm`` (False), ``num_classes`` (1000), ``input_shape`` ((3, 224, 224)).
+
+    >>> import fastconv
+    >>> model = fastconv.models.vgg16()  # doctest: +SKIP
+    >>> model.count_params()  # doctest: +SKIP
+    138357544
     """
     return vgg(16, weights, **options)
 
 
 def vgg19(weights=None, **options):
-    """VGG-19 (configuration E): 143,667,240 parameters."""
+    """VGG-19 (configuration E): 143,667,240 parameters.
+
+    >>> import fastconv
+    >>> model = fastconv.models.vgg19()  # doctest: +SKIP
+    >>> model.count_params()  # doctest: +SKIP
+    143667240
+    """
     return vgg(19, weights, **options)
