@@ -15,7 +15,6 @@ same pixels as an array give the same batch. Bilinear resizing uses PIL's (and t
 antialiasing rule: when shrinking, the triangle filter is widened by the scale factor, so every
 input pixel contributes (plain bilinear interpolation would skip rows and alias).
 """
-import math
 import os
 from functools import lru_cache
 from importlib import resources

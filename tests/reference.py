@@ -4,7 +4,6 @@ Written for clarity, not speed: explicit padding with np.pad, loops over kernel 
 output positions), all arithmetic in float64. Only the *contract* in docs/functional.md is used;
 nothing here imports fastconv.
 """
-import math
 
 import numpy as np
 

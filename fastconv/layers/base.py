@@ -296,6 +296,15 @@ def lecun_tanh(x):
     return F.tanh(np.asarray(x, np.float32) * np.float32(2.0 / 3.0)) * np.float32(1.7159)
 
 
+def apply_activation(x, activation, channel_axis):
+    """Any layer activation on its own (not fused into an operator's store)."""
+    if activation in (None, "linear"):
+        return np.asarray(x, dtype=np.float32)
+    if activation in UNFUSED:
+        return finish_activation(x, activation, channel_axis)
+    return getattr(F, activation)(x)
+
+
 def finish_activation(y, activation, channel_axis):
     """Applies the activations the kernels cannot fuse (softmax, lecun_tanh) after the fused op."""
     if activation == "softmax":

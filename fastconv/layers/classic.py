@@ -5,7 +5,7 @@ import numpy as np
 
 from .. import functional as F
 from . import _checks
-from .base import Layer, constant, finish_activation, fused, glorot_uniform
+from .base import Layer, apply_activation, constant, finish_activation, fused, glorot_uniform
 from .conv import image_shape, spatial, window_output_hw
 
 
@@ -109,9 +109,7 @@ class Subsampling2D(Layer):
         y = F.batch_norm(mean, np.zeros(channels), np.ones(channels),
                          self.weights["coefficient"] * area, self.weights["bias"], eps=0.0,
                          data_format=self.data_format)
-        if fused(self.activation) not in (None, "linear"):
-            y = getattr(F, self.activation)(y)
-        return finish_activation(y, self.activation, self._resolve_axis(-1, 3))
+        return apply_activation(y, self.activation, self._resolve_axis(-1, 3))
 
     def get_config(self):
         return {**super().get_config(), "pool_size": self.pool_size, "activation": self.activation}

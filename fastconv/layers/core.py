@@ -5,7 +5,7 @@ import numpy as np
 
 from .. import functional as F
 from . import _checks
-from .base import (UNFUSED, Layer, SymbolicTensor, constant, finish_activation, fused,
+from .base import (Layer, SymbolicTensor, apply_activation, constant, finish_activation, fused,
                    glorot_uniform)
 
 
@@ -147,17 +147,25 @@ class Activation(Layer):
         self.activation = _checks.activation(self.label, activation)
 
     def call(self, x):
-        if self.activation in (None, "linear"):
-            return np.asarray(x, dtype=np.float32)
-        if self.activation in UNFUSED:
-            return finish_activation(x, self.activation, self._resolve_axis(-1, np.ndim(x) - 1))
-        return getattr(F, self.activation)(x)
+        return apply_activation(x, self.activation, self._resolve_axis(-1, np.ndim(x) - 1))
 
     def get_config(self):
         return {**super().get_config(), "activation": self.activation}
 
 
-class ReLU(Activation):
+class _NamedActivation(Activation):
+    """An Activation whose function is fixed by the class (``kind``): no argument to configure."""
+
+    kind = None
+
+    def __init__(self, name=None, input_shape=None):
+        super().__init__(self.kind, name=name, input_shape=input_shape)
+
+    def get_config(self):
+        return {k: v for k, v in super().get_config().items() if k != "activation"}
+
+
+class ReLU(_NamedActivation):
     """max(x, 0).
 
     >>> import numpy as np
@@ -165,16 +173,10 @@ class ReLU(Activation):
     [[0.0, 2.0]]
     """
 
-    default_name = "relu"
-
-    def __init__(self, name=None, input_shape=None):
-        super().__init__("relu", name=name, input_shape=input_shape)
-
-    def get_config(self):
-        return {k: v for k, v in super().get_config().items() if k != "activation"}
+    default_name = kind = "relu"
 
 
-class ReLU6(Activation):
+class ReLU6(_NamedActivation):
     """min(max(x, 0), 6) (MobileNetV2).
 
     >>> import numpy as np
@@ -182,13 +184,7 @@ class ReLU6(Activation):
     [[0.0, 6.0]]
     """
 
-    default_name = "relu6"
-
-    def __init__(self, name=None, input_shape=None):
-        super().__init__("relu6", name=name, input_shape=input_shape)
-
-    def get_config(self):
-        return {k: v for k, v in super().get_config().items() if k != "activation"}
+    default_name = kind = "relu6"
 
 
 class Softmax(Layer):

@@ -7,7 +7,7 @@ subsampling (a coefficient and a bias per map), C3's partial connection table, F
 Euclidean RBF output layer (the smallest of the ten outputs is the class).
 """
 from .. import layers as L
-from ..model import Model, Sequential
+from ..model import Sequential
 from ._common import check_choice, finish
 
 # Table I of the paper: the S2 maps each C3 map reads. Six read 3 neighbouring maps, six read 4
