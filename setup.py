@@ -29,11 +29,12 @@ DRIVERS = [
     "src/ops/conv2d.c",
     "src/ops/winograd.c",
     "src/ops/pool2d.c",
+    "src/ops/window.c",
     "src/ops/elementwise.c",
 ]
-VECTOR_SOURCE = "src/kernels/f32-vector/f32-vector.c"
+VECTOR_SOURCES = ["src/kernels/f32-vector/f32-vector.c", "src/kernels/f32-window/f32-window.c"]
 # Per instruction set: the flags its kernels are compiled with, and the kernels that exist only
-# for it. The vector source is compiled for every set, with -DFC_ISA naming the copy.
+# for it. The vector sources are compiled for every set, with -DFC_ISA naming the copy.
 ISA_KERNELS = {
     "scalar": ([], ["src/kernels/f32-gemm/f32-gemm-4x8-minmax-scalar.c"]),
     "avx2": (["-mavx2", "-mfma"], ["src/kernels/f32-gemm/f32-gemm-6x16-minmax-avx2.c"]),
@@ -108,7 +109,7 @@ class BuildExt(build_ext):
         objects = []
         for isa, (flags, sources) in isas.items():
             objects += self.compiler.compile(
-                sources + [VECTOR_SOURCE],
+                sources + VECTOR_SOURCES,
                 output_dir=os.path.join(self.build_temp, "kernels", isa),
                 macros=[("FC_ISA", isa)],
                 include_dirs=INCLUDE,

@@ -58,8 +58,8 @@ cdef extern from "fastconv.h" nogil:
         size_t kernel_h, kernel_w, stride_h, stride_w, dilation_h, dilation_w
         size_t pad_top, pad_left, pad_bottom, pad_right
         int count_include_pad
-    void fc_max_pool2d_f32(const fc_pool2d_params* p, const float* x, float* y)
-    void fc_avg_pool2d_f32(const fc_pool2d_params* p, const float* x, float* y)
+    int fc_max_pool2d_f32(const fc_pool2d_params* p, const float* x, float* y)
+    int fc_avg_pool2d_f32(const fc_pool2d_params* p, const float* x, float* y)
     void fc_global_pool_f32(size_t planes, size_t plane_size, int is_max, const float* x, float* y)
 
     void fc_activation_f32(size_t n, int activation, const float* x, float* y)
@@ -197,11 +197,13 @@ def pool2d(cnp.ndarray x, cnp.ndarray y, bint is_max, tuple kernel, tuple stride
     p.count_include_pad = count_include_pad
     cdef const float* px = cptr(x)
     cdef float* py = mptr(y)
+    cdef int rc
     with nogil:
         if is_max:
-            fc_max_pool2d_f32(&p, px, py)
+            rc = fc_max_pool2d_f32(&p, px, py)
         else:
-            fc_avg_pool2d_f32(&p, px, py)
+            rc = fc_avg_pool2d_f32(&p, px, py)
+    check(rc)
 
 
 def global_pool(cnp.ndarray x, cnp.ndarray y, bint is_max):

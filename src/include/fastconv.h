@@ -89,9 +89,9 @@ typedef struct fc_pool2d_params {
   int count_include_pad;
 } fc_pool2d_params;
 
-/* x and y are stacks of planes (N*C planes in NCHW). */
-void fc_max_pool2d_f32(const fc_pool2d_params* p, const float* x, float* y);
-void fc_avg_pool2d_f32(const fc_pool2d_params* p, const float* x, float* y);
+/* x and y are stacks of planes (N*C planes in NCHW). 0, or FC_ERROR_NOMEM. */
+int fc_max_pool2d_f32(const fc_pool2d_params* p, const float* x, float* y);
+int fc_avg_pool2d_f32(const fc_pool2d_params* p, const float* x, float* y);
 void fc_global_pool_f32(size_t planes, size_t plane_size, int is_max, const float* x, float* y);
 
 void fc_activation_f32(size_t n, int activation, const float* x, float* y);

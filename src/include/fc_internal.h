@@ -60,6 +60,27 @@ int fc_winograd_pack_weights(const fc_conv2d_params* p, const float* w, float* p
 int fc_winograd_run(const fc_conv2d_params* p, const float* packed, const float* bias,
                     const float* residual, const float* x, float* y);
 
+/* Phase planes (src/ops/window.c): an input plane laid out so that a whole output plane of a
+ * strided, padded, dilated window operator is one flat run of the window kernels. Output
+ * (oh, ow) is run element oh * cols + ow; the other columns of the run are discarded. */
+typedef struct fc_phase_layout {
+  size_t in_h, in_w, out_h, out_w, kernel_h, kernel_w;
+  size_t stride_h, stride_w, dilation_h, dilation_w, pad_top, pad_left;
+  size_t rows, cols;   /* of each phase plane */
+  size_t run;          /* out_h * cols: the outputs one kernel call computes */
+  size_t phase_size;   /* floats per phase plane, kernel slack included */
+} fc_phase_layout;
+void fc_phase_layout_init(fc_phase_layout* l, size_t in_h, size_t in_w, size_t out_h, size_t out_w,
+                          size_t kernel_h, size_t kernel_w, size_t stride_h, size_t stride_w,
+                          size_t dilation_h, size_t dilation_w, size_t pad_top, size_t pad_left);
+/* Floats for all stride_h * stride_w phase planes, and for one output run (slack included). */
+size_t fc_phase_planes_size(const fc_phase_layout* l);
+size_t fc_run_size(const fc_phase_layout* l);
+/* The kernel_h * kernel_w tap offsets (row-major taps) into the phase planes. */
+void fc_phase_offsets(const fc_phase_layout* l, ptrdiff_t* offsets);
+/* Lays out one in_h x in_w plane; positions outside the input read `pad`. */
+void fc_phase_fill(const fc_phase_layout* l, const float* x, float pad, float* planes);
+
 /* Row activation after the store (tanh, sigmoid; clamps are fused in the kernels). */
 void fc_activation_row(size_t n, int activation, float* y);
 #endif

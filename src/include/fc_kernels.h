@@ -32,10 +32,18 @@ typedef struct fc_gemm_epilogue {
 typedef void (*fc_gemm_ukernel_fn)(size_t kc, const float* a, const float* b, float* c, size_t ldc,
                                    const fc_gemm_epilogue* ep);
 
-/* Strided multiply-accumulate over a row: y[i] += w * x[i * stride], i < n. */
-typedef void (*fc_vmacc_fn)(size_t n, float w, const float* x, size_t stride, float* y);
-/* Strided row max and sum (pooling): y[i] = max(y[i], x[i * stride]) / y[i] += x[i * stride]. */
-typedef void (*fc_vrow_fn)(size_t n, const float* x, size_t stride, float* y);
+/* Sliding windows over a flat run (f32-window.c): for i < n,
+ *   wmacc: y[i] += sum over t < taps of w[t] * x[i + offsets[t]]
+ *   wmax:  y[i] = max over t < taps of x[i + offsets[t]] (NaN wins; taps >= 1).
+ * The kernels work in whole vectors: they may read x[i + offsets[t]] and write y[i] for every
+ * i < n rounded up to FC_WINDOW_SLACK, so callers allocate that slack. */
+#define FC_WINDOW_SLACK 16
+typedef void (*fc_wmacc_fn)(size_t n, const float* x, const ptrdiff_t* offsets, const float* w,
+                            size_t taps, float* y);
+typedef void (*fc_wmax_fn)(size_t n, const float* x, const ptrdiff_t* offsets, size_t taps,
+                           float* y);
+/* y[i] = x[i * stride]. */
+typedef void (*fc_vcopy_fn)(size_t n, const float* x, size_t stride, float* y);
 /* y[i] = clamp(x[i], lo, hi); NaN stays NaN. */
 typedef void (*fc_vclamp_fn)(size_t n, const float* x, float* y, float lo, float hi);
 /* y[i] = clamp(a[i] + b[i], lo, hi). */
@@ -51,9 +59,9 @@ typedef struct fc_gemm_config {
 } fc_gemm_config;
 
 typedef struct fc_vector_config {
-  fc_vmacc_fn vmacc;
-  fc_vrow_fn vrowmax;
-  fc_vrow_fn vrowsum;
+  fc_wmacc_fn wmacc;
+  fc_wmax_fn wmax;
+  fc_vcopy_fn vcopy;
   fc_vclamp_fn vclamp;
   fc_vadd_fn vadd;
   fc_vaffine_fn vaffine;
@@ -72,11 +80,13 @@ FC_GEMM_UKERNEL(fc_f32_gemm_minmax_ukernel_4x8__scalar);
 FC_GEMM_UKERNEL(fc_f32_gemm_minmax_ukernel_6x16__avx2);
 FC_GEMM_UKERNEL(fc_f32_gemm_minmax_ukernel_8x32__avx512f);
 
-/* The vector kernels come from one C source compiled once per ISA (f32-vector.c). */
+/* The vector and window kernels come from two C sources compiled once per ISA (f32-vector.c,
+ * f32-window.c). */
 #define FC_DECLARE_VECTOR_KERNELS(isa)                                                             \
-  void fc_f32_vmacc_ukernel__##isa(size_t, float, const float*, size_t, float*);                 \
-  void fc_f32_vrowmax_ukernel__##isa(size_t, const float*, size_t, float*);                      \
-  void fc_f32_vrowsum_ukernel__##isa(size_t, const float*, size_t, float*);                      \
+  void fc_f32_wmacc_ukernel__##isa(size_t, const float*, const ptrdiff_t*, const float*, size_t, \
+                                   float*);                                                      \
+  void fc_f32_wmax_ukernel__##isa(size_t, const float*, const ptrdiff_t*, size_t, float*);       \
+  void fc_f32_vcopy_strided_ukernel__##isa(size_t, const float*, size_t, float*);                \
   void fc_f32_vclamp_ukernel__##isa(size_t, const float*, float*, float, float);                 \
   void fc_f32_vadd_minmax_ukernel__##isa(size_t, const float*, const float*, float*, float,      \
                                          float);                                                 \

@@ -5,8 +5,9 @@
  *    columns are written straight into the GEMM's packed B panels, one K x N block at a time,
  *    so no whole-image column buffer ever exists;
  *  - GEMM: for a 1x1 kernel with stride 1 and no padding the input already is the B matrix;
- *  - direct: each output row accumulates strided input rows (vmacc kernel); best when a group
- *    has few output channels (depthwise), where a GEMM tile would be mostly empty. */
+ *  - direct: each output plane is one run of the wmacc window kernel over phase planes of its
+ *    input channels; best when a group has few output channels (depthwise), where a GEMM tile
+ *    would be mostly empty. */
 #include <math.h>
 #include <string.h>
 
@@ -114,66 +115,71 @@ static int conv_gemm(const fc_conv2d_params* p, int algorithm, const float* pack
   return rc;
 }
 
-/* The output columns [lo, hi) whose input column lies inside the image, for one kernel column:
- * the same for every row, so computed once per call. */
-typedef struct col_range {
-  size_t lo, hi;
-  ptrdiff_t offset;
-} col_range;
+/* Direct convolution, one output plane per task: the plane starts at its bias, each input
+ * channel of its group is laid out as phase planes (src/ops/window.c) and accumulated over the
+ * whole plane in one wmacc run, then the run's valid columns get the residual and activation.
+ * Re-laying out an input channel for every output channel of its group costs 1/taps of the
+ * arithmetic; it buys one task per output plane, so threads split channels even at batch 1. */
+typedef struct direct_scratch {
+  float* planes;
+  float* run;
+} direct_scratch;
 
-/* One output row of one output channel: y_row = bias [+ residual] + sum over (c, kh, kw) of
- * w * x_row, then the activation. */
-static void direct_row(const fc_conv2d_params* p, const fc_vector_config* vk,
-                       const col_range* cols, const float* x, const float* w, const float* bias,
-                       const float* residual, float* y, size_t row) {
-  const size_t oh = row % p->out_h, plane = row / p->out_h;
+static void direct_plane(const fc_conv2d_params* p, const fc_vector_config* vk,
+                         const fc_phase_layout* l, const ptrdiff_t* offsets, const float* x,
+                         const float* w, const float* bias, const float* residual, float* y,
+                         size_t plane, direct_scratch* s) {
   const size_t oc = plane % p->out_channels, n = plane / p->out_channels;
   const size_t og = p->out_channels / p->groups, cg = p->in_channels / p->groups, g = oc / og;
-  float* yr = y + row * p->out_w;
+  const size_t taps = p->kernel_h * p->kernel_w, in_plane = p->in_h * p->in_w;
+  const size_t out_plane = p->out_h * p->out_w, run_size = fc_run_size(l);
   const float b0 = bias ? bias[oc] : 0.0f;
-  if (residual) {
-    const float* rr = residual + row * p->out_w;
-    for (size_t i = 0; i < p->out_w; i++) yr[i] = rr[i] + b0;
-  } else {
-    for (size_t i = 0; i < p->out_w; i++) yr[i] = b0;
-  }
+  for (size_t i = 0; i < run_size; i++) s->run[i] = b0;
   for (size_t c = 0; c < cg; c++) {
-    const float* xc = x + (n * p->in_channels + g * cg + c) * p->in_h * p->in_w;
-    const float* wc = w + (oc * cg + c) * p->kernel_h * p->kernel_w;
-    for (size_t kh = 0; kh < p->kernel_h; kh++) {
-      const ptrdiff_t ih = (ptrdiff_t)(oh * p->stride_h + kh * p->dilation_h) - (ptrdiff_t)p->pad_top;
-      if (ih < 0 || ih >= (ptrdiff_t)p->in_h) continue;
-      const float* xr = xc + (size_t)ih * p->in_w;
-      for (size_t kw = 0; kw < p->kernel_w; kw++) {
-        const col_range r = cols[kw];
-        if (r.hi > r.lo) {
-          vk->vmacc(r.hi - r.lo, wc[kh * p->kernel_w + kw],
-                    xr + (ptrdiff_t)(r.lo * p->stride_w) + r.offset, p->stride_w, yr + r.lo);
-        }
-      }
-    }
+    fc_phase_fill(l, x + (n * p->in_channels + g * cg + c) * in_plane, 0.0f, s->planes);
+    vk->wmacc(l->run, s->planes, offsets, w + (oc * cg + c) * taps, taps, s->run);
   }
-  if (p->activation == FC_ACT_RELU) vk->vclamp(p->out_w, yr, yr, 0.0f, INFINITY);
-  else if (p->activation == FC_ACT_RELU6) vk->vclamp(p->out_w, yr, yr, 0.0f, 6.0f);
-  else fc_activation_row(p->out_w, p->activation, yr);
+  const float lo = p->activation == FC_ACT_RELU || p->activation == FC_ACT_RELU6 ? 0.0f : -INFINITY;
+  const float hi = p->activation == FC_ACT_RELU6 ? 6.0f : INFINITY;
+  for (size_t oh = 0; oh < p->out_h; oh++) {
+    const float* src = s->run + oh * l->cols;
+    float* dst = y + plane * out_plane + oh * p->out_w;
+    if (residual) vk->vadd(p->out_w, src, residual + plane * out_plane + oh * p->out_w, dst, lo, hi);
+    else vk->vclamp(p->out_w, src, dst, lo, hi);
+    fc_activation_row(p->out_w, p->activation, dst);
+  }
 }
 
 static int conv_direct(const fc_conv2d_params* p, const float* w, const float* bias,
                        const float* residual, const float* x, float* y) {
   const fc_vector_config* vk = fc_vector_config_get();
-  col_range* cols = (col_range*)fc_alloc(p->kernel_w * sizeof(col_range));
-  if (!cols) return FC_ERROR_NOMEM;
-  for (size_t kw = 0; kw < p->kernel_w; kw++) {
-    cols[kw].offset = (ptrdiff_t)(kw * p->dilation_w) - (ptrdiff_t)p->pad_left;
-    fc_valid_range(p->out_w, p->stride_w, cols[kw].offset, p->in_w, &cols[kw].lo, &cols[kw].hi);
+  const size_t taps = p->kernel_h * p->kernel_w, planes = p->batch * p->out_channels;
+  fc_phase_layout l;
+  fc_phase_layout_init(&l, p->in_h, p->in_w, p->out_h, p->out_w, p->kernel_h, p->kernel_w,
+                       p->stride_h, p->stride_w, p->dilation_h, p->dilation_w, p->pad_top,
+                       p->pad_left);
+  ptrdiff_t* offsets = (ptrdiff_t*)fc_alloc(taps * sizeof(ptrdiff_t));
+  if (!offsets) return FC_ERROR_NOMEM;
+  fc_phase_offsets(&l, offsets);
+  const double flops = 2.0 * planes * p->out_h * p->out_w * (p->in_channels / p->groups) * taps;
+  int rc = 0;
+#pragma omp parallel num_threads(fc_threads_for(flops))
+  {
+    direct_scratch s = {(float*)fc_alloc(fc_phase_planes_size(&l) * sizeof(float)),
+                        (float*)fc_alloc(fc_run_size(&l) * sizeof(float))};
+    if (!s.planes || !s.run) {
+#pragma omp atomic write
+      rc = FC_ERROR_NOMEM;
+    }
+#pragma omp for schedule(static)
+    for (size_t plane = 0; plane < planes; plane++) {
+      if (s.planes && s.run) direct_plane(p, vk, &l, offsets, x, w, bias, residual, y, plane, &s);
+    }
+    fc_free(s.planes);
+    fc_free(s.run);
   }
-  const size_t rows = p->batch * p->out_channels * p->out_h;
-  const double flops = 2.0 * rows * p->out_w * (p->in_channels / p->groups) * p->kernel_h * p->kernel_w;
-  const int threads = fc_threads_for(flops);
-#pragma omp parallel for schedule(static) num_threads(threads)
-  for (size_t row = 0; row < rows; row++) direct_row(p, vk, cols, x, w, bias, residual, y, row);
-  fc_free(cols);
-  return 0;
+  fc_free(offsets);
+  return rc;
 }
 
 int fc_conv2d_nchw_f32_packed(const fc_conv2d_params* p, int algorithm, int packed_tile,

@@ -1,8 +1,9 @@
 /* Max and average pooling over stacks of planes (NCHW: N*C planes), and global pooling.
- * Each output row is built from strided input rows by the vrowmax / vrowsum kernels; threads
- * split the rows. Padded positions never enter a max; for averages the divisor follows
- * count_include_pad (see docs/functional.md). */
+ * Each input plane is laid out as phase planes (src/ops/window.c) so that a whole output plane
+ * is one run of the wmax / wmacc window kernels; threads split the planes. Padded positions
+ * never enter a max; for averages the divisor follows count_include_pad (docs/functional.md). */
 #include <math.h>
+#include <string.h>
 
 #include "fastconv.h"
 #include "fc_internal.h"
@@ -22,53 +23,106 @@ static size_t window_count(size_t o, size_t stride, size_t dilation, size_t kern
   return count;
 }
 
-static void pool_row(const fc_pool2d_params* p, fc_vrow_fn reduce, const float* x, float* yr,
-                     size_t oh) {
-  for (size_t kh = 0; kh < p->kernel_h; kh++) {
-    const ptrdiff_t ih = (ptrdiff_t)(oh * p->stride_h + kh * p->dilation_h) - (ptrdiff_t)p->pad_top;
-    if (ih < 0 || ih >= (ptrdiff_t)p->in_h) continue;
-    const float* xr = x + (size_t)ih * p->in_w;
-    for (size_t kw = 0; kw < p->kernel_w; kw++) {
-      const ptrdiff_t off = (ptrdiff_t)(kw * p->dilation_w) - (ptrdiff_t)p->pad_left;
-      size_t lo, hi;
-      fc_valid_range(p->out_w, p->stride_w, off, p->in_w, &lo, &hi);
-      if (hi > lo) reduce(hi - lo, xr + (ptrdiff_t)(lo * p->stride_w) + off, p->stride_w, yr + lo);
+/* Everything a pooling call shares between its threads: the layout, the tap offsets and, for
+ * averages, the weights (all ones) and the divisors per output row and column. */
+typedef struct pool_setup {
+  fc_phase_layout layout;
+  ptrdiff_t* offsets;
+  float* ones;
+  size_t* count_h;
+  size_t* count_w;
+} pool_setup;
+
+static void pool_setup_free(pool_setup* s) {
+  fc_free(s->offsets), fc_free(s->ones), fc_free(s->count_h), fc_free(s->count_w);
+}
+
+static int pool_setup_init(const fc_pool2d_params* p, int is_max, pool_setup* s) {
+  const size_t taps = p->kernel_h * p->kernel_w;
+  fc_phase_layout_init(&s->layout, p->in_h, p->in_w, p->out_h, p->out_w, p->kernel_h,
+                       p->kernel_w, p->stride_h, p->stride_w, p->dilation_h, p->dilation_w,
+                       p->pad_top, p->pad_left);
+  s->offsets = (ptrdiff_t*)fc_alloc(taps * sizeof(ptrdiff_t));
+  s->ones = is_max ? NULL : (float*)fc_alloc(taps * sizeof(float));
+  s->count_h = is_max ? NULL : (size_t*)fc_alloc(p->out_h * sizeof(size_t));
+  s->count_w = is_max ? NULL : (size_t*)fc_alloc(p->out_w * sizeof(size_t));
+  if (!s->offsets || (!is_max && (!s->ones || !s->count_h || !s->count_w))) {
+    pool_setup_free(s);
+    return FC_ERROR_NOMEM;
+  }
+  fc_phase_offsets(&s->layout, s->offsets);
+  if (is_max) return 0;
+  for (size_t t = 0; t < taps; t++) s->ones[t] = 1.0f;
+  for (size_t o = 0; o < p->out_h; o++) {
+    s->count_h[o] = window_count(o, p->stride_h, p->dilation_h, p->kernel_h, p->pad_top,
+                                 p->pad_bottom, p->in_h, p->count_include_pad);
+  }
+  for (size_t o = 0; o < p->out_w; o++) {
+    s->count_w[o] = window_count(o, p->stride_w, p->dilation_w, p->kernel_w, p->pad_left,
+                                 p->pad_right, p->in_w, p->count_include_pad);
+  }
+  return 0;
+}
+
+/* One plane: phase layout, one window-kernel run, then the run's valid columns into y. */
+static void pool_plane(const fc_pool2d_params* p, const fc_vector_config* vk, const pool_setup* s,
+                       int is_max, const float* x, float* planes, float* run, float* y) {
+  const fc_phase_layout* l = &s->layout;
+  const size_t taps = p->kernel_h * p->kernel_w;
+  fc_phase_fill(l, x, is_max ? -INFINITY : 0.0f, planes);
+  if (is_max) {
+    vk->wmax(l->run, planes, s->offsets, taps, run);
+  } else {
+    memset(run, 0, fc_run_size(l) * sizeof(float));
+    vk->wmacc(l->run, planes, s->offsets, s->ones, taps, run);
+  }
+  for (size_t oh = 0; oh < p->out_h; oh++) {
+    const float* src = run + oh * l->cols;
+    float* dst = y + oh * p->out_w;
+    if (is_max) {
+      memcpy(dst, src, p->out_w * sizeof(float));
+      continue;
     }
-  }
-}
-
-static int pool_threads(const fc_pool2d_params* p) {
-  return fc_threads_for((double)p->planes * p->out_h * p->out_w * p->kernel_h * p->kernel_w);
-}
-
-void fc_max_pool2d_f32(const fc_pool2d_params* p, const float* x, float* y) {
-  const fc_vector_config* vk = fc_vector_config_get();
-  const size_t rows = p->planes * p->out_h, in_plane = p->in_h * p->in_w;
-#pragma omp parallel for schedule(static) num_threads(pool_threads(p))
-  for (size_t row = 0; row < rows; row++) {
-    float* yr = y + row * p->out_w;
-    for (size_t i = 0; i < p->out_w; i++) yr[i] = -INFINITY;
-    pool_row(p, vk->vrowmax, x + (row / p->out_h) * in_plane, yr, row % p->out_h);
-  }
-}
-
-void fc_avg_pool2d_f32(const fc_pool2d_params* p, const float* x, float* y) {
-  const fc_vector_config* vk = fc_vector_config_get();
-  const size_t rows = p->planes * p->out_h, in_plane = p->in_h * p->in_w;
-#pragma omp parallel for schedule(static) num_threads(pool_threads(p))
-  for (size_t row = 0; row < rows; row++) {
-    const size_t oh = row % p->out_h;
-    float* yr = y + row * p->out_w;
-    for (size_t i = 0; i < p->out_w; i++) yr[i] = 0.0f;
-    pool_row(p, vk->vrowsum, x + (row / p->out_h) * in_plane, yr, oh);
-    const size_t ch = window_count(oh, p->stride_h, p->dilation_h, p->kernel_h, p->pad_top,
-                                   p->pad_bottom, p->in_h, p->count_include_pad);
     for (size_t ow = 0; ow < p->out_w; ow++) {
-      const size_t cw = window_count(ow, p->stride_w, p->dilation_w, p->kernel_w, p->pad_left,
-                                     p->pad_right, p->in_w, p->count_include_pad);
-      yr[ow] = ch * cw ? yr[ow] / (float)(ch * cw) : 0.0f;
+      const size_t count = s->count_h[oh] * s->count_w[ow];
+      dst[ow] = count ? src[ow] / (float)count : 0.0f;
     }
   }
+}
+
+static int pool2d(const fc_pool2d_params* p, int is_max, const float* x, float* y) {
+  const fc_vector_config* vk = fc_vector_config_get();
+  pool_setup s;
+  if (pool_setup_init(p, is_max, &s) != 0) return FC_ERROR_NOMEM;
+  const size_t in_plane = p->in_h * p->in_w, out_plane = p->out_h * p->out_w;
+  const int threads = fc_threads_for((double)p->planes * out_plane * p->kernel_h * p->kernel_w);
+  int rc = 0;
+#pragma omp parallel num_threads(threads)
+  {
+    /* Per-thread scratch: the phase planes of one input plane and one output run. */
+    float* planes = (float*)fc_alloc(fc_phase_planes_size(&s.layout) * sizeof(float));
+    float* run = (float*)fc_alloc(fc_run_size(&s.layout) * sizeof(float));
+    if (!planes || !run) {
+#pragma omp atomic write
+      rc = FC_ERROR_NOMEM;
+    }
+#pragma omp for schedule(static)
+    for (size_t c = 0; c < p->planes; c++) {
+      if (planes && run) pool_plane(p, vk, &s, is_max, x + c * in_plane, planes, run, y + c * out_plane);
+    }
+    fc_free(planes);
+    fc_free(run);
+  }
+  pool_setup_free(&s);
+  return rc;
+}
+
+int fc_max_pool2d_f32(const fc_pool2d_params* p, const float* x, float* y) {
+  return pool2d(p, 1, x, y);
+}
+
+int fc_avg_pool2d_f32(const fc_pool2d_params* p, const float* x, float* y) {
+  return pool2d(p, 0, x, y);
 }
 
 void fc_global_pool_f32(size_t planes, size_t plane_size, int is_max, const float* x, float* y) {

@@ -34,9 +34,10 @@ static int detect_isa(void) { return FC_ISA_SCALAR; }
 #endif
 
 #define VECTOR_CONFIG(isa)                                                                         \
-  {fc_f32_vmacc_ukernel__##isa,      fc_f32_vrowmax_ukernel__##isa,                                \
-   fc_f32_vrowsum_ukernel__##isa,    fc_f32_vclamp_ukernel__##isa,                                 \
-   fc_f32_vadd_minmax_ukernel__##isa, fc_f32_vaffine_ukernel__##isa, "f32_vector__" #isa}
+  {fc_f32_wmacc_ukernel__##isa,       fc_f32_wmax_ukernel__##isa,                                  \
+   fc_f32_vcopy_strided_ukernel__##isa,                                                            \
+   fc_f32_vclamp_ukernel__##isa,      fc_f32_vadd_minmax_ukernel__##isa,                           \
+   fc_f32_vaffine_ukernel__##isa,     "f32_vector__" #isa}
 
 /* Indexed by enum fc_isa. */
 static const fc_gemm_config gemm_configs[] = {

@@ -17,30 +17,16 @@ static inline float clamp(float v, float lo, float hi) {
   return v > hi ? hi : v;
 }
 
-void FC_NAME(fc_f32_vmacc_ukernel)(size_t n, float w, const float* restrict x, size_t stride,
-                                   float* restrict y) {
+void FC_NAME(fc_f32_vcopy_strided_ukernel)(size_t n, const float* restrict x, size_t stride,
+                                           float* restrict y) {
+  /* A constant stride of 2 (pooling and convolution at stride 2) lets the compiler vectorise
+   * the gather into permutes. */
   if (stride == 1) {
-    for (size_t i = 0; i < n; i++) y[i] += w * x[i];
+    for (size_t i = 0; i < n; i++) y[i] = x[i];
+  } else if (stride == 2) {
+    for (size_t i = 0; i < n; i++) y[i] = x[2 * i];
   } else {
-    for (size_t i = 0; i < n; i++) y[i] += w * x[i * stride];
-  }
-}
-
-void FC_NAME(fc_f32_vrowmax_ukernel)(size_t n, const float* restrict x, size_t stride,
-                                     float* restrict y) {
-  /* NaN wins, as in numpy.maximum. */
-  for (size_t i = 0; i < n; i++) {
-    const float v = x[i * stride];
-    y[i] = (v > y[i] || v != v) ? v : y[i];
-  }
-}
-
-void FC_NAME(fc_f32_vrowsum_ukernel)(size_t n, const float* restrict x, size_t stride,
-                                     float* restrict y) {
-  if (stride == 1) {
-    for (size_t i = 0; i < n; i++) y[i] += x[i];
-  } else {
-    for (size_t i = 0; i < n; i++) y[i] += x[i * stride];
+    for (size_t i = 0; i < n; i++) y[i] = x[i * stride];
   }
 }
 

@@ -1,0 +1,91 @@
+/* Sliding-window micro-kernels over a flat run: every output reads `taps` inputs at fixed
+ * offsets. Pooling and depthwise-style convolution lay each input plane out so that a whole
+ * output plane is one run (see src/ops/window.c); these kernels then see only contiguous loads.
+ *
+ * One portable C source compiled once per ISA (-DFC_ISA), written with GCC/Clang vector
+ * extensions so each copy uses its own register width. Contract (src/include/fc_kernels.h):
+ * the kernels work in whole vectors, so they may read x[i + offsets[t]] and write y[i] for i up
+ * to n rounded up to FC_WINDOW_SLACK. */
+#include <stdint.h>
+
+#include "fc_kernels.h"
+
+#ifndef FC_ISA
+#error "compile with -DFC_ISA=scalar|avx2|avx512f"
+#endif
+#define FC_PASTE2(a, b) a##__##b
+#define FC_PASTE(a, b) FC_PASTE2(a, b)
+#define FC_NAME(base) FC_PASTE(base, FC_ISA)
+
+#if defined(__AVX512F__)
+#define VLEN 16
+#elif defined(__AVX__)
+#define VLEN 8
+#else
+#define VLEN 4
+#endif
+#if FC_WINDOW_SLACK % VLEN
+#error "FC_WINDOW_SLACK must be a multiple of the vector length"
+#endif
+
+typedef float vf __attribute__((vector_size(VLEN * sizeof(float))));
+typedef int32_t vi __attribute__((vector_size(VLEN * sizeof(float))));
+
+static inline vf load(const float* p) {
+  vf v;
+  __builtin_memcpy(&v, p, sizeof v);
+  return v;
+}
+
+static inline void store(float* p, vf v) { __builtin_memcpy(p, &v, sizeof v); }
+
+/* max(acc, v) where NaN wins, as in numpy.maximum. */
+static inline vf max_nan(vf acc, vf v) {
+  const vi take = (v > acc) | (v != v);
+  return (vf)(((vi)v & take) | ((vi)acc & ~take));
+}
+
+/* Four vectors per pass keep four independent FMA chains in flight. */
+void FC_NAME(fc_f32_wmacc_ukernel)(size_t n, const float* x, const ptrdiff_t* offsets,
+                                   const float* w, size_t taps, float* y) {
+  size_t i = 0;
+  for (; i + 4 * VLEN <= n + VLEN - 1; i += 4 * VLEN) {
+    vf a0 = load(y + i), a1 = load(y + i + VLEN), a2 = load(y + i + 2 * VLEN),
+       a3 = load(y + i + 3 * VLEN);
+    for (size_t t = 0; t < taps; t++) {
+      const float* xt = x + i + offsets[t];
+      a0 += w[t] * load(xt);
+      a1 += w[t] * load(xt + VLEN);
+      a2 += w[t] * load(xt + 2 * VLEN);
+      a3 += w[t] * load(xt + 3 * VLEN);
+    }
+    store(y + i, a0);
+    store(y + i + VLEN, a1);
+    store(y + i + 2 * VLEN, a2);
+    store(y + i + 3 * VLEN, a3);
+  }
+  for (; i < n; i += VLEN) {
+    vf a = load(y + i);
+    for (size_t t = 0; t < taps; t++) a += w[t] * load(x + i + offsets[t]);
+    store(y + i, a);
+  }
+}
+
+void FC_NAME(fc_f32_wmax_ukernel)(size_t n, const float* x, const ptrdiff_t* offsets, size_t taps,
+                                  float* y) {
+  size_t i = 0;
+  for (; i + 2 * VLEN <= n + VLEN - 1; i += 2 * VLEN) {
+    vf a0 = load(x + i + offsets[0]), a1 = load(x + i + offsets[0] + VLEN);
+    for (size_t t = 1; t < taps; t++) {
+      a0 = max_nan(a0, load(x + i + offsets[t]));
+      a1 = max_nan(a1, load(x + i + offsets[t] + VLEN));
+    }
+    store(y + i, a0);
+    store(y + i + VLEN, a1);
+  }
+  for (; i < n; i += VLEN) {
+    vf a = load(x + i + offsets[0]);
+    for (size_t t = 1; t < taps; t++) a = max_nan(a, load(x + i + offsets[t]));
+    store(y + i, a);
+  }
+}

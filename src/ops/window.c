@@ -1,0 +1,74 @@
+/* Phase planes: one input plane laid out so that a whole output plane of a strided, padded,
+ * dilated window operator (pooling, depthwise convolution) is a single flat run.
+ *
+ * Output (oh, ow) reads padded input (oh*s + kh*d, ow*s + kw*d). Splitting the padded plane by
+ * row and column phase (index mod stride) turns that into phase ((kh*d) % s, (kw*d) % s) at row
+ * oh + (kh*d)/s, column ow + (kw*d)/s. With every phase plane `cols` wide, output (oh, ow) sits at
+ * flat index oh*cols + ow and each tap is a fixed offset from it, so the window kernels see
+ * contiguous loads only. Columns ow >= out_w of the run are computed and thrown away. */
+#include "fc_internal.h"
+#include "fc_kernels.h"
+
+void fc_phase_layout_init(fc_phase_layout* l, size_t in_h, size_t in_w, size_t out_h, size_t out_w,
+                          size_t kernel_h, size_t kernel_w, size_t stride_h, size_t stride_w,
+                          size_t dilation_h, size_t dilation_w, size_t pad_top, size_t pad_left) {
+  l->in_h = in_h, l->in_w = in_w, l->out_h = out_h, l->out_w = out_w;
+  l->kernel_h = kernel_h, l->kernel_w = kernel_w;
+  l->stride_h = stride_h, l->stride_w = stride_w;
+  l->dilation_h = dilation_h, l->dilation_w = dilation_w;
+  l->pad_top = pad_top, l->pad_left = pad_left;
+  l->rows = out_h + (kernel_h - 1) * dilation_h / stride_h;
+  l->cols = out_w + (kernel_w - 1) * dilation_w / stride_w;
+  l->run = out_h * l->cols;
+  /* A tap's column offset is below `cols`, so a run read from any tap ends within one extra
+   * row; the kernels' vector slack comes after that. */
+  l->phase_size = (l->rows + 1) * l->cols + FC_WINDOW_SLACK;
+}
+
+size_t fc_phase_planes_size(const fc_phase_layout* l) {
+  return l->stride_h * l->stride_w * l->phase_size;
+}
+
+size_t fc_run_size(const fc_phase_layout* l) { return fc_round_up(l->run, FC_WINDOW_SLACK); }
+
+void fc_phase_offsets(const fc_phase_layout* l, ptrdiff_t* offsets) {
+  for (size_t kh = 0; kh < l->kernel_h; kh++) {
+    for (size_t kw = 0; kw < l->kernel_w; kw++) {
+      const size_t dh = kh * l->dilation_h, dw = kw * l->dilation_w;
+      const size_t phase = (dh % l->stride_h) * l->stride_w + dw % l->stride_w;
+      offsets[kh * l->kernel_w + kw] =
+          (ptrdiff_t)(phase * l->phase_size + dh / l->stride_h * l->cols + dw / l->stride_w);
+    }
+  }
+}
+
+static void fill(float* dst, size_t n, float value) {
+  for (size_t i = 0; i < n; i++) dst[i] = value;
+}
+
+/* One row of a phase plane: padded input columns c*stride + phase_w for c < cols. */
+static void phase_row(const fc_phase_layout* l, fc_vcopy_fn copy, const float* src,
+                      size_t phase_w, float pad, float* dst) {
+  size_t lo, hi;
+  const ptrdiff_t offset = (ptrdiff_t)phase_w - (ptrdiff_t)l->pad_left;
+  fc_valid_range(l->cols, l->stride_w, offset, l->in_w, &lo, &hi);
+  fill(dst, lo, pad);
+  if (hi > lo) copy(hi - lo, src + (ptrdiff_t)(lo * l->stride_w) + offset, l->stride_w, dst + lo);
+  fill(dst + hi, l->cols - hi, pad);
+}
+
+void fc_phase_fill(const fc_phase_layout* l, const float* x, float pad, float* planes) {
+  const fc_vcopy_fn copy = fc_vector_config_get()->vcopy;
+  for (size_t ph = 0; ph < l->stride_h; ph++) {
+    for (size_t pw = 0; pw < l->stride_w; pw++) {
+      float* plane = planes + (ph * l->stride_w + pw) * l->phase_size;
+      for (size_t r = 0; r < l->rows; r++) {
+        const ptrdiff_t ih = (ptrdiff_t)(r * l->stride_h + ph) - (ptrdiff_t)l->pad_top;
+        float* dst = plane + r * l->cols;
+        if (ih < 0 || ih >= (ptrdiff_t)l->in_h) fill(dst, l->cols, pad);
+        else phase_row(l, copy, x + (size_t)ih * l->in_w, pw, pad, dst);
+      }
+      fill(plane + l->rows * l->cols, l->phase_size - l->rows * l->cols, pad);
+    }
+  }
+}
