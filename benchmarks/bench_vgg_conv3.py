@@ -4,7 +4,7 @@ Shape: input 1x256x56x56, 256 output channels, 3x3 kernel, padding 1, stride 1 (
 Both libraries run at the same thread count. The outputs are checked to agree first; then both
 are warmed up and timed in interleaved rounds (the order alternates each round).
 
-    python benchmarks/bench_vgg_conv3.py [--threads N] [--algorithm auto|im2col|direct]
+    python benchmarks/bench_vgg_conv3.py [--threads N] [--algorithm auto|implicit|im2col|winograd|direct]
 """
 
 import argparse
@@ -33,7 +33,7 @@ def default_threads():
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=default_threads())
-    parser.add_argument("--algorithm", choices=("auto", "im2col", "direct"), default="auto")
+    parser.add_argument("--algorithm", choices=("auto", "implicit", "im2col", "winograd", "direct"), default="auto")
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--warmup", type=int, default=3)
     args = parser.parse_args()

@@ -484,14 +484,17 @@ def write_json(report, path):
 
 # The plot ----------------------------------------------------------------------------------------
 
-_KIND_GROUPS = {"conv2d[gemm]": "conv 1x1 (GEMM)", "conv2d[im2col]": "conv im2col",
+_KIND_GROUPS = {"conv2d[gemm]": "conv 1x1 (GEMM)", "conv2d[implicit]": "conv implicit GEMM",
+                "conv2d[im2col]": "conv im2col",
                 "conv2d[winograd]": "conv Winograd", "conv2d[direct]": "conv direct",
                 "dense": "dense", "maxpool2d": "pooling", "avgpool2d": "pooling",
                 "globalaveragepooling2d": "pooling", "globalmaxpooling2d": "pooling",
                 "adaptiveavgpool2d": "pooling"}
-_GROUP_COLORS = {"conv im2col": "#4c72b0", "conv Winograd": "#8172b2",  # not the backends'
-                 "conv 1x1 (GEMM)": "#64b5cd", "conv direct": "#8c8c8c", "dense": "#ccb974",
-                 "pooling": "#da8bc3", "other": "#dddddd"}                # colours of the left
+# Not the backends' colours of the left panel.
+_GROUP_COLORS = {"conv implicit GEMM": "#4c72b0", "conv im2col": "#55a868",
+                 "conv Winograd": "#8172b2", "conv 1x1 (GEMM)": "#64b5cd",
+                 "conv direct": "#8c8c8c", "dense": "#ccb974", "pooling": "#da8bc3",
+                 "other": "#dddddd"}
 _GROUP_ORDER = list(_GROUP_COLORS)
 _BACKEND_LABELS = {"fastconv": "fastconv", **PEERS}
 

@@ -25,7 +25,7 @@ __all__ = [
 
 # Codes shared with src/include/fastconv.h (enum fc_activation, enum fc_conv_algorithm).
 _ACTIVATIONS = {None: 0, "linear": 0, "relu": 1, "relu6": 2, "tanh": 3, "sigmoid": 4}
-_ALGORITHMS = {"direct": 0, "im2col": 1, "gemm": 2, "winograd": 3}
+_ALGORITHMS = {"direct": 0, "im2col": 1, "gemm": 2, "winograd": 3, "implicit": 4}
 _DATA_FORMATS = ("channels_first", "channels_last")
 _PADDING_MODES = ("valid", "same", "same_upper", "same_lower")
 
@@ -255,20 +255,28 @@ def dense(x, weight, bias=None, activation=None):
 # Convolution ----------------------------------------------------------------------------------
 
 def _conv_algorithm(algorithm, kernel, stride, pads, out_per_group, dilation=(1, 1), groups=1,
-                    in_channels=0, winograd=False):
+                    in_channels=0, winograd=False, out_hw=(0, 0)):
     """The algorithm code: an explicit choice (checked), or the "auto" heuristic. Winograd is
-    only chosen automatically when ``winograd`` is set (model plans; see runtime.set_winograd)."""
+    only chosen automatically when ``winograd`` is set (model plans; see runtime.set_winograd),
+    where it measured faster than the implicit GEMM (docs/kernels.md): at least 96 input and
+    output channels, and outputs of at least 8 x 8 (its 2 x 2 tiles waste too much below).
+    The implicit GEMM's fixed costs (laying out the input, copying the output) only pay off
+    from K = C/groups * KH * KW >= 32; below that (an RGB 3x3 layer) im2col is faster."""
     is_pointwise = kernel == (1, 1) and stride == (1, 1) and pads == ((0, 0), (0, 0))
     fits_winograd = kernel == (3, 3) and stride == (1, 1) and dilation == (1, 1) and groups == 1
     if algorithm == "auto":
         if is_pointwise:
             return _ALGORITHMS["gemm"]
-        if winograd and fits_winograd and in_channels >= 128 and out_per_group >= 128:
+        if (winograd and fits_winograd and in_channels >= 96 and out_per_group >= 96
+                and min(out_hw) >= 8):
             return _ALGORITHMS["winograd"]
-        return _ALGORITHMS["direct" if out_per_group < 8 else "im2col"]
+        if out_per_group < 8:
+            return _ALGORITHMS["direct"]
+        return _ALGORITHMS["im2col" if in_channels // groups * kernel[0] * kernel[1] < 32 else "implicit"]
     if algorithm not in _ALGORITHMS:
         raise ValueError(
-            "conv2d: `algorithm` must be 'auto', 'direct', 'im2col', 'gemm' or 'winograd'; "
+            "conv2d: `algorithm` must be 'auto', 'direct', 'im2col', 'implicit', 'gemm' or "
+            "'winograd'; "
             f"received {algorithm!r}"
         )
     if algorithm == "gemm" and not is_pointwise:
@@ -309,7 +317,7 @@ class _ConvGeometry:
                                              self.dilation[a]) for a in (0, 1))
         _check_output(op, self.out_hw, (h, wd))
         self.algorithm = _conv_algorithm(algorithm, (kh, kw), self.stride, self.pads, o // self.groups,
-                                         self.dilation, self.groups, c, winograd)
+                                         self.dilation, self.groups, c, winograd, self.out_hw)
         self.bias = None
         if bias is not None:
             self.bias = np.ascontiguousarray(_as_array(bias, op, "bias"))
@@ -330,8 +338,9 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, acti
     x (N, C, H, W) and weight (O, C/groups, KH, KW), or with ``data_format="channels_last"``
     x (N, H, W, C) and weight (KH, KW, C/groups, O). ``padding``: int, pair, explicit
     ((top, bottom), (left, right)), "valid", "same"/"same_upper" or "same_lower". ``algorithm``:
-    "auto", "direct", "im2col", "gemm" (1x1 only) or "winograd" (F(2x2, 3x3): 3x3, stride 1,
-    dilation 1, groups 1; never chosen by "auto" here, see ``PreparedConv2d``).
+    "auto", "direct", "implicit" (implicit GEMM, what "auto" takes for most layers), "im2col",
+    "gemm" (1x1 only) or "winograd" (F(2x2, 3x3): 3x3, stride 1, dilation 1, groups 1; never
+    chosen by "auto" here, see ``PreparedConv2d``).
 
     >>> x = np.zeros((1, 3, 32, 32), np.float32); w = np.zeros((6, 3, 5, 5), np.float32)
     >>> conv2d(x, w, stride=2, padding=2).shape
@@ -360,9 +369,9 @@ class PreparedConv2d:
     ``prepared(x, residual=None)`` returns act(conv(x) + bias [+ residual]); ``residual`` has the
     output's shape (a ResNet shortcut added in the convolution's store) and may be written in
     place with ``out=residual``. With ``winograd=True``, "auto" takes Winograd F(2x2, 3x3) for
-    3x3 stride-1 convolutions with at least 128 input and output channels (2.25x fewer
-    multiplications; measured slower than im2col below 128 channels; a slightly larger
-    rounding error, bounded in tests/test_winograd.py).
+    3x3 stride-1 convolutions with at least 96 input and output channels and outputs of at least
+    8 x 8 (2.25x fewer multiplications; measured slower than the implicit GEMM below that; a
+    slightly larger rounding error, bounded in tests/test_winograd.py).
 
     >>> conv = PreparedConv2d(np.ones((8, 3, 3, 3), np.float32), None, (3, 32, 32), padding=1)
     >>> conv(np.zeros((2, 3, 32, 32), np.float32)).shape

@@ -4,7 +4,7 @@ import pytest
 import fastconv.functional as F
 from reference import ACTIVATIONS, assert_close, conv2d as ref_conv2d, rand, scale_of
 
-ALGOS = ["direct", "im2col", "auto"]
+ALGOS = ["direct", "im2col", "implicit", "auto"]
 
 
 def check_conv(x, w, bias=None, algorithm="auto", data_format="channels_first", **kw):
@@ -67,7 +67,7 @@ def test_groups_and_depthwise(rng, C, O, groups, k, stride, padding, algorithm):
 def test_gemm_algorithm_1x1(rng, C, O, groups, hw):
     x = rand(rng, (2, C) + hw)
     w = rand(rng, (O, C // groups, 1, 1))
-    for algorithm in ("gemm", "auto", "im2col", "direct"):
+    for algorithm in ("gemm", "auto", "im2col", "implicit", "direct"):
         check_conv(x, w, rand(rng, (O,)), algorithm, groups=groups)
 
 
@@ -182,7 +182,7 @@ def test_nan_inf_propagation(rng, kw, algorithm):
     assert_close(y, ref, w[0].size, scale_of(x, w))
 
 
-@pytest.mark.parametrize("algorithm", ["gemm", "auto", "im2col"])
+@pytest.mark.parametrize("algorithm", ["gemm", "auto", "im2col", "implicit"])
 def test_nan_propagation_1x1(rng, algorithm):
     x = rand(rng, (1, 5, 6, 7))
     x[0, 3, 2, 4] = np.nan

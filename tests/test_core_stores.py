@@ -41,7 +41,7 @@ def test_gemm_stores_every_element(isa, M, N, K, rng):
 
 
 @pytest.mark.parametrize("isa", ISAS)
-@pytest.mark.parametrize("algorithm", [0, 1])  # direct, im2col
+@pytest.mark.parametrize("algorithm", [0, 1, 4])  # direct, im2col, implicit
 @pytest.mark.parametrize("oc,hw,k,stride,groups", [
     (1, 5, 3, 1, 1), (7, 9, 3, 2, 1), (9, 13, 5, 1, 1), (33, 6, 3, 1, 1), (12, 11, 3, 1, 3),
     (17, 35, 3, 1, 1),  # 35*35 = 1225 output pixels: past the 1024-column block

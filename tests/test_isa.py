@@ -74,7 +74,7 @@ def test_gemm_under_cap(rng, name):
                              err_msg=f"isa={name} {m}x{n}x{k} {act}")
 
 
-@pytest.mark.parametrize("algorithm", ["im2col", "direct", "auto"])
+@pytest.mark.parametrize("algorithm", ["im2col", "implicit", "direct", "auto"])
 @pytest.mark.parametrize("name", LEVELS)
 def test_conv2d_under_cap(rng, name, algorithm):
     with isa_cap(name):

@@ -88,7 +88,7 @@ def test_conv2d_output_size_arithmetic(case):
 
 
 @settings(max_examples=120, **SETTINGS)
-@given(case=conv_cases(), algorithm=st.sampled_from(["auto", "direct", "im2col", "gemm"]),
+@given(case=conv_cases(), algorithm=st.sampled_from(["auto", "direct", "im2col", "implicit", "gemm"]),
        activation=st.sampled_from(R.ACTIVATIONS), channels_last=st.booleans(), seed=st.integers(0, 2**32 - 1))
 def test_conv2d_matches_reference(case, algorithm, activation, channels_last, seed):
     oh, ow = expected_conv_hw(case)
@@ -184,7 +184,7 @@ def _bitwise_same_for_threads(fn):
 @settings(max_examples=25, **SETTINGS)
 @given(n=st.integers(1, 3), c=st.integers(1, 40), o=st.integers(1, 40), hw=st.integers(5, 24),
        k=st.sampled_from([1, 3, 5]), stride=st.integers(1, 2), groups=st.sampled_from([1, "depthwise"]),
-       algorithm=st.sampled_from(["auto", "direct", "im2col"]), seed=st.integers(0, 1000))
+       algorithm=st.sampled_from(["auto", "direct", "im2col", "implicit"]), seed=st.integers(0, 1000))
 def test_conv2d_threads_bit_identical(restore_threads, n, c, o, hw, k, stride, groups, algorithm, seed):
     rng = np.random.default_rng(seed)
     g = c if groups == "depthwise" else 1

@@ -52,7 +52,7 @@ def _conv_params():
         return _missing("benchdnn_conv_shapes.json")
     params = []
     for s in shapes:
-        for algorithm in ("auto", "im2col", "direct"):
+        for algorithm in ("auto", "im2col", "implicit", "direct"):
             if algorithm != "auto" and _macs(s) > SUBSET_MACS:
                 continue
             marks = [pytest.mark.slow] if _macs(s) > HEAVY_MACS else []

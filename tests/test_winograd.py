@@ -49,9 +49,11 @@ def test_only_eligible_convolutions_take_winograd():
     assert F.PreparedConv2d(np.zeros((128, 128, 3, 3)), None, (128, 8, 8), padding=1,
                             winograd=True).algorithm == "winograd"
     assert F.PreparedConv2d(np.zeros((64, 64, 3, 3)), None, (64, 8, 8), padding=1,
-                            winograd=True).algorithm == "im2col"
+                            winograd=True).algorithm == "implicit"  # too few channels
+    assert F.PreparedConv2d(np.zeros((128, 128, 3, 3)), None, (128, 7, 7), padding=1,
+                            winograd=True).algorithm == "implicit"  # too small an output
     assert F.PreparedConv2d(np.zeros((128, 128, 3, 3)), None, (128, 8, 8),
-                            padding=1).algorithm == "im2col"  # only when asked for
+                            padding=1).algorithm == "implicit"  # only when asked for
 
 
 def test_plans_follow_the_setting():
@@ -66,7 +68,7 @@ def test_plans_follow_the_setting():
         assert "conv2d[winograd]" in model.plan_summary(print_fn=None)
         set_winograd(False)
         plain = model.predict(data)
-        assert "conv2d[im2col]" in model.plan_summary(print_fn=None)
+        assert "conv2d[implicit]" in model.plan_summary(print_fn=None)
     finally:
         set_winograd(previous)
     reference = model._run_layers([data])[0]

@@ -26,6 +26,7 @@ typedef enum fc_conv_algorithm {
   FC_CONV_IM2COL = 1,
   FC_CONV_GEMM = 2, /* 1x1, stride 1, no padding: the input is the GEMM operand */
   FC_CONV_WINOGRAD = 3, /* F(2x2, 3x3): 3x3, stride 1, dilation 1, one group */
+  FC_CONV_IMPLICIT = 4, /* implicit GEMM over phase planes of the input */
 } fc_conv_algorithm;
 
 /* Runtime: instruction set, dispatch, threads, build. */

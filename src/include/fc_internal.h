@@ -40,11 +40,22 @@ typedef void (*fc_pack_b_fn)(const void* ctx, size_t k0, size_t kc, size_t n0, s
 size_t fc_packed_a_size(size_t M, size_t K, size_t mr);
 void fc_pack_a(size_t M, size_t K, const float* a, ptrdiff_t rs, ptrdiff_t cs, size_t mr,
                float* dst);
-/* C = act(packedA * B + ...): see fc_gemm_f32 in fastconv.h. With pack_b NULL, b_ctx points
- * to B already packed in the layout of fc_dense_pack_weights. */
-int fc_gemm_packed(size_t M, size_t N, size_t K, const float* a_packed, fc_pack_b_fn pack_b,
-                   const void* b_ctx, const float* bias_row, const float* bias_col,
-                   int accumulate, int activation, float* c, size_t c_rs, int threads);
+/* The B operand of fc_gemm_packed, in one of three forms:
+ *  - pack (+ ctx): a callback packing K x NR panels block by block (im2col, plain matrices);
+ *  - packed: B packed once, in the layout of fc_dense_pack_weights;
+ *  - base (+ offsets): B read in place, B[k][n] = base[offsets[k] + n] (implicit GEMM over
+ *    phase planes); reads may run NR - 1 floats past column N - 1. */
+typedef struct fc_b_operand {
+  fc_pack_b_fn pack;
+  const void* ctx;
+  const float* packed;
+  const float* base;
+  const ptrdiff_t* offsets;
+} fc_b_operand;
+/* C = act(packedA * B + ...): see fc_gemm_f32 in fastconv.h. */
+int fc_gemm_packed(size_t M, size_t N, size_t K, const float* a_packed, const fc_b_operand* b,
+                   const float* bias_row, const float* bias_col, int accumulate, int activation,
+                   float* c, size_t c_rs, int threads);
 
 /* A B operand that is a plain row-major K x N matrix (row stride n). */
 typedef struct fc_matrix_src {
@@ -78,7 +89,8 @@ size_t fc_phase_planes_size(const fc_phase_layout* l);
 size_t fc_run_size(const fc_phase_layout* l);
 /* The kernel_h * kernel_w tap offsets (row-major taps) into the phase planes. */
 void fc_phase_offsets(const fc_phase_layout* l, ptrdiff_t* offsets);
-/* Lays out one in_h x in_w plane; positions outside the input read `pad`. */
+/* Lays out one in_h x in_w plane; positions outside the input read `pad`. Phases no tap reads
+ * are left unwritten. */
 void fc_phase_fill(const fc_phase_layout* l, const float* x, float pad, float* planes);
 
 /* Row activation after the store (tanh, sigmoid; clamps are fused in the kernels). */

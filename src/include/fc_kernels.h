@@ -26,10 +26,13 @@ typedef struct fc_gemm_epilogue {
   float max;
 } fc_gemm_epilogue;
 
-/* C[0:MR, 0:NR] (row stride ldc) = A_panel (kc x MR, k-major) * B_panel (kc x NR, k-major),
- * followed by the epilogue. The whole MR x NR tile is always written; the driver routes edge
- * tiles through a scratch tile. kc >= 1. */
-typedef void (*fc_gemm_ukernel_fn)(size_t kc, const float* a, const float* b, float* c, size_t ldc,
+/* C[0:MR, 0:NR] (row stride ldc) = A_panel (kc x MR, k-major) * B (kc x NR), followed by the
+ * epilogue. B is a packed panel (row k at b + k * NR, 64-byte aligned) when b_offsets is NULL;
+ * otherwise it is read in place, row k at b + b_offsets[k] (unaligned): the implicit GEMM of a
+ * convolution over phase planes. The whole MR x NR tile is always written; the driver routes
+ * edge tiles through a scratch tile. kc >= 1. */
+typedef void (*fc_gemm_ukernel_fn)(size_t kc, const float* a, const float* b,
+                                   const ptrdiff_t* b_offsets, float* c, size_t ldc,
                                    const fc_gemm_epilogue* ep);
 
 /* Sliding windows over a flat run (f32-window.c): for i < n,
@@ -37,7 +40,7 @@ typedef void (*fc_gemm_ukernel_fn)(size_t kc, const float* a, const float* b, fl
  *   wmax:  y[i] = max over t < taps of x[i + offsets[t]] (NaN wins; taps >= 1).
  * The kernels work in whole vectors: they may read x[i + offsets[t]] and write y[i] for every
  * i < n rounded up to FC_WINDOW_SLACK, so callers allocate that slack. */
-#define FC_WINDOW_SLACK 16
+#define FC_WINDOW_SLACK 32 /* also covers a GEMM tile's NR columns read in place */
 typedef void (*fc_wmacc_fn)(size_t n, const float* x, const ptrdiff_t* offsets, const float* w,
                             size_t taps, float* y);
 typedef void (*fc_wmax_fn)(size_t n, const float* x, const ptrdiff_t* offsets, size_t taps,
@@ -74,8 +77,8 @@ const fc_vector_config* fc_vector_config_get(void);
 
 /* Kernels, by ISA. The names are their specification: MRxNR tile, epilogue, instruction set. */
 #define FC_GEMM_UKERNEL(name)                                                                      \
-  void name(size_t kc, const float* a, const float* b, float* c, size_t ldc,                     \
-            const fc_gemm_epilogue* ep)
+  void name(size_t kc, const float* a, const float* b, const ptrdiff_t* b_offsets, float* c,    \
+            size_t ldc, const fc_gemm_epilogue* ep)
 FC_GEMM_UKERNEL(fc_f32_gemm_minmax_ukernel_4x8__scalar);
 FC_GEMM_UKERNEL(fc_f32_gemm_minmax_ukernel_6x16__avx2);
 FC_GEMM_UKERNEL(fc_f32_gemm_minmax_ukernel_8x32__avx512f);

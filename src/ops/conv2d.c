@@ -1,9 +1,11 @@
 /* 2-D convolution, NCHW activations and OIHW weights.
  *
- * Three algorithms, all reading the same arguments:
+ * Four algorithms here (Winograd is in winograd.c), all reading the same arguments:
  *  - im2col + GEMM: per image and group, Y (O x OH*OW) = W (O x C*KH*KW) * cols, where the
  *    columns are written straight into the GEMM's packed B panels, one K x N block at a time,
  *    so no whole-image column buffer ever exists;
+ *  - implicit GEMM: the input laid out once as phase planes, which the GEMM reads in place as its
+ *    B operand (nothing packed per call but the weights, once);
  *  - GEMM: for a 1x1 kernel with stride 1 and no padding the input already is the B matrix;
  *  - direct: each output plane is one run of the wmacc window kernel over phase planes of its
  *    input channels; best when a group has few output channels (depthwise), where a GEMM tile
@@ -106,12 +108,104 @@ static int conv_gemm(const fc_conv2d_params* p, int algorithm, const float* pack
       }
       const im2col_src cols = {xg, p};
       const fc_matrix_src matrix = {xg, npix};
-      rc = fc_gemm_packed(og, npix, kdim, packed + g * apanel,
-                          algorithm == FC_CONV_GEMM ? fc_pack_b_matrix : pack_b_im2col,
-                          algorithm == FC_CONV_GEMM ? (const void*)&matrix : (const void*)&cols,
-                          bg, NULL, residual != NULL, p->activation, y + out_offset, npix, threads);
+      const fc_b_operand operand =
+          algorithm == FC_CONV_GEMM ? (fc_b_operand){fc_pack_b_matrix, &matrix, NULL, NULL, NULL}
+                                    : (fc_b_operand){pack_b_im2col, &cols, NULL, NULL, NULL};
+      rc = fc_gemm_packed(og, npix, kdim, packed + g * apanel, &operand, bg, NULL,
+                          residual != NULL, p->activation, y + out_offset, npix, threads);
     }
   }
+  return rc;
+}
+
+/* Implicit GEMM: per image and group, every input channel is laid out once as phase planes
+ * (src/ops/window.c), and the GEMM reads its B operand in place: row k = (c, kh, kw) of B is
+ * channel c's planes at tap (kh, kw)'s offset, column n is output position n of the flat run
+ * (oh * cols + ow). Nothing is packed per call but A (the weights, packed once); the cost is
+ * the layout copy and cols - out_w wasted columns per output row, then a copy of the valid
+ * columns into y (which is where a residual is added). */
+typedef struct implicit_work {
+  fc_phase_layout layout;
+  size_t chan;         /* floats of phase planes per input channel */
+  size_t ldc;          /* row stride of the run matrix */
+  ptrdiff_t* offsets;  /* per k = (c, kh, kw) */
+  float* planes;       /* cg channels */
+  float* run;          /* og x ldc */
+} implicit_work;
+
+static void implicit_work_free(implicit_work* w) {
+  fc_free(w->offsets), fc_free(w->planes), fc_free(w->run);
+}
+
+static int implicit_work_init(const fc_conv2d_params* p, implicit_work* w) {
+  const size_t og = p->out_channels / p->groups, cg = p->in_channels / p->groups;
+  const size_t taps = p->kernel_h * p->kernel_w;
+  fc_phase_layout_init(&w->layout, p->in_h, p->in_w, p->out_h, p->out_w, p->kernel_h,
+                       p->kernel_w, p->stride_h, p->stride_w, p->dilation_h, p->dilation_w,
+                       p->pad_top, p->pad_left);
+  w->chan = fc_phase_planes_size(&w->layout);
+  w->ldc = fc_round_up(w->layout.run, 16);
+  w->offsets = (ptrdiff_t*)fc_alloc(cg * taps * sizeof(ptrdiff_t));
+  w->planes = (float*)fc_alloc(cg * w->chan * sizeof(float));
+  w->run = (float*)fc_alloc(og * w->ldc * sizeof(float));
+  if (!w->offsets || !w->planes || !w->run) {
+    implicit_work_free(w);
+    return FC_ERROR_NOMEM;
+  }
+  fc_phase_offsets(&w->layout, w->offsets);
+  for (size_t c = 1; c < cg; c++) {
+    for (size_t t = 0; t < taps; t++) w->offsets[c * taps + t] = w->offsets[t] + (ptrdiff_t)(c * w->chan);
+  }
+  return 0;
+}
+
+/* The valid columns of the run matrix into the og output planes at y, adding the residual (and
+ * then the activation) if there is one. */
+static void implicit_store(const fc_conv2d_params* p, const implicit_work* w, size_t og,
+                           const float* residual, float* y, int threads) {
+  const fc_vector_config* vk = fc_vector_config_get();
+  const size_t out_plane = p->out_h * p->out_w;
+  const float lo = p->activation == FC_ACT_RELU || p->activation == FC_ACT_RELU6 ? 0.0f : -INFINITY;
+  const float hi = p->activation == FC_ACT_RELU6 ? 6.0f : INFINITY;
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (size_t o = 0; o < og; o++) {
+    for (size_t oh = 0; oh < p->out_h; oh++) {
+      const float* src = w->run + o * w->ldc + oh * w->layout.cols;
+      float* dst = y + o * out_plane + oh * p->out_w;
+      if (!residual) {
+        memcpy(dst, src, p->out_w * sizeof(float));
+        continue;
+      }
+      vk->vadd(p->out_w, src, residual + o * out_plane + oh * p->out_w, dst, lo, hi);
+      fc_activation_row(p->out_w, p->activation, dst);
+    }
+  }
+}
+
+static int conv_implicit(const fc_conv2d_params* p, const float* packed, const float* bias,
+                         const float* residual, const float* x, float* y) {
+  const size_t groups = p->groups, og = p->out_channels / groups, cg = p->in_channels / groups;
+  const size_t kdim = gemm_kdim(p), in_plane = p->in_h * p->in_w, out_plane = p->out_h * p->out_w;
+  const size_t apanel = fc_packed_a_size(og, kdim, fc_gemm_config_get()->mr);
+  implicit_work w;
+  if (implicit_work_init(p, &w) != 0) return FC_ERROR_NOMEM;
+  /* The run's last row needs only out_w columns. */
+  const size_t n_cols = w.layout.run - (w.layout.cols - p->out_w);
+  const int threads = fc_threads_for(2.0 * og * kdim * n_cols);
+  const fc_b_operand operand = {NULL, NULL, NULL, w.planes, w.offsets};
+  int rc = 0;
+  for (size_t n = 0; n < p->batch && rc == 0; n++) {
+    for (size_t g = 0; g < groups && rc == 0; g++) {
+      const float* xg = x + (n * p->in_channels + g * cg) * in_plane;
+      const size_t out_offset = (n * p->out_channels + g * og) * out_plane;
+#pragma omp parallel for schedule(static) num_threads(threads)
+      for (size_t c = 0; c < cg; c++) fc_phase_fill(&w.layout, xg + c * in_plane, 0.0f, w.planes + c * w.chan);
+      rc = fc_gemm_packed(og, n_cols, kdim, packed + g * apanel, &operand, bias ? bias + g * og : NULL,
+                          NULL, 0, residual ? FC_ACT_NONE : p->activation, w.run, w.ldc, threads);
+      implicit_store(p, &w, og, residual ? residual + out_offset : NULL, y + out_offset, threads);
+    }
+  }
+  implicit_work_free(&w);
   return rc;
 }
 
@@ -188,6 +282,7 @@ int fc_conv2d_nchw_f32_packed(const fc_conv2d_params* p, int algorithm, int pack
   if (packed_tile != fc_conv2d_packed_tile(algorithm)) return FC_ERROR_STALE;
   if (algorithm == FC_CONV_DIRECT) return conv_direct(p, packed, bias, residual, x, y);
   if (algorithm == FC_CONV_WINOGRAD) return fc_winograd_run(p, packed, bias, residual, x, y);
+  if (algorithm == FC_CONV_IMPLICIT) return conv_implicit(p, packed, bias, residual, x, y);
   return conv_gemm(p, algorithm, packed, bias, residual, x, y);
 }
 

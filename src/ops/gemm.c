@@ -2,9 +2,10 @@
  *
  * Each thread owns a block of C: a range of NR-column panels or of MR-row panels (see
  * thread_grid). Within it, loops run outermost first over column chunks of FC_NC, K blocks of
- * FC_KC, row blocks of FC_MC, B panels (kept in L1), then A panels (the block kept in L2). A is packed once, whole
- * (it is the weight matrix of a layer); each thread packs its own K x NR panels of B through a
- * callback, which lets the convolution write im2col data straight into the panels. There is no
+ * FC_KC, row blocks of FC_MC, B panels (kept in L1), then A panels (the block kept in L2). A is
+ * packed once, whole (it is the weight matrix of a layer). B is packed by each thread for its own
+ * K x NR panels through a callback (so im2col writes straight into the panels), or was packed
+ * once (dense weights), or is read in place (the implicit GEMM of a convolution). There is no
  * barrier inside the parallel region. K is never split, so every element of C sums its
  * products in the same order whatever the thread count. */
 #include <math.h>
@@ -114,18 +115,18 @@ typedef struct tile_job {
 } tile_job;
 
 /* One MR x NR tile. Edge tiles go through a scratch tile so the kernel can always store whole. */
-static void run_tile(const tile_job* job, size_t kc, const float* a, const float* b, size_t m0,
-                     size_t mr_used, size_t n0, size_t nr_used, const fc_gemm_epilogue* ep,
-                     float* scratch) {
+static void run_tile(const tile_job* job, size_t kc, const float* a, const float* b,
+                     const ptrdiff_t* b_offsets, size_t m0, size_t mr_used, size_t n0,
+                     size_t nr_used, const fc_gemm_epilogue* ep, float* scratch) {
   const size_t mr = job->cfg->mr, nr = job->cfg->nr;
   float* c = job->c + m0 * job->c_rs + n0;
   if (mr_used == mr && nr_used == nr) {
-    job->cfg->fn(kc, a, b, c, job->c_rs, ep);
+    job->cfg->fn(kc, a, b, b_offsets, c, job->c_rs, ep);
   } else {
     if (ep->accumulate) {
       for (size_t r = 0; r < mr_used; r++) memcpy(scratch + r * nr, c + r * job->c_rs, nr_used * 4);
     }
-    job->cfg->fn(kc, a, b, scratch, nr, ep);
+    job->cfg->fn(kc, a, b, b_offsets, scratch, nr, ep);
     for (size_t r = 0; r < mr_used; r++) memcpy(c + r * job->c_rs, scratch + r * nr, nr_used * 4);
   }
   if (job->last && (job->activation == FC_ACT_TANH || job->activation == FC_ACT_SIGMOID)) {
@@ -153,15 +154,22 @@ static void split(size_t total, size_t parts, size_t index, size_t* start, size_
   *end = total * (index + 1) / parts;
 }
 
-int fc_gemm_packed(size_t M, size_t N, size_t K, const float* a_packed, fc_pack_b_fn pack_b,
-                   const void* b_ctx, const float* bias_row, const float* bias_col,
-                   int accumulate, int activation, float* c, size_t c_rs, int threads) {
+/* Panel j of the current K block (k0, kc): where the micro-kernel reads it. */
+static const float* b_panel(const fc_b_operand* b, size_t npad, size_t nr, size_t k0, size_t kc,
+                            size_t j, size_t p0, const float* bpanels) {
+  if (b->base) return b->base + j * nr;
+  if (b->packed) return b->packed + k0 * npad + j * kc * nr;
+  return bpanels + (j - p0) * kc * nr;
+}
+
+int fc_gemm_packed(size_t M, size_t N, size_t K, const float* a_packed, const fc_b_operand* b,
+                   const float* bias_row, const float* bias_col, int accumulate, int activation,
+                   float* c, size_t c_rs, int threads) {
   const fc_gemm_config* cfg = fc_gemm_config_get();
   const size_t mr = cfg->mr, nr = cfg->nr;
   const size_t mpad = fc_round_up(M, mr), npad = fc_round_up(N, nr);
   const size_t n_mpanels = mpad / mr, n_npanels = npad / nr;
-  const float* prepacked = pack_b ? NULL : (const float*)b_ctx;
-  const size_t bsize = prepacked ? 0 : fc_min(K, FC_KC) * fc_min(npad, FC_NC);
+  const size_t bsize = b->pack ? fc_min(K, FC_KC) * fc_min(npad, FC_NC) : 0;
   float* bbuf = (float*)fc_alloc((size_t)threads * bsize * sizeof(float));
   float* brow = bias_row ? padded_copy(bias_row, M, mpad) : NULL;
   float* bcol = bias_col ? padded_copy(bias_col, N, npad) : NULL;
@@ -196,22 +204,22 @@ int fc_gemm_packed(size_t M, size_t N, size_t K, const float* a_packed, fc_pack_
         const tile_job job = {cfg, c, c_rs, activation, last};
         fc_gemm_epilogue ep = {accumulate || k0 > 0, NULL, NULL, last ? lo : -INFINITY,
                                last ? hi : INFINITY};
-        for (size_t j = p0; j < p1 && !prepacked; j++) {
+        for (size_t j = p0; j < p1 && b->pack; j++) {
           const size_t col = j * nr;
-          pack_b(b_ctx, k0, kc, col, fc_min(nr, N - col), nr, bpanels + (j - p0) * kc * nr);
+          b->pack(b->ctx, k0, kc, col, fc_min(nr, N - col), nr, bpanels + (j - p0) * kc * nr);
         }
+        const ptrdiff_t* b_offsets = b->base ? b->offsets + k0 : NULL;
         for (size_t i0 = mp0; i0 < mp1; i0 += mc_panels) {
           const size_t i1 = fc_min(mp1, i0 + mc_panels);
           for (size_t j = p0; j < p1; j++) {
             const size_t col = j * nr;
-            const float* b = prepacked ? prepacked + k0 * npad + j * kc * nr
-                                       : bpanels + (j - p0) * kc * nr;
+            const float* bj = b_panel(b, npad, nr, k0, kc, j, p0, bpanels);
             ep.bias_col = last && bcol ? bcol + col : NULL;
             for (size_t i = i0; i < i1; i++) {
               const size_t m0 = i * mr;
               ep.bias_row = last && brow ? brow + m0 : NULL;
-              run_tile(&job, kc, a_packed + k0 * mpad + m0 * kc, b, m0, fc_min(mr, M - m0), col,
-                       fc_min(nr, N - col), &ep, scratch);
+              run_tile(&job, kc, a_packed + k0 * mpad + m0 * kc, bj, b_offsets, m0,
+                       fc_min(mr, M - m0), col, fc_min(nr, N - col), &ep, scratch);
             }
           }
         }
@@ -232,8 +240,9 @@ int fc_gemm_f32(size_t M, size_t N, size_t K, const float* a, ptrdiff_t a_rs, pt
   if (!ap) return FC_ERROR_NOMEM;
   fc_pack_a(M, K, a, a_rs, a_cs, mr, ap);
   const strided_b src = {b, b_rs, b_cs};
-  const int rc = fc_gemm_packed(M, N, K, ap, pack_b_strided, &src, bias_row, bias_col, accumulate,
-                                activation, c, c_rs, fc_threads_for(2.0 * M * N * K));
+  const fc_b_operand operand = {pack_b_strided, &src, NULL, NULL, NULL};
+  const int rc = fc_gemm_packed(M, N, K, ap, &operand, bias_row, bias_col, accumulate, activation,
+                                c, c_rs, fc_threads_for(2.0 * M * N * K));
   fc_free(ap);
   return rc;
 }
@@ -266,7 +275,8 @@ int fc_dense_f32_packed(size_t M, size_t N, size_t K, int packed_tile, const flo
   float* ap = (float*)fc_alloc(fc_packed_a_size(M, K, mr) * sizeof(float));
   if (!ap) return FC_ERROR_NOMEM;
   fc_pack_a(M, K, x, (ptrdiff_t)K, 1, mr, ap);
-  const int rc = fc_gemm_packed(M, N, K, ap, NULL, packed, NULL, bias, 0, activation, y, N,
+  const fc_b_operand operand = {NULL, NULL, packed, NULL, NULL};
+  const int rc = fc_gemm_packed(M, N, K, ap, &operand, NULL, bias, 0, activation, y, N,
                                 fc_threads_for(2.0 * M * N * K));
   fc_free(ap);
   return rc;

@@ -57,10 +57,20 @@ static void phase_row(const fc_phase_layout* l, fc_vcopy_fn copy, const float* s
   fill(dst + hi, l->cols - hi, pad);
 }
 
+/* Whether some tap reads phase `phase` along an axis (a 1x1 kernel at stride 2 reads one). */
+static int phase_used(size_t phase, size_t kernel, size_t dilation, size_t stride) {
+  for (size_t k = 0; k < kernel; k++) {
+    if (k * dilation % stride == phase) return 1;
+  }
+  return 0;
+}
+
 void fc_phase_fill(const fc_phase_layout* l, const float* x, float pad, float* planes) {
   const fc_vcopy_fn copy = fc_vector_config_get()->vcopy;
   for (size_t ph = 0; ph < l->stride_h; ph++) {
+    if (!phase_used(ph, l->kernel_h, l->dilation_h, l->stride_h)) continue;
     for (size_t pw = 0; pw < l->stride_w; pw++) {
+      if (!phase_used(pw, l->kernel_w, l->dilation_w, l->stride_w)) continue;
       float* plane = planes + (ph * l->stride_w + pw) * l->phase_size;
       for (size_t r = 0; r < l->rows; r++) {
         const ptrdiff_t ih = (ptrdiff_t)(r * l->stride_h + ph) - (ptrdiff_t)l->pad_top;

@@ -145,8 +145,9 @@ static int run_chunk(const fc_conv2d_params* p, const float* packed, const float
   for (size_t c = 0; c < C; c++) transform_input(p, xn + c * plane_in, c, t0, tc, tiles_w, v);
   for (int xi = 0; xi < 16 && rc == 0; xi++) {
     const fc_matrix_src src = {v + (size_t)xi * C * tc, tc};
-    rc = fc_gemm_packed(O, tc, C, packed + xi * u_size(p), fc_pack_b_matrix, &src, NULL, NULL, 0,
-                        FC_ACT_NONE, m + (size_t)xi * O * tc, tc, threads);
+    const fc_b_operand operand = {fc_pack_b_matrix, &src, NULL, NULL, NULL};
+    rc = fc_gemm_packed(O, tc, C, packed + xi * u_size(p), &operand, NULL, NULL, 0, FC_ACT_NONE,
+                        m + (size_t)xi * O * tc, tc, threads);
   }
 #pragma omp parallel for schedule(static) num_threads(threads)
   for (size_t o = 0; o < O; o++) {

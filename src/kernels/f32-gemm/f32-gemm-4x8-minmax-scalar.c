@@ -15,12 +15,12 @@ static float clamp(float v, float lo, float hi) {
 FC_GEMM_UKERNEL(fc_f32_gemm_minmax_ukernel_4x8__scalar) {
   float acc[MR][NR] = {{0.0f}};
   for (size_t k = 0; k < kc; k++) {
+    const float* bk = b_offsets ? b + b_offsets[k] : b + k * NR;
     for (int r = 0; r < MR; r++) {
       const float ar = a[r];
-      for (int j = 0; j < NR; j++) acc[r][j] += ar * b[j];
+      for (int j = 0; j < NR; j++) acc[r][j] += ar * bk[j];
     }
     a += MR;
-    b += NR;
   }
   for (int r = 0; r < MR; r++) {
     float* cr = c + (size_t)r * ldc;

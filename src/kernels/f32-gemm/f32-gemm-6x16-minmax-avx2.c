@@ -1,5 +1,6 @@
 /* fc_f32_gemm_minmax_ukernel_6x16__avx2: a 6 x 16 tile held in 12 ymm accumulators.
- * Per k: two 8-wide loads of the B panel, six broadcasts of the A panel, twelve FMAs.
+ * Per k: two 8-wide loads of B (a packed panel, or rows read in place), six broadcasts of the
+ * A panel, twelve FMAs.
  * Contract: src/include/fc_kernels.h. Compiled with -mavx2 -mfma. */
 #include <immintrin.h>
 
@@ -14,17 +15,24 @@ FC_GEMM_UKERNEL(fc_f32_gemm_minmax_ukernel_6x16__avx2) {
     lo[r] = _mm256_setzero_ps();
     hi[r] = _mm256_setzero_ps();
   }
-  for (size_t k = 0; k < kc; k++) {
-    const __m256 b0 = _mm256_load_ps(b);
-    const __m256 b1 = _mm256_load_ps(b + 8);
-#pragma GCC unroll 6
-    for (int r = 0; r < MR; r++) {
-      const __m256 ar = _mm256_broadcast_ss(a + r);
-      lo[r] = _mm256_fmadd_ps(ar, b0, lo[r]);
-      hi[r] = _mm256_fmadd_ps(ar, b1, hi[r]);
+#define FC_TILE_STEP(b0, b1)                                                                       \
+  _Pragma("GCC unroll 6") for (int r = 0; r < MR; r++) {                                         \
+    const __m256 ar = _mm256_broadcast_ss(a + r);                                                 \
+    lo[r] = _mm256_fmadd_ps(ar, b0, lo[r]);                                                       \
+    hi[r] = _mm256_fmadd_ps(ar, b1, hi[r]);                                                       \
+  }                                                                                              \
+  a += MR;
+  if (b_offsets) {
+    for (size_t k = 0; k < kc; k++) {
+      const float* bk = b + b_offsets[k];
+      const __m256 b0 = _mm256_loadu_ps(bk), b1 = _mm256_loadu_ps(bk + 8);
+      FC_TILE_STEP(b0, b1)
     }
-    a += MR;
-    b += 16;
+  } else {
+    for (size_t k = 0; k < kc; k++, b += 16) {
+      const __m256 b0 = _mm256_load_ps(b), b1 = _mm256_load_ps(b + 8);
+      FC_TILE_STEP(b0, b1)
+    }
   }
   const __m256 vmin = _mm256_set1_ps(ep->min);
   const __m256 vmax = _mm256_set1_ps(ep->max);

@@ -1,5 +1,6 @@
 /* fc_f32_gemm_minmax_ukernel_8x32__avx512f: an 8 x 32 tile held in 16 zmm accumulators.
- * Per k: two 16-wide loads of the B panel, eight broadcasts of the A panel, sixteen FMAs.
+ * Per k: two 16-wide loads of B (a packed panel, or rows read in place), eight broadcasts of
+ * the A panel, sixteen FMAs.
  * Contract: src/include/fc_kernels.h. Compiled with -mavx512f -mfma. */
 #include <immintrin.h>
 
@@ -14,17 +15,24 @@ FC_GEMM_UKERNEL(fc_f32_gemm_minmax_ukernel_8x32__avx512f) {
     lo[r] = _mm512_setzero_ps();
     hi[r] = _mm512_setzero_ps();
   }
-  for (size_t k = 0; k < kc; k++) {
-    const __m512 b0 = _mm512_load_ps(b);
-    const __m512 b1 = _mm512_load_ps(b + 16);
-#pragma GCC unroll 8
-    for (int r = 0; r < MR; r++) {
-      const __m512 ar = _mm512_set1_ps(a[r]);
-      lo[r] = _mm512_fmadd_ps(ar, b0, lo[r]);
-      hi[r] = _mm512_fmadd_ps(ar, b1, hi[r]);
+#define FC_TILE_STEP(b0, b1)                                                                       \
+  _Pragma("GCC unroll 8") for (int r = 0; r < MR; r++) {                                         \
+    const __m512 ar = _mm512_set1_ps(a[r]);                                                       \
+    lo[r] = _mm512_fmadd_ps(ar, b0, lo[r]);                                                       \
+    hi[r] = _mm512_fmadd_ps(ar, b1, hi[r]);                                                       \
+  }                                                                                              \
+  a += MR;
+  if (b_offsets) {
+    for (size_t k = 0; k < kc; k++) {
+      const float* bk = b + b_offsets[k];
+      const __m512 b0 = _mm512_loadu_ps(bk), b1 = _mm512_loadu_ps(bk + 16);
+      FC_TILE_STEP(b0, b1)
     }
-    a += MR;
-    b += 32;
+  } else {
+    for (size_t k = 0; k < kc; k++, b += 32) {
+      const __m512 b0 = _mm512_load_ps(b), b1 = _mm512_load_ps(b + 16);
+      FC_TILE_STEP(b0, b1)
+    }
   }
   const __m512 vmin = _mm512_set1_ps(ep->min);
   const __m512 vmax = _mm512_set1_ps(ep->max);
