@@ -258,7 +258,7 @@ def _conv_algorithm(algorithm, kernel, stride, pads, out_per_group, dilation=(1,
                     in_channels=0, winograd=False, out_hw=(0, 0)):
     """The algorithm code: an explicit choice (checked), or the "auto" heuristic. Winograd is
     only chosen automatically when ``winograd`` is set (model plans; see runtime.set_winograd),
-    where it measured faster than the implicit GEMM (docs/kernels.md): at least 96 input and
+    where it measured faster than the implicit GEMM (docs/kernels.md): at least 64 input and
     output channels, and outputs of at least 8 x 8 (its 2 x 2 tiles waste too much below).
     The implicit GEMM's fixed costs (laying out the input, copying the output) only pay off
     from K = C/groups * KH * KW >= 32; below that (an RGB 3x3 layer) im2col is faster."""
@@ -267,7 +267,7 @@ def _conv_algorithm(algorithm, kernel, stride, pads, out_per_group, dilation=(1,
     if algorithm == "auto":
         if is_pointwise:
             return _ALGORITHMS["gemm"]
-        if (winograd and fits_winograd and in_channels >= 96 and out_per_group >= 96
+        if (winograd and fits_winograd and in_channels >= 64 and out_per_group >= 64
                 and min(out_hw) >= 8):
             return _ALGORITHMS["winograd"]
         if out_per_group < 8:
@@ -369,7 +369,7 @@ class PreparedConv2d:
     ``prepared(x, residual=None)`` returns act(conv(x) + bias [+ residual]); ``residual`` has the
     output's shape (a ResNet shortcut added in the convolution's store) and may be written in
     place with ``out=residual``. With ``winograd=True``, "auto" takes Winograd F(2x2, 3x3) for
-    3x3 stride-1 convolutions with at least 96 input and output channels and outputs of at least
+    3x3 stride-1 convolutions with at least 64 input and output channels and outputs of at least
     8 x 8 (2.25x fewer multiplications; measured slower than the implicit GEMM below that; a
     slightly larger rounding error, bounded in tests/test_winograd.py).
 

@@ -48,7 +48,7 @@ def test_only_eligible_convolutions_take_winograd():
             F.conv2d(np.zeros((1, 4, 8, 8), np.float32), weight, algorithm="winograd", **bad)
     assert F.PreparedConv2d(np.zeros((128, 128, 3, 3)), None, (128, 8, 8), padding=1,
                             winograd=True).algorithm == "winograd"
-    assert F.PreparedConv2d(np.zeros((64, 64, 3, 3)), None, (64, 8, 8), padding=1,
+    assert F.PreparedConv2d(np.zeros((32, 32, 3, 3)), None, (32, 8, 8), padding=1,
                             winograd=True).algorithm == "implicit"  # too few channels
     assert F.PreparedConv2d(np.zeros((128, 128, 3, 3)), None, (128, 7, 7), padding=1,
                             winograd=True).algorithm == "implicit"  # too small an output

@@ -17,6 +17,20 @@ int fc_thread_count(void);
 void* fc_alloc(size_t bytes);
 void fc_free(void* p);
 
+/* The calling thread's reusable buffer for `slot`, at least `bytes` long (NULL when out of
+ * memory); valid until the thread asks for the same slot again. An operator uses each slot at
+ * most once at a time, so nested calls (a convolution calling the GEMM driver) use distinct
+ * slots. Contents are not preserved when the buffer grows. */
+enum fc_workspace_slot {
+  FC_WS_INPUT,    /* laid-out or transformed input (phase planes, Winograd V) */
+  FC_WS_OUTPUT,   /* results before the final store (implicit-GEMM run, Winograd M) */
+  FC_WS_TABLE,    /* small tables (offsets) */
+  FC_WS_GEMM,     /* the GEMM driver's packed B panels */
+  FC_WS_LAYOUT,   /* a whole image's phase planes (Winograd) */
+  FC_WS_COUNT
+};
+void* fc_workspace(int slot, size_t bytes);
+
 static inline size_t fc_round_up(size_t x, size_t m) { return (x + m - 1) / m * m; }
 static inline size_t fc_min(size_t a, size_t b) { return a < b ? a : b; }
 

@@ -133,10 +133,6 @@ typedef struct implicit_work {
   float* run;          /* og x ldc */
 } implicit_work;
 
-static void implicit_work_free(implicit_work* w) {
-  fc_free(w->offsets), fc_free(w->planes), fc_free(w->run);
-}
-
 static int implicit_work_init(const fc_conv2d_params* p, implicit_work* w) {
   const size_t og = p->out_channels / p->groups, cg = p->in_channels / p->groups;
   const size_t taps = p->kernel_h * p->kernel_w;
@@ -145,13 +141,10 @@ static int implicit_work_init(const fc_conv2d_params* p, implicit_work* w) {
                        p->pad_top, p->pad_left);
   w->chan = fc_phase_planes_size(&w->layout);
   w->ldc = fc_round_up(w->layout.run, 16);
-  w->offsets = (ptrdiff_t*)fc_alloc(cg * taps * sizeof(ptrdiff_t));
-  w->planes = (float*)fc_alloc(cg * w->chan * sizeof(float));
-  w->run = (float*)fc_alloc(og * w->ldc * sizeof(float));
-  if (!w->offsets || !w->planes || !w->run) {
-    implicit_work_free(w);
-    return FC_ERROR_NOMEM;
-  }
+  w->offsets = (ptrdiff_t*)fc_workspace(FC_WS_TABLE, cg * taps * sizeof(ptrdiff_t));
+  w->planes = (float*)fc_workspace(FC_WS_INPUT, cg * w->chan * sizeof(float));
+  w->run = (float*)fc_workspace(FC_WS_OUTPUT, og * w->ldc * sizeof(float));
+  if (!w->offsets || !w->planes || !w->run) return FC_ERROR_NOMEM;
   fc_phase_offsets(&w->layout, w->offsets);
   for (size_t c = 1; c < cg; c++) {
     for (size_t t = 0; t < taps; t++) w->offsets[c * taps + t] = w->offsets[t] + (ptrdiff_t)(c * w->chan);
@@ -205,7 +198,6 @@ static int conv_implicit(const fc_conv2d_params* p, const float* packed, const f
       implicit_store(p, &w, og, residual ? residual + out_offset : NULL, y + out_offset, threads);
     }
   }
-  implicit_work_free(&w);
   return rc;
 }
 
@@ -259,8 +251,9 @@ static int conv_direct(const fc_conv2d_params* p, const float* w, const float* b
   int rc = 0;
 #pragma omp parallel num_threads(fc_threads_for(flops))
   {
-    direct_scratch s = {(float*)fc_alloc(fc_phase_planes_size(&l) * sizeof(float)),
-                        (float*)fc_alloc(fc_run_size(&l) * sizeof(float))};
+    /* Each thread's own buffers (workspaces are per thread). */
+    direct_scratch s = {(float*)fc_workspace(FC_WS_INPUT, fc_phase_planes_size(&l) * sizeof(float)),
+                        (float*)fc_workspace(FC_WS_OUTPUT, fc_run_size(&l) * sizeof(float))};
     if (!s.planes || !s.run) {
 #pragma omp atomic write
       rc = FC_ERROR_NOMEM;
@@ -269,8 +262,6 @@ static int conv_direct(const fc_conv2d_params* p, const float* w, const float* b
     for (size_t plane = 0; plane < planes; plane++) {
       if (s.planes && s.run) direct_plane(p, vk, &l, offsets, x, w, bias, residual, y, plane, &s);
     }
-    fc_free(s.planes);
-    fc_free(s.run);
   }
   fc_free(offsets);
   return rc;

@@ -170,11 +170,10 @@ int fc_gemm_packed(size_t M, size_t N, size_t K, const float* a_packed, const fc
   const size_t mpad = fc_round_up(M, mr), npad = fc_round_up(N, nr);
   const size_t n_mpanels = mpad / mr, n_npanels = npad / nr;
   const size_t bsize = b->pack ? fc_min(K, FC_KC) * fc_min(npad, FC_NC) : 0;
-  float* bbuf = (float*)fc_alloc((size_t)threads * bsize * sizeof(float));
+  float* bbuf = (float*)fc_workspace(FC_WS_GEMM, (size_t)threads * bsize * sizeof(float));
   float* brow = bias_row ? padded_copy(bias_row, M, mpad) : NULL;
   float* bcol = bias_col ? padded_copy(bias_col, N, npad) : NULL;
   if (!bbuf || (bias_row && !brow) || (bias_col && !bcol)) {
-    fc_free(bbuf);
     fc_free(brow);
     fc_free(bcol);
     return FC_ERROR_NOMEM;
@@ -226,7 +225,6 @@ int fc_gemm_packed(size_t M, size_t N, size_t K, const float* a_packed, const fc
       }
     }
   }
-  fc_free(bbuf);
   fc_free(brow);
   fc_free(bcol);
   return 0;
@@ -236,14 +234,13 @@ int fc_gemm_f32(size_t M, size_t N, size_t K, const float* a, ptrdiff_t a_rs, pt
                 const float* b, ptrdiff_t b_rs, ptrdiff_t b_cs, const float* bias_row,
                 const float* bias_col, int accumulate, int activation, float* c, size_t c_rs) {
   const size_t mr = fc_gemm_config_get()->mr;
-  float* ap = (float*)fc_alloc(fc_packed_a_size(M, K, mr) * sizeof(float));
+  float* ap = (float*)fc_workspace(FC_WS_INPUT, fc_packed_a_size(M, K, mr) * sizeof(float));
   if (!ap) return FC_ERROR_NOMEM;
   fc_pack_a(M, K, a, a_rs, a_cs, mr, ap);
   const strided_b src = {b, b_rs, b_cs};
   const fc_b_operand operand = {pack_b_strided, &src, NULL, NULL, NULL};
   const int rc = fc_gemm_packed(M, N, K, ap, &operand, bias_row, bias_col, accumulate, activation,
                                 c, c_rs, fc_threads_for(2.0 * M * N * K));
-  fc_free(ap);
   return rc;
 }
 
@@ -272,12 +269,11 @@ int fc_dense_f32_packed(size_t M, size_t N, size_t K, int packed_tile, const flo
                         const float* bias, int activation, const float* x, float* y) {
   if (packed_tile != fc_dense_packed_tile()) return FC_ERROR_STALE;
   const size_t mr = fc_gemm_config_get()->mr;
-  float* ap = (float*)fc_alloc(fc_packed_a_size(M, K, mr) * sizeof(float));
+  float* ap = (float*)fc_workspace(FC_WS_INPUT, fc_packed_a_size(M, K, mr) * sizeof(float));
   if (!ap) return FC_ERROR_NOMEM;
   fc_pack_a(M, K, x, (ptrdiff_t)K, 1, mr, ap);
   const fc_b_operand operand = {NULL, NULL, packed, NULL, NULL};
   const int rc = fc_gemm_packed(M, N, K, ap, &operand, NULL, bias, 0, activation, y, N,
                                 fc_threads_for(2.0 * M * N * K));
-  fc_free(ap);
   return rc;
 }

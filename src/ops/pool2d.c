@@ -99,9 +99,10 @@ static int pool2d(const fc_pool2d_params* p, int is_max, const float* x, float* 
   int rc = 0;
 #pragma omp parallel num_threads(threads)
   {
-    /* Per-thread scratch: the phase planes of one input plane and one output run. */
-    float* planes = (float*)fc_alloc(fc_phase_planes_size(&s.layout) * sizeof(float));
-    float* run = (float*)fc_alloc(fc_run_size(&s.layout) * sizeof(float));
+    /* Each thread's own buffers (workspaces are per thread): the phase planes of one input
+     * plane and one output run. */
+    float* planes = (float*)fc_workspace(FC_WS_INPUT, fc_phase_planes_size(&s.layout) * sizeof(float));
+    float* run = (float*)fc_workspace(FC_WS_OUTPUT, fc_run_size(&s.layout) * sizeof(float));
     if (!planes || !run) {
 #pragma omp atomic write
       rc = FC_ERROR_NOMEM;
@@ -110,8 +111,6 @@ static int pool2d(const fc_pool2d_params* p, int is_max, const float* x, float* 
     for (size_t c = 0; c < p->planes; c++) {
       if (planes && run) pool_plane(p, vk, &s, is_max, x + c * in_plane, planes, run, y + c * out_plane);
     }
-    fc_free(planes);
-    fc_free(run);
   }
   pool_setup_free(&s);
   return rc;

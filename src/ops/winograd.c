@@ -3,9 +3,11 @@
  *
  * Each 2x2 output tile is computed from a 4x4 input tile with 16 multiplications per input
  * channel instead of 36: Y = A^T [ (G g G^T) . (B^T d B) ] A. The weights are transformed and
- * packed once (16 matrices U_xi, O x C); per image, tiles are processed in chunks: the input
- * transform writes 16 matrices V_xi (C x tiles), 16 GEMMs give M_xi = U_xi V_xi (O x tiles), and
- * the output transform adds bias and residual, applies the activation and stores the tiles.
+ * packed once (16 matrices U_xi, O x C); per image, the input is laid out as 2x2 phase planes
+ * (src/ops/window.c) so that the input transform (a vector kernel, f32-winograd.c) reads runs of
+ * tiles with contiguous loads; tiles are processed in chunks: the input transform writes 16
+ * matrices V_xi (C x tiles), 16 GEMMs give M_xi = U_xi V_xi (O x tiles), and the output
+ * transform adds bias and residual, applies the activation and stores the tiles.
  * Every element is computed in a fixed order, so results do not depend on the thread count.
  * The transforms add rounding error: tests bound it against a float64 reference. */
 #include <math.h>
@@ -58,77 +60,58 @@ int fc_winograd_pack_weights(const fc_conv2d_params* p, const float* w, float* p
   return 0;
 }
 
-/* V = B^T d B for the tiles [t0, t0 + tc) of one channel, B^T = [1 0 -1 0; 0 1 1 0;
- * 0 -1 1 0; 0 1 0 -1]; V_xi lands at v[(xi * C + c) * tc + t]. */
-static void transform_input(const fc_conv2d_params* p, const float* xc, size_t c, size_t t0,
-                            size_t tc, size_t tiles_w, float* v) {
-  const size_t C = p->in_channels;
-  for (size_t t = 0; t < tc; t++) {
-    const size_t ty = (t0 + t) / tiles_w, tx = (t0 + t) % tiles_w;
-    const ptrdiff_t iy0 = (ptrdiff_t)(2 * ty) - (ptrdiff_t)p->pad_top;
-    const ptrdiff_t ix0 = (ptrdiff_t)(2 * tx) - (ptrdiff_t)p->pad_left;
-    float d[4][4];
-    for (int i = 0; i < 4; i++) {
-      const ptrdiff_t iy = iy0 + i;
-      for (int j = 0; j < 4; j++) {
-        const ptrdiff_t ix = ix0 + j;
-        const int inside = iy >= 0 && iy < (ptrdiff_t)p->in_h && ix >= 0 && ix < (ptrdiff_t)p->in_w;
-        d[i][j] = inside ? xc[iy * (ptrdiff_t)p->in_w + ix] : 0.0f;
-      }
-    }
-    float r[4][4];
-    for (int j = 0; j < 4; j++) {
-      r[0][j] = d[0][j] - d[2][j];
-      r[1][j] = d[1][j] + d[2][j];
-      r[2][j] = d[2][j] - d[1][j];
-      r[3][j] = d[1][j] - d[3][j];
-    }
-    for (int i = 0; i < 4; i++) {
-      const float vals[4] = {r[i][0] - r[i][2], r[i][1] + r[i][2], r[i][2] - r[i][1],
-                             r[i][1] - r[i][3]};
-      for (int j = 0; j < 4; j++) v[((size_t)(i * 4 + j) * C + c) * tc + t] = vals[j];
-    }
+/* Per call: the layout of the image's phase planes (tiles are the "outputs" of a 4x4, stride-2
+ * window) and the buffers of one chunk of tiles. V and M rows (one per channel and product)
+ * are `pitch` floats apart, past the chunk's length, so the transforms' whole-vector writes
+ * stay in their own row. */
+typedef struct winograd_work {
+  fc_phase_layout layout;
+  size_t chan;  /* floats of phase planes per channel */
+  size_t chunk, pitch, tiles_w, tiles;
+  float* planes;
+  float* v;  /* 16 x C rows */
+  float* m;  /* 16 x O rows */
+} winograd_work;
+
+/* Input transform of the chunk's tiles [t0, t0 + tc) for channel c, one tile row at a time. */
+static void input_chunk(const fc_vector_config* vk, const winograd_work* w, size_t C, size_t c,
+                        size_t t0, size_t tc) {
+  const fc_phase_layout* l = &w->layout;
+  const float* base = w->planes + c * w->chan;
+  for (size_t t = t0; t < t0 + tc;) {
+    const size_t ty = t / w->tiles_w, tx = t % w->tiles_w;
+    const size_t n = fc_min(w->tiles_w - tx, t0 + tc - t);
+    const float* at = base + ty * l->cols + tx;
+    const float* const phases[4] = {at, at + l->phase_size, at + 2 * l->phase_size,
+                                    at + 3 * l->phase_size};
+    vk->winograd_input(n, phases, l->cols, w->v + c * w->pitch + (t - t0), C * w->pitch);
+    t += n;
   }
 }
 
-/* Y = A^T m A (A^T = [1 1 1 0; 0 1 -1 -1]) for the tiles of one output channel, plus bias and
- * residual, then the activation; tiles past the output's edge are clipped. */
-static void transform_output(const fc_conv2d_params* p, const float* m, size_t o, size_t t0,
-                             size_t tc, size_t tiles_w, float bias, const float* residual,
-                             float* yo) {
-  const size_t O = p->out_channels;
+/* Output transform of the chunk's tiles for output channel o: bias, residual, activation, and
+ * the 2x2 outputs of each tile into the plane yo (tiles past the edge clipped). */
+static void output_chunk(const fc_conv2d_params* p, const fc_vector_config* vk,
+                         const winograd_work* w, size_t o, size_t t0, size_t tc, float bias,
+                         const float* residual, float* yo, float* tmp) {
+  const size_t O = p->out_channels, tmp_stride = fc_round_up(tc, FC_WINDOW_SLACK);
   float lo = -INFINITY, hi = INFINITY;
   if (p->activation == FC_ACT_RELU || p->activation == FC_ACT_RELU6) lo = 0.0f;
   if (p->activation == FC_ACT_RELU6) hi = 6.0f;
+  vk->winograd_output(tc, w->m + o * w->pitch, O * w->pitch, bias, tmp, tmp_stride);
   for (size_t t = 0; t < tc; t++) {
-    float s[4][4];
-    for (int xi = 0; xi < 16; xi++) s[xi / 4][xi % 4] = m[((size_t)xi * O + o) * tc + t];
-    float r[2][4];
-    for (int j = 0; j < 4; j++) {
-      r[0][j] = s[0][j] + s[1][j] + s[2][j];
-      r[1][j] = s[1][j] - s[2][j] - s[3][j];
-    }
-    const size_t ty = (t0 + t) / tiles_w, tx = (t0 + t) % tiles_w;
-    for (int i = 0; i < 2; i++) {
-      const size_t oy = 2 * ty + i;
-      if (oy >= p->out_h) break;
-      const float out[2] = {r[i][0] + r[i][1] + r[i][2], r[i][1] - r[i][2] - r[i][3]};
-      for (int j = 0; j < 2; j++) {
-        const size_t ox = 2 * tx + j;
-        if (ox >= p->out_w) break;
-        const size_t at = oy * p->out_w + ox;
-        float value = out[j] + bias;
+    const size_t ty = (t0 + t) / w->tiles_w, tx = (t0 + t) % w->tiles_w;
+    for (size_t i = 0; i < 2 && 2 * ty + i < p->out_h; i++) {
+      const size_t row = (2 * ty + i) * p->out_w, width = fc_min(2, p->out_w - 2 * tx);
+      for (size_t j = 0; j < width; j++) {
+        const size_t at = row + 2 * tx + j;
+        float value = tmp[(i * 2 + j) * tmp_stride + t];
         if (residual) value += residual[at];
         value = value < lo ? lo : value; /* NaN passes the clamp unchanged */
         value = value > hi ? hi : value;
         yo[at] = value;
       }
-    }
-    if (p->activation == FC_ACT_TANH || p->activation == FC_ACT_SIGMOID) {
-      for (int i = 0; i < 2 && 2 * ty + i < p->out_h; i++) {
-        const size_t at = (2 * ty + i) * p->out_w + 2 * tx;
-        fc_activation_row(fc_min(2, p->out_w - 2 * tx), p->activation, yo + at);
-      }
+      fc_activation_row(width, p->activation, yo + row + 2 * tx);
     }
   }
 }
@@ -136,52 +119,72 @@ static void transform_output(const fc_conv2d_params* p, const float* m, size_t o
 /* One chunk of tiles [t0, t0 + tc) of one image: input transform, 16 GEMMs, output transform,
  * each parallelised over `threads`. */
 static int run_chunk(const fc_conv2d_params* p, const float* packed, const float* bias,
-                     const float* rn, const float* xn, float* yn, size_t t0, size_t tc,
-                     size_t tiles_w, float* v, float* m, int threads) {
-  const size_t C = p->in_channels, O = p->out_channels;
-  const size_t plane_in = p->in_h * p->in_w, plane_out = p->out_h * p->out_w;
+                     const float* rn, float* yn, const winograd_work* w, size_t t0, size_t tc,
+                     int threads) {
+  const fc_vector_config* vk = fc_vector_config_get();
+  const size_t C = p->in_channels, O = p->out_channels, plane_out = p->out_h * p->out_w;
   int rc = 0;
 #pragma omp parallel for schedule(static) num_threads(threads)
-  for (size_t c = 0; c < C; c++) transform_input(p, xn + c * plane_in, c, t0, tc, tiles_w, v);
+  for (size_t c = 0; c < C; c++) input_chunk(vk, w, C, c, t0, tc);
   for (int xi = 0; xi < 16 && rc == 0; xi++) {
-    const fc_matrix_src src = {v + (size_t)xi * C * tc, tc};
+    const fc_matrix_src src = {w->v + (size_t)xi * C * w->pitch, w->pitch};
     const fc_b_operand operand = {fc_pack_b_matrix, &src, NULL, NULL, NULL};
     rc = fc_gemm_packed(O, tc, C, packed + xi * u_size(p), &operand, NULL, NULL, 0, FC_ACT_NONE,
-                        m + (size_t)xi * O * tc, tc, threads);
+                        w->m + (size_t)xi * O * w->pitch, w->pitch, threads);
   }
-#pragma omp parallel for schedule(static) num_threads(threads)
-  for (size_t o = 0; o < O; o++) {
-    transform_output(p, m, o, t0, tc, tiles_w, bias ? bias[o] : 0.0f,
-                     rn ? rn + o * plane_out : NULL, yn + o * plane_out);
+#pragma omp parallel num_threads(threads)
+  {
+    /* The output transform's 4 x tc results, per thread. */
+    float* tmp = (float*)fc_workspace(FC_WS_TABLE, 4 * fc_round_up(tc, FC_WINDOW_SLACK) * sizeof(float));
+    if (!tmp) {
+#pragma omp atomic write
+      rc = FC_ERROR_NOMEM;
+    }
+#pragma omp for schedule(static)
+    for (size_t o = 0; o < O; o++) {
+      if (tmp) {
+        output_chunk(p, vk, w, o, t0, tc, bias ? bias[o] : 0.0f, rn ? rn + o * plane_out : NULL,
+                     yn + o * plane_out, tmp);
+      }
+    }
   }
   return rc;
 }
 
-int fc_winograd_run(const fc_conv2d_params* p, const float* packed, const float* bias,
-                    const float* residual, const float* x, float* y) {
+static int winograd_work_init(const fc_conv2d_params* p, winograd_work* w) {
   const size_t C = p->in_channels, O = p->out_channels, nr = fc_gemm_config_get()->nr;
-  const size_t tiles_w = (p->out_w + 1) / 2, tiles = (p->out_h + 1) / 2 * tiles_w;
-  const size_t plane_in = p->in_h * p->in_w, plane_out = p->out_h * p->out_w;
+  const size_t tiles_h = (p->out_h + 1) / 2;
+  w->tiles_w = (p->out_w + 1) / 2;
+  w->tiles = tiles_h * w->tiles_w;
+  fc_phase_layout_init(&w->layout, p->in_h, p->in_w, tiles_h, w->tiles_w, 4, 4, 2, 2, 1, 1,
+                       p->pad_top, p->pad_left);
+  w->chan = fc_phase_planes_size(&w->layout);
   /* Large chunks keep the 16 GEMMs wide (small ones measured slower, transforms included). */
   size_t chunk = CHUNK_FLOATS / (16 * (C > O ? C : O)) / nr * nr;
-  chunk = chunk < nr ? nr : (chunk > tiles ? tiles : chunk);
-  const int threads = fc_threads_for(2.0 * O * C * 16 * fc_min(chunk, tiles));
-  float* v = (float*)fc_alloc(16 * C * chunk * sizeof(float));
-  float* m = (float*)fc_alloc(16 * O * chunk * sizeof(float));
-  if (!v || !m) {
-    fc_free(v);
-    fc_free(m);
-    return FC_ERROR_NOMEM;
-  }
+  w->chunk = chunk < nr ? nr : (chunk > w->tiles ? w->tiles : chunk);
+  w->pitch = fc_round_up(w->chunk, FC_WINDOW_SLACK) + FC_WINDOW_SLACK;
+  w->planes = (float*)fc_workspace(FC_WS_LAYOUT, C * w->chan * sizeof(float));
+  w->v = (float*)fc_workspace(FC_WS_INPUT, 16 * C * w->pitch * sizeof(float));
+  w->m = (float*)fc_workspace(FC_WS_OUTPUT, 16 * O * w->pitch * sizeof(float));
+  return w->planes && w->v && w->m ? 0 : FC_ERROR_NOMEM;
+}
+
+int fc_winograd_run(const fc_conv2d_params* p, const float* packed, const float* bias,
+                    const float* residual, const float* x, float* y) {
+  const size_t C = p->in_channels, O = p->out_channels;
+  const size_t plane_in = p->in_h * p->in_w, plane_out = p->out_h * p->out_w;
+  winograd_work w;
+  if (winograd_work_init(p, &w) != 0) return FC_ERROR_NOMEM;
+  const int threads = fc_threads_for(2.0 * O * C * 16 * w.chunk);
   int rc = 0;
   for (size_t n = 0; n < p->batch && rc == 0; n++) {
-    for (size_t t0 = 0; t0 < tiles && rc == 0; t0 += chunk) {
+    const float* xn = x + n * C * plane_in;
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (size_t c = 0; c < C; c++) fc_phase_fill(&w.layout, xn + c * plane_in, 0.0f, w.planes + c * w.chan);
+    for (size_t t0 = 0; t0 < w.tiles && rc == 0; t0 += w.chunk) {
       rc = run_chunk(p, packed, bias, residual ? residual + n * O * plane_out : NULL,
-                     x + n * C * plane_in, y + n * O * plane_out, t0, fc_min(chunk, tiles - t0),
-                     tiles_w, v, m, threads);
+                     y + n * O * plane_out, &w, t0, fc_min(w.chunk, w.tiles - t0), threads);
     }
   }
-  fc_free(v);
-  fc_free(m);
   return rc;
 }
