@@ -21,6 +21,7 @@ __all__ = [
     "gemm", "dense", "conv2d", "max_pool2d", "avg_pool2d", "global_avg_pool2d",
     "global_max_pool2d", "relu", "relu6", "tanh", "sigmoid", "softmax", "lrn", "batch_norm",
     "add", "concat", "flatten", "conv_output_size", "pool_output_size", "PreparedConv2d",
+    "PreparedPool2d",
 ]
 
 # Codes shared with src/include/fastconv.h (enum fc_activation, enum fc_conv_algorithm).
@@ -416,6 +417,31 @@ class PreparedConv2d:
 
 # Pooling --------------------------------------------------------------------------------------
 
+class _PoolGeometry:
+    """A pooling's checked window arguments and output size for input planes of size (h, w)."""
+
+    def __init__(self, op, hw, kernel_size, stride, padding, dilation, ceil_mode):
+        self.kernel = _pair(kernel_size, op, "kernel_size")
+        self.stride = self.kernel if stride is None else _pair(stride, op, "stride")
+        self.dilation = _pair(dilation, op, "dilation")
+        pads = _resolve_padding(padding, op, hw, self.kernel, self.stride, self.dilation)
+        _check_window_fits(op, hw, self.kernel, self.dilation, pads)
+        self.out_hw = tuple(pool_output_size(hw[a], self.kernel[a], self.stride[a], pads[a],
+                                             self.dilation[a], bool(ceil_mode)) for a in (0, 1))
+        _check_output(op, self.out_hw, hw)
+        self.pads = pads[0] + pads[1]  # (top, bottom, left, right), as the core takes them
+
+    def run(self, x, is_max, count_include_pad):
+        """Pools a C-contiguous float32 NCHW array."""
+        n, c, h, w = x.shape
+        y = np.empty((n, c) + self.out_hw, np.float32)
+        if y.size:
+            _core.pool2d(x.reshape(n * c, h, w), y.reshape((n * c,) + self.out_hw), is_max,
+                         self.kernel, self.stride, self.dilation, self.pads,
+                         bool(count_include_pad))
+        return y
+
+
 def _pool(op, x, kernel_size, stride, padding, dilation, ceil_mode, count_include_pad,
           data_format):
     channels_last = _channels_last(data_format, op)
@@ -423,21 +449,39 @@ def _pool(op, x, kernel_size, stride, padding, dilation, ceil_mode, count_includ
     _check_rank(x, 4, op, "x", _layout(channels_last))
     if channels_last:
         x = x.transpose(0, 3, 1, 2)
-    n, c, h, w = x.shape
-    kernel = _pair(kernel_size, op, "kernel_size")
-    stride = kernel if stride is None else _pair(stride, op, "stride")
-    dilation = _pair(dilation, op, "dilation")
-    pads = _resolve_padding(padding, op, (h, w), kernel, stride, dilation)
-    _check_window_fits(op, (h, w), kernel, dilation, pads)
-    out_hw = [pool_output_size((h, w)[a], kernel[a], stride[a], pads[a], dilation[a], bool(ceil_mode))
-              for a in (0, 1)]
-    _check_output(op, out_hw, (h, w))
-    y = np.empty((n, c, out_hw[0], out_hw[1]), np.float32)
-    if y.size:
-        planes = np.ascontiguousarray(x).reshape(n * c, h, w)
-        _core.pool2d(planes, y.reshape(n * c, out_hw[0], out_hw[1]), op == "max_pool2d", kernel,
-                     stride, dilation, pads[0] + pads[1], bool(count_include_pad))
+    g = _PoolGeometry(op, x.shape[2:], kernel_size, stride, padding, dilation, ceil_mode)
+    y = g.run(np.ascontiguousarray(x), op == "max_pool2d", count_include_pad)
     return np.ascontiguousarray(y.transpose(0, 2, 3, 1)) if channels_last else y
+
+
+class PreparedPool2d:
+    """Max or average pooling with its window arguments checked once, for inputs of one
+    (C, H, W) shape (any batch): what a model plan runs. NCHW only.
+
+    >>> pool = PreparedPool2d("max", (8, 32, 32), 3, stride=2, padding=1)
+    >>> pool(np.zeros((2, 8, 32, 32), np.float32)).shape
+    (2, 8, 16, 16)
+    """
+
+    def __init__(self, kind, input_shape, kernel_size, stride=None, padding=0, dilation=1,
+                 ceil_mode=False, count_include_pad=True):
+        op = "PreparedPool2d"
+        if kind not in ("max", "avg"):
+            raise ValueError(f"{op}: `kind` must be 'max' or 'avg'; received {kind!r}")
+        self.input_shape = tuple(_int(v, op, "input_shape", 1) for v in input_shape)
+        if len(self.input_shape) != 3:
+            raise ValueError(f"{op}: `input_shape` must be (C, H, W); received {input_shape!r}")
+        self._geometry = _PoolGeometry(op, self.input_shape[1:], kernel_size, stride, padding,
+                                       dilation, ceil_mode)
+        self.output_shape = self.input_shape[:1] + self._geometry.out_hw
+        self._is_max, self._count_include_pad = kind == "max", bool(count_include_pad)
+
+    def __call__(self, x):
+        x = np.ascontiguousarray(_as_array(x, "PreparedPool2d", "x"))
+        if x.ndim != 4 or x.shape[1:] != self.input_shape:
+            raise ValueError(f"PreparedPool2d: `x` must be (N,) + {self.input_shape}; received "
+                             f"shape {x.shape}")
+        return self._geometry.run(x, self._is_max, self._count_include_pad)
 
 
 def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,

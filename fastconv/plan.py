@@ -22,7 +22,8 @@ import numpy as np
 
 from . import _core, runtime
 from . import functional as F
-from .layers import Activation, Add, BatchNormalization, Conv2D, Dense, Dropout, InputLayer
+from .layers import (Activation, Add, AvgPool2D, BatchNormalization, Conv2D, Dense, Dropout,
+                     InputLayer, MaxPool2D)
 
 _FUSABLE = ("relu", "relu6", "tanh", "sigmoid")
 
@@ -167,10 +168,16 @@ class Plan:
         residual = chain["residual"]
         r_id = None if residual is None else self._position[residual]
 
+        out_shape, plan = conv.output_shape, conv._conv
+
         def run(values):
-            if step.in_place:
-                return conv(values[x_id], residual=values[r_id], out=values[r_id])
-            return conv(values[x_id], residual=None if r_id is None else values[r_id])
+            # The plan's arrays are C-contiguous float32 of the right shapes (the core checks),
+            # so the kernel is called without PreparedConv2d's conversions.
+            x = values[x_id]
+            residual = None if r_id is None else values[r_id]
+            out = residual if step.in_place else np.empty((x.shape[0],) + out_shape, np.float32)
+            plan.run(x, out, residual)
+            return out
 
         names = " + ".join(n.layer.name for n in chain["nodes"])
         describe = f"conv2d[{conv.algorithm}] {names}" + (f" (+ residual {residual.layer.name})" if residual else "")
@@ -199,12 +206,29 @@ class Plan:
         if isinstance(layer, Dropout):
             return Step(ids, self._position[node], lambda values: values[ids[0]],
                         f"identity {layer.name}")
+        if isinstance(layer, (MaxPool2D, AvgPool2D)):
+            return self._pool_step(node, layer, ids[0])
 
         def run(values):
             args = [values[i] for i in ids]
             return layer.call(args if layer.merges else args[0])
 
         return Step(ids, self._position[node], run, f"{type(layer).__name__.lower()} {layer.name}")
+
+
+    def _pool_step(self, node, layer, x_id):
+        is_max = isinstance(layer, MaxPool2D)
+        pool = F.PreparedPool2d("max" if is_max else "avg", node.inbound[0].sample_shape,
+                                layer.pool_size, layer.strides, layer.padding,
+                                ceil_mode=layer.ceil_mode,
+                                count_include_pad=getattr(layer, "count_include_pad", True))
+        geometry = pool._geometry
+
+        def run(values):
+            return geometry.run(values[x_id], is_max, pool._count_include_pad)
+
+        return Step([x_id], self._position[node], run,
+                    f"{type(layer).__name__.lower()} {layer.name}", fresh=True)
 
 
 def _activation(name):

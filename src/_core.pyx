@@ -82,6 +82,19 @@ cdef inline float* mptr(cnp.ndarray a) except NULL:
     return <float*>cnp.PyArray_DATA(a)
 
 
+cdef inline const float* dense_ptr(cnp.ndarray a) except NULL:
+    # Inputs the kernels read as dense row-major buffers (no strides passed).
+    if not (cnp.PyArray_IS_C_CONTIGUOUS(a) and cnp.PyArray_TYPE(a) == cnp.NPY_FLOAT32):
+        raise ValueError("fastconv._core: an input buffer must be C-contiguous float32")
+    return <const float*>cnp.PyArray_DATA(a)
+
+
+cdef inline void require_shape(cnp.ndarray a, tuple shape, str what) except *:
+    if a.ndim != len(shape) or tuple(a.shape[i] for i in range(a.ndim)) != shape:
+        raise ValueError(f"fastconv._core: {what} must have shape {shape}; received "
+                         f"{tuple(a.shape[i] for i in range(a.ndim))}")
+
+
 cdef inline const float* optional_ptr(object a):
     if a is None:
         return NULL
@@ -195,7 +208,8 @@ def pool2d(cnp.ndarray x, cnp.ndarray y, bint is_max, tuple kernel, tuple stride
     p.dilation_h, p.dilation_w = dilation
     p.pad_top, p.pad_bottom, p.pad_left, p.pad_right = pads
     p.count_include_pad = count_include_pad
-    cdef const float* px = cptr(x)
+    require_shape(y, (x.shape[0], y.shape[1], y.shape[2]), "the pooled planes")
+    cdef const float* px = dense_ptr(x)
     cdef float* py = mptr(y)
     cdef int rc
     with nogil:
@@ -294,7 +308,13 @@ cdef class Conv2dPlan:
     def run(self, cnp.ndarray x, cnp.ndarray y, object residual=None):
         cdef fc_conv2d_params p = self.p
         p.batch = x.shape[0]
-        cdef const float* px = cptr(x)
+        require_shape(x, (x.shape[0], p.in_channels, p.in_h, p.in_w), "x")
+        out_shape = (x.shape[0], p.out_channels, p.out_h, p.out_w)
+        require_shape(y, out_shape, "y")
+        if residual is not None:
+            require_shape(residual, out_shape, "residual")
+            dense_ptr(residual)
+        cdef const float* px = dense_ptr(x)
         cdef float* py = mptr(y)
         cdef const float* pr = optional_ptr(residual)
         cdef const float* pw = cptr(self.packed)
@@ -322,7 +342,9 @@ cdef class DensePlan:
 
     def run(self, cnp.ndarray x, cnp.ndarray y):
         cdef size_t m = x.shape[0]
-        cdef const float* px = cptr(x)
+        require_shape(x, (x.shape[0], self.k), "x")
+        require_shape(y, (x.shape[0], self.n), "y")
+        cdef const float* px = dense_ptr(x)
         cdef float* py = mptr(y)
         cdef const float* pw = cptr(self.packed)
         cdef const float* pb = optional_ptr(self.bias)
