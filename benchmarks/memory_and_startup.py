@@ -13,17 +13,13 @@ time, the first predict and the median of the steady ones.
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
-import time
 
-import numpy as np
 
 CHILD = r'''
-import json, resource, sys, time
-import numpy as np
+import json, sys, time
 
 def peak_mb():
     # VmHWM: the high-water mark of this process image (ru_maxrss would include the parent's,
