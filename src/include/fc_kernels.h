@@ -36,13 +36,20 @@ typedef void (*fc_gemm_ukernel_fn)(size_t kc, const float* a, const float* b,
                                    const fc_gemm_epilogue* ep);
 
 /* Sliding windows over a flat run (f32-window.c): for i < n,
- *   wmacc: y[i] += sum over t < taps of w[t] * x[i + offsets[t]]
+ *   wmacc: y[i] = clamp(s + sum over t < taps of w[t] * x[i + offsets[t]], min, max), where s is
+ *          y[i] if ep->accumulate, else ep->init; the clamp keeps NaN
  *   wmax:  y[i] = max over t < taps of x[i + offsets[t]] (NaN wins; taps >= 1).
  * The kernels work in whole vectors: they may read x[i + offsets[t]] and write y[i] for every
  * i < n rounded up to FC_WINDOW_SLACK, so callers allocate that slack. */
 #define FC_WINDOW_SLACK 32 /* also covers a GEMM tile's NR columns read in place */
+typedef struct fc_window_epilogue {
+  int accumulate;
+  float init;
+  float min;
+  float max;
+} fc_window_epilogue;
 typedef void (*fc_wmacc_fn)(size_t n, const float* x, const ptrdiff_t* offsets, const float* w,
-                            size_t taps, float* y);
+                            size_t taps, const fc_window_epilogue* ep, float* y);
 typedef void (*fc_wmax_fn)(size_t n, const float* x, const ptrdiff_t* offsets, size_t taps,
                            float* y);
 /* Winograd F(2x2, 3x3) transforms over a run of n tiles (f32-winograd.c): the input transform
@@ -98,7 +105,7 @@ FC_GEMM_UKERNEL(fc_f32_gemm_minmax_ukernel_8x32__avx512f);
  * (f32-vector.c, f32-window.c, f32-winograd.c). */
 #define FC_DECLARE_VECTOR_KERNELS(isa)                                                             \
   void fc_f32_wmacc_ukernel__##isa(size_t, const float*, const ptrdiff_t*, const float*, size_t, \
-                                   float*);                                                      \
+                                   const fc_window_epilogue*, float*);                           \
   void fc_f32_wmax_ukernel__##isa(size_t, const float*, const ptrdiff_t*, size_t, float*);       \
   void fc_f32_vcopy_strided_ukernel__##isa(size_t, const float*, size_t, float*);                \
   void fc_f32_winograd_input_ukernel__##isa(size_t, const float* const[4], size_t, float*,       \

@@ -218,20 +218,22 @@ static void direct_plane(const fc_conv2d_params* p, const fc_vector_config* vk,
   const size_t oc = plane % p->out_channels, n = plane / p->out_channels;
   const size_t og = p->out_channels / p->groups, cg = p->in_channels / p->groups, g = oc / og;
   const size_t taps = p->kernel_h * p->kernel_w, in_plane = p->in_h * p->in_w;
-  const size_t out_plane = p->out_h * p->out_w, run_size = fc_run_size(l);
-  const float b0 = bias ? bias[oc] : 0.0f;
-  for (size_t i = 0; i < run_size; i++) s->run[i] = b0;
-  for (size_t c = 0; c < cg; c++) {
-    fc_phase_fill(l, x + (n * p->in_channels + g * cg + c) * in_plane, 0.0f, s->planes);
-    vk->wmacc(l->run, s->planes, offsets, w + (oc * cg + c) * taps, taps, s->run);
-  }
+  const size_t out_plane = p->out_h * p->out_w;
   const float lo = p->activation == FC_ACT_RELU || p->activation == FC_ACT_RELU6 ? 0.0f : -INFINITY;
   const float hi = p->activation == FC_ACT_RELU6 ? 6.0f : INFINITY;
+  for (size_t c = 0; c < cg; c++) {
+    /* The last channel's run applies the clamp, unless a residual must be added first. */
+    const int clamp_now = c + 1 == cg && !residual;
+    const fc_window_epilogue ep = {c > 0, bias ? bias[oc] : 0.0f, clamp_now ? lo : -INFINITY,
+                                   clamp_now ? hi : INFINITY};
+    fc_phase_fill(l, x + (n * p->in_channels + g * cg + c) * in_plane, 0.0f, s->planes);
+    vk->wmacc(l->run, s->planes, offsets, w + (oc * cg + c) * taps, taps, &ep, s->run);
+  }
   for (size_t oh = 0; oh < p->out_h; oh++) {
     const float* src = s->run + oh * l->cols;
     float* dst = y + plane * out_plane + oh * p->out_w;
     if (residual) vk->vadd(p->out_w, src, residual + plane * out_plane + oh * p->out_w, dst, lo, hi);
-    else vk->vclamp(p->out_w, src, dst, lo, hi);
+    else memcpy(dst, src, p->out_w * sizeof(float));
     fc_activation_row(p->out_w, p->activation, dst);
   }
 }

@@ -73,8 +73,8 @@ static void pool_plane(const fc_pool2d_params* p, const fc_vector_config* vk, co
   if (is_max) {
     vk->wmax(l->run, planes, s->offsets, taps, run);
   } else {
-    memset(run, 0, fc_run_size(l) * sizeof(float));
-    vk->wmacc(l->run, planes, s->offsets, s->ones, taps, run);
+    const fc_window_epilogue sum = {0, 0.0f, -INFINITY, INFINITY};
+    vk->wmacc(l->run, planes, s->offsets, s->ones, taps, &sum, run);
   }
   for (size_t oh = 0; oh < p->out_h; oh++) {
     const float* src = run + oh * l->cols;

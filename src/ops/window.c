@@ -6,6 +6,8 @@
  * oh + (kh*d)/s, column ow + (kw*d)/s. With every phase plane `cols` wide, output (oh, ow) sits at
  * flat index oh*cols + ow and each tap is a fixed offset from it, so the window kernels see
  * contiguous loads only. Columns ow >= out_w of the run are computed and thrown away. */
+#include <string.h>
+
 #include "fc_internal.h"
 #include "fc_kernels.h"
 
@@ -46,17 +48,6 @@ static void fill(float* dst, size_t n, float value) {
   for (size_t i = 0; i < n; i++) dst[i] = value;
 }
 
-/* One row of a phase plane: padded input columns c*stride + phase_w for c < cols. */
-static void phase_row(const fc_phase_layout* l, fc_vcopy_fn copy, const float* src,
-                      size_t phase_w, float pad, float* dst) {
-  size_t lo, hi;
-  const ptrdiff_t offset = (ptrdiff_t)phase_w - (ptrdiff_t)l->pad_left;
-  fc_valid_range(l->cols, l->stride_w, offset, l->in_w, &lo, &hi);
-  fill(dst, lo, pad);
-  if (hi > lo) copy(hi - lo, src + (ptrdiff_t)(lo * l->stride_w) + offset, l->stride_w, dst + lo);
-  fill(dst + hi, l->cols - hi, pad);
-}
-
 /* Whether some tap reads phase `phase` along an axis (a 1x1 kernel at stride 2 reads one). */
 static int phase_used(size_t phase, size_t kernel, size_t dilation, size_t stride) {
   for (size_t k = 0; k < kernel; k++) {
@@ -65,20 +56,37 @@ static int phase_used(size_t phase, size_t kernel, size_t dilation, size_t strid
   return 0;
 }
 
+/* One phase plane: rows r hold padded input row r * stride_h + phase_h, columns c padded input
+ * column c * stride_w + phase_w; the columns [lo, hi) that fall inside the input are the same
+ * for every row. */
+static void fill_phase(const fc_phase_layout* l, fc_vcopy_fn copy, const float* x, size_t phase_h,
+                       size_t phase_w, float pad, float* plane) {
+  size_t lo, hi;
+  const ptrdiff_t offset = (ptrdiff_t)phase_w - (ptrdiff_t)l->pad_left;
+  fc_valid_range(l->cols, l->stride_w, offset, l->in_w, &lo, &hi);
+  for (size_t r = 0; r < l->rows; r++) {
+    const ptrdiff_t ih = (ptrdiff_t)(r * l->stride_h + phase_h) - (ptrdiff_t)l->pad_top;
+    float* dst = plane + r * l->cols;
+    if (ih < 0 || ih >= (ptrdiff_t)l->in_h || hi == lo) {
+      fill(dst, l->cols, pad);
+      continue;
+    }
+    const float* src = x + (size_t)ih * l->in_w + (ptrdiff_t)(lo * l->stride_w) + offset;
+    fill(dst, lo, pad);
+    if (l->stride_w == 1) memcpy(dst + lo, src, (hi - lo) * sizeof(float));
+    else copy(hi - lo, src, l->stride_w, dst + lo);
+    fill(dst + hi, l->cols - hi, pad);
+  }
+  fill(plane + l->rows * l->cols, l->phase_size - l->rows * l->cols, pad);
+}
+
 void fc_phase_fill(const fc_phase_layout* l, const float* x, float pad, float* planes) {
   const fc_vcopy_fn copy = fc_vector_config_get()->vcopy;
   for (size_t ph = 0; ph < l->stride_h; ph++) {
     if (!phase_used(ph, l->kernel_h, l->dilation_h, l->stride_h)) continue;
     for (size_t pw = 0; pw < l->stride_w; pw++) {
       if (!phase_used(pw, l->kernel_w, l->dilation_w, l->stride_w)) continue;
-      float* plane = planes + (ph * l->stride_w + pw) * l->phase_size;
-      for (size_t r = 0; r < l->rows; r++) {
-        const ptrdiff_t ih = (ptrdiff_t)(r * l->stride_h + ph) - (ptrdiff_t)l->pad_top;
-        float* dst = plane + r * l->cols;
-        if (ih < 0 || ih >= (ptrdiff_t)l->in_h) fill(dst, l->cols, pad);
-        else phase_row(l, copy, x + (size_t)ih * l->in_w, pw, pad, dst);
-      }
-      fill(plane + l->rows * l->cols, l->phase_size - l->rows * l->cols, pad);
+      fill_phase(l, copy, x, ph, pw, pad, planes + (ph * l->stride_w + pw) * l->phase_size);
     }
   }
 }

@@ -45,13 +45,25 @@ static inline vf max_nan(vf acc, vf v) {
   return (vf)(((vi)v & take) | ((vi)acc & ~take));
 }
 
+/* clamp(v, lo, hi) keeping NaN, as the GEMM epilogue does. */
+static inline vf clamp(vf v, float lo, float hi) {
+  const vi below = v < lo, above = v > hi;
+  v = (vf)(((vi)v & ~below) | ((vi)((vf){} + lo) & below));
+  return (vf)(((vi)v & ~above) | ((vi)((vf){} + hi) & above));
+}
+
+static inline vf start(const fc_window_epilogue* ep, const float* y) {
+  return ep->accumulate ? load(y) : (vf){} + ep->init;
+}
+
 /* Four vectors per pass keep four independent FMA chains in flight. */
 void FC_NAME(fc_f32_wmacc_ukernel)(size_t n, const float* x, const ptrdiff_t* offsets,
-                                   const float* w, size_t taps, float* y) {
+                                   const float* w, size_t taps, const fc_window_epilogue* ep,
+                                   float* y) {
   size_t i = 0;
   for (; i + 4 * VLEN <= n + VLEN - 1; i += 4 * VLEN) {
-    vf a0 = load(y + i), a1 = load(y + i + VLEN), a2 = load(y + i + 2 * VLEN),
-       a3 = load(y + i + 3 * VLEN);
+    vf a0 = start(ep, y + i), a1 = start(ep, y + i + VLEN), a2 = start(ep, y + i + 2 * VLEN),
+       a3 = start(ep, y + i + 3 * VLEN);
     for (size_t t = 0; t < taps; t++) {
       const float* xt = x + i + offsets[t];
       a0 += w[t] * load(xt);
@@ -59,15 +71,15 @@ void FC_NAME(fc_f32_wmacc_ukernel)(size_t n, const float* x, const ptrdiff_t* of
       a2 += w[t] * load(xt + 2 * VLEN);
       a3 += w[t] * load(xt + 3 * VLEN);
     }
-    store(y + i, a0);
-    store(y + i + VLEN, a1);
-    store(y + i + 2 * VLEN, a2);
-    store(y + i + 3 * VLEN, a3);
+    store(y + i, clamp(a0, ep->min, ep->max));
+    store(y + i + VLEN, clamp(a1, ep->min, ep->max));
+    store(y + i + 2 * VLEN, clamp(a2, ep->min, ep->max));
+    store(y + i + 3 * VLEN, clamp(a3, ep->min, ep->max));
   }
   for (; i < n; i += VLEN) {
-    vf a = load(y + i);
+    vf a = start(ep, y + i);
     for (size_t t = 0; t < taps; t++) a += w[t] * load(x + i + offsets[t]);
-    store(y + i, a);
+    store(y + i, clamp(a, ep->min, ep->max));
   }
 }
 
