@@ -431,10 +431,11 @@ class _PoolGeometry:
         _check_output(op, self.out_hw, hw)
         self.pads = pads[0] + pads[1]  # (top, bottom, left, right), as the core takes them
 
-    def run(self, x, is_max, count_include_pad):
-        """Pools a C-contiguous float32 NCHW array."""
+    def run(self, x, is_max, count_include_pad, y=None):
+        """Pools a C-contiguous float32 NCHW array (into ``y`` if given)."""
         n, c, h, w = x.shape
-        y = np.empty((n, c) + self.out_hw, np.float32)
+        if y is None:
+            y = np.empty((n, c) + self.out_hw, np.float32)
         if y.size:
             _core.pool2d(x.reshape(n * c, h, w), y.reshape((n * c,) + self.out_hw), is_max,
                          self.kernel, self.stride, self.dilation, self.pads,

@@ -12,20 +12,29 @@ what runs:
 - Dropout is free (the identity), every other layer runs as it is.
 
 A fused step runs at the position of the last layer it absorbed, so its inputs (including a
-residual computed on another branch) are always ready. Intermediate arrays are dropped after
-their last reader. The plan is rebuilt when a layer's weights are replaced (``set_weights``,
-``load_weights``) or the kernel table changes (``fastconv.runtime.isa_cap``).
+residual computed on another branch) are always ready. Convolutions, dense layers, poolings and
+concatenations write into an activation arena: buffers assigned once, by liveness (a buffer is
+reused as soon as every array that may refer to it was read for the last time), and allocated
+per thread and batch size on first use, so a steady-state predict allocates only its outputs
+(and the arrays of the few other layer kinds). The plan is rebuilt when a layer's weights are
+replaced (``set_weights``, ``load_weights``) or the kernel table changes
+(``fastconv.runtime.isa_cap``).
 
 Only channels_first models are planned; channels_last models run layer by layer.
 """
+import math
+import threading
+from collections import OrderedDict
+
 import numpy as np
 
 from . import _core, runtime
 from . import functional as F
-from .layers import (Activation, Add, AvgPool2D, BatchNormalization, Conv2D, Dense, Dropout,
-                     InputLayer, MaxPool2D)
+from .layers import (Activation, Add, AvgPool2D, BatchNormalization, Concatenate, Conv2D, Dense,
+                     Dropout, InputLayer, MaxPool2D)
 
 _FUSABLE = ("relu", "relu6", "tanh", "sigmoid")
+_ARENAS_KEPT = 2  # batch sizes whose arenas a thread keeps (the last chunk of a batched predict)
 
 
 def plannable(model):
@@ -33,17 +42,21 @@ def plannable(model):
 
 
 class Step:
-    """One operator call: reads the arrays of ``inputs`` (node ids), writes node ``output``.
+    """One operator call: ``run(values, out)`` reads the arrays of ``inputs`` (node ids) and
+    returns node ``output``'s array.
 
-    ``fresh`` steps return a new array that nothing else refers to (fused convolutions and dense
-    layers); other layers may return a view of their input (Flatten, Dropout)."""
+    ``fresh`` steps return an array that nothing else refers to (convolutions, dense layers,
+    poolings, concatenations); other layers may return a view of their input (Flatten,
+    Dropout). Steps with a ``shape`` (per sample) can write into ``out``, an arena buffer of
+    that shape, and are given one unless their output is a model output; the others get None."""
 
-    def __init__(self, inputs, output, run, describe, fresh=False):
+    def __init__(self, inputs, output, run, describe, fresh=False, shape=None):
         self.inputs, self.output, self.run, self.describe = list(inputs), output, run, describe
-        self.fresh = fresh
+        self.fresh, self.shape = fresh, shape
         self.release = []
         self.residual = None  # node id added in this step's store, if any
         self.in_place = False  # whether the store may overwrite the residual's array
+        self.slot = None  # the arena buffer the step writes, if any
 
 
 class Plan:
@@ -59,6 +72,8 @@ class Plan:
         self.steps = self._fuse()
         _schedule_releases(self.steps, self._outputs)
         self._mark_in_place()
+        self._slot_sizes, self._copied_outputs = _assign_slots(self.steps, self._outputs)
+        self._local = threading.local()  # each thread's arenas: no locking on the hot path
 
     def _mark_in_place(self):
         """A residual array may be overwritten by the step that adds it when that step is its
@@ -78,13 +93,35 @@ class Plan:
         return self._winograd == runtime.winograd_enabled() and all(
             layer.weights is weights for layer, weights in self._weights)
 
+    def arena(self, batch):
+        """The calling thread's output buffer of each step (None where the step allocates)
+        for this batch size, made on first use; a thread keeps the last few batch sizes'."""
+        arenas = getattr(self._local, "arenas", None)
+        if arenas is None:
+            arenas = self._local.arenas = OrderedDict()
+        if batch in arenas:
+            arenas.move_to_end(batch)
+            return arenas[batch]
+        buffers = [np.empty(batch * size, np.float32) for size in self._slot_sizes]
+        views = [None if step.slot is None else
+                 buffers[step.slot][:batch * math.prod(step.shape)].reshape((batch,) + step.shape)
+                 for step in self.steps]
+        arenas[batch] = views
+        if len(arenas) > _ARENAS_KEPT:
+            arenas.popitem(last=False)
+        return views
+
     def run(self, arrays):
         values = dict(zip((self._position[t] for t in self._model.inputs), arrays))
-        for step in self.steps:
-            values[step.output] = step.run(values)
+        outs = self.arena(arrays[0].shape[0])
+        for step, out in zip(self.steps, outs):
+            values[step.output] = step.run(values, out)
             for i in step.release:
                 del values[i]
-        return [values[self._position[t]] for t in self._model.outputs]
+        # An output that may be a view of an arena buffer (a Flatten after a pooling) is copied:
+        # the caller keeps it while the next run reuses the buffer.
+        return [values[i].copy() if i in self._copied_outputs else values[i]
+                for i in (self._position[t] for t in self._model.outputs)]
 
     def summary(self):
         """One line per step: what it computes and which layers it absorbed."""
@@ -170,18 +207,22 @@ class Plan:
 
         out_shape, plan = conv.output_shape, conv._conv
 
-        def run(values):
+        def run(values, out):
             # The plan's arrays are C-contiguous float32 of the right shapes (the core checks),
             # so the kernel is called without PreparedConv2d's conversions.
             x = values[x_id]
             residual = None if r_id is None else values[r_id]
-            out = residual if step.in_place else np.empty((x.shape[0],) + out_shape, np.float32)
+            if step.in_place:
+                out = residual
+            elif out is None:
+                out = np.empty((x.shape[0],) + out_shape, np.float32)
             plan.run(x, out, residual)
             return out
 
         names = " + ".join(n.layer.name for n in chain["nodes"])
         describe = f"conv2d[{conv.algorithm}] {names}" + (f" (+ residual {residual.layer.name})" if residual else "")
-        step = Step([x_id] + ([r_id] if r_id is not None else []), out_id, run, describe, fresh=True)
+        step = Step([x_id] + ([r_id] if r_id is not None else []), out_id, run, describe,
+                    fresh=True, shape=out_shape)
         step.residual = r_id
         return step
 
@@ -192,29 +233,41 @@ class Plan:
                                 F._ACTIVATIONS[chain["activation"]])
         x_id, out_id = self._position[node.inbound[0]], self._position[chain["nodes"][-1]]
 
-        def run(values):
+        def run(values, out):
             x = np.ascontiguousarray(values[x_id], dtype=np.float32)
-            y = np.empty((x.shape[0], layer.units), np.float32)
-            dense.run(x, y)
-            return y
+            if out is None:
+                out = np.empty((x.shape[0], layer.units), np.float32)
+            dense.run(x, out)
+            return out
 
         names = " + ".join(n.layer.name for n in chain["nodes"])
-        return Step([x_id], out_id, run, f"dense {names}", fresh=True)
+        return Step([x_id], out_id, run, f"dense {names}", fresh=True, shape=(layer.units,))
 
     def _layer_step(self, node):
         layer, ids = node.layer, [self._position[p] for p in node.inbound]
         if isinstance(layer, Dropout):
-            return Step(ids, self._position[node], lambda values: values[ids[0]],
+            return Step(ids, self._position[node], lambda values, out: values[ids[0]],
                         f"identity {layer.name}")
         if isinstance(layer, (MaxPool2D, AvgPool2D)):
             return self._pool_step(node, layer, ids[0])
+        if isinstance(layer, Concatenate) and _channel_concat(layer, node):
+            return self._concat_step(node, ids)
 
-        def run(values):
+        def run(values, out):
             args = [values[i] for i in ids]
             return layer.call(args if layer.merges else args[0])
 
         return Step(ids, self._position[node], run, f"{type(layer).__name__.lower()} {layer.name}")
 
+    def _concat_step(self, node, ids):
+        def run(values, out):
+            arrays = [values[i] for i in ids]
+            if out is None:
+                return np.concatenate(arrays, axis=1)
+            return np.concatenate(arrays, axis=1, out=out)
+
+        return Step(ids, self._position[node], run, f"concatenate {node.layer.name}", fresh=True,
+                    shape=node.sample_shape)
 
     def _pool_step(self, node, layer, x_id):
         is_max = isinstance(layer, MaxPool2D)
@@ -224,11 +277,12 @@ class Plan:
                                 count_include_pad=getattr(layer, "count_include_pad", True))
         geometry = pool._geometry
 
-        def run(values):
-            return geometry.run(values[x_id], is_max, pool._count_include_pad)
+        def run(values, out):
+            return geometry.run(values[x_id], is_max, pool._count_include_pad, out)
 
         return Step([x_id], self._position[node], run,
-                    f"{type(layer).__name__.lower()} {layer.name}", fresh=True)
+                    f"{type(layer).__name__.lower()} {layer.name}", fresh=True,
+                    shape=pool.output_shape)
 
 
 def _activation(name):
@@ -249,6 +303,56 @@ def _folded(conv, bn):
     folded_bias = (base - w["moving_mean"]) * scale + w["beta"]
     folded_kernel = kernel * scale.astype(np.float32)[:, None, None, None]
     return folded_kernel, folded_bias.astype(np.float32)
+
+
+def _channel_concat(layer, node):
+    """Whether a Concatenate joins NCHW images along the channels (what the arena step does)."""
+    shape = node.sample_shape
+    return len(shape) == 3 and layer._resolve_axis(layer.axis, len(shape)) == 1
+
+
+def _assign_slots(steps, outputs):
+    """Gives each step that can write into a buffer (a ``shape``) and does not make a model
+    output an arena slot, reusing slots by liveness. Returns the slots' sizes in floats per
+    sample, and the model outputs that may still refer to a slot. An array is live until its
+    last reader; a non-fresh step's output may be a view of its inputs, so it keeps their slots
+    live too."""
+    holders, sizes, free = {}, [], []  # slot -> node ids that may refer to it
+    slots_of = {}  # node id -> slots its array may refer to
+    for step in steps:
+        if step.in_place:
+            slots_of[step.output] = slots_of.get(step.residual, set())
+        elif step.shape is not None and step.output not in outputs:
+            step.slot = _take_slot(free, sizes, math.prod(step.shape))
+            slots_of[step.output] = {step.slot}
+        elif not step.fresh:
+            slots_of[step.output] = set().union(*(slots_of.get(i, set()) for i in step.inputs))
+        else:
+            slots_of[step.output] = set()
+        for slot in slots_of[step.output]:
+            holders.setdefault(slot, set()).add(step.output)
+        for node_id in step.release:
+            for slot in slots_of.pop(node_id, set()):
+                holders[slot].discard(node_id)
+                if not holders[slot]:
+                    free.append(slot)
+    return sizes, {i for i in outputs if slots_of.get(i)}
+
+
+def _take_slot(free, sizes, size):
+    """A free slot for `size` floats per sample (the smallest that fits, else the largest free
+    one, grown), or a new one."""
+    fitting = [s for s in free if sizes[s] >= size]
+    if fitting:
+        slot = min(fitting, key=lambda s: sizes[s])
+    elif free:
+        slot = max(free, key=lambda s: sizes[s])
+        sizes[slot] = size
+    else:
+        sizes.append(size)
+        return len(sizes) - 1
+    free.remove(slot)
+    return slot
 
 
 def _consumers(nodes):

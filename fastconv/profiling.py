@@ -52,7 +52,7 @@ def _run_timed(plan, model, arrays):
     seconds = []
     for step in plan.steps:
         start = time.perf_counter()
-        values[step.output] = step.run(values)
+        values[step.output] = step.run(values, None)
         seconds.append(time.perf_counter() - start)
         for i in step.release:
             del values[i]

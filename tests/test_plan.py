@@ -111,3 +111,44 @@ def test_channels_last_models_run_layer_by_layer():
     assert "not planned" in model.plan_summary(print_fn=None)
     data = np.random.default_rng(6).standard_normal((2, 8, 8, 3)).astype(np.float32)
     assert np.array_equal(model.predict(data), model._run_layers([data])[0])
+
+
+def test_arena_buffers_are_reused_and_outputs_stay_the_callers():
+    model = models.resnet18(input_shape=(3, 64, 64))
+    plan_steps = len(model.plan_summary(print_fn=None).splitlines())
+    x = np.random.default_rng(0).standard_normal((2, 3, 64, 64)).astype(np.float32)
+    first = model.predict(x)
+    kept = first.copy()
+    second = model.predict(x[::-1].copy())
+    assert np.array_equal(first, kept)  # the second run did not write into the first's output
+    assert not np.array_equal(first, second)
+    plan = model._plan
+    assert len(plan._slot_sizes) < plan_steps // 4  # liveness: a few buffers serve all steps
+    assert model.predict(x).tobytes() == kept.tobytes()
+
+
+def test_an_output_viewing_an_arena_buffer_is_copied():
+    x = fastconv.Input((2, 8, 8))
+    y = L.Flatten()(L.MaxPool2D(2)(L.Conv2D(3, 3, padding=1)(x)))
+    model = fastconv.Model(x, y, seed=0)
+    data = np.random.default_rng(1).standard_normal((1, 2, 8, 8)).astype(np.float32)
+    first = model.predict(data)
+    kept = first.copy()
+    model.predict(-data)
+    assert np.array_equal(first, kept)
+
+
+def test_arenas_are_per_thread_and_bounded():
+    import threading
+
+    model = models.lenet5()
+    for batch in (1, 2, 3, 4):
+        model.predict(np.zeros((batch, 1, 32, 32), np.float32))
+    plan = model._plan
+    assert list(plan._local.arenas) == [3, 4]  # the last two batch sizes
+    seen = []
+    thread = threading.Thread(target=lambda: (model.predict(np.zeros((5, 1, 32, 32), np.float32)),
+                                              seen.append(list(plan._local.arenas))))
+    thread.start()
+    thread.join()
+    assert seen == [[5]] and list(plan._local.arenas) == [3, 4]
