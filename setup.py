@@ -25,6 +25,7 @@ DRIVERS = [
     "src/runtime/isa.c",
     "src/runtime/threads.c",
     "src/runtime/memory.c",
+    "src/runtime/fpmode.c",
     "src/ops/gemm.c",
     "src/ops/conv2d.c",
     "src/ops/winograd.c",

@@ -16,6 +16,8 @@ cdef extern from "fastconv.h" nogil:
     int fc_isa_detected()
     int fc_isa_active()
     int fc_set_isa_cap(int cap)
+    void fc_set_flush_denormals(int enabled)
+    int fc_get_flush_denormals()
     const char* fc_isa_name(int isa)
     const char* fc_gemm_kernel_name()
     const char* fc_vector_kernel_name()
@@ -134,6 +136,14 @@ def isa_active():
 def set_isa_cap(int level):
     """Caps the kernel table at ISA level 0 (scalar), 1 (avx2) or 2 (avx512); returns the ISA in use."""
     return fc_isa_name(fc_set_isa_cap(level)).decode()
+
+
+def set_flush_denormals(bint enabled):
+    fc_set_flush_denormals(enabled)
+
+
+def flush_denormals():
+    return bool(fc_get_flush_denormals())
 
 
 def kernel_names():

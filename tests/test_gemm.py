@@ -176,3 +176,19 @@ def test_gemm_nan_inf_propagation(rng, activation, M, N, K):
     assert np.isnan(ref).any() and np.isfinite(ref).any()
     y = F.gemm(a, b, activation=activation)
     assert_close(y, ref, K, scale_of(a, b))    # checks the NaN and inf masks exactly
+
+
+def test_denormals_are_flushed_only_inside_the_kernels():
+    from fastconv import runtime
+
+    a = np.full((4, 4), 1e-20, np.float32)  # products 1e-40: denormal
+    previous = runtime.flush_denormals_enabled()
+    try:
+        runtime.set_flush_denormals(True)
+        assert not F.gemm(a, a).any()
+        tiny = np.float32(1e-38) * np.float32(0.5)  # the caller's thread still keeps denormals
+        assert tiny != 0
+        runtime.set_flush_denormals(False)
+        np.testing.assert_allclose(F.gemm(a, a), np.full((4, 4), 4e-40, np.float32), rtol=1e-2)
+    finally:
+        runtime.set_flush_denormals(previous)

@@ -29,6 +29,10 @@ typedef enum fc_conv_algorithm {
   FC_CONV_IMPLICIT = 4, /* implicit GEMM over phase planes of the input */
 } fc_conv_algorithm;
 
+/* Denormals are flushed to zero inside the kernels (default on). */
+void fc_set_flush_denormals(int enabled);
+int fc_get_flush_denormals(void);
+
 /* Runtime: instruction set, dispatch, threads, build. */
 int fc_isa_detected(void);
 int fc_isa_active(void);

@@ -13,6 +13,12 @@ int fc_thread_id(void);
 /* The number of threads in the current parallel region (1 outside one or without OpenMP). */
 int fc_thread_count(void);
 
+/* Denormal flushing for the calling thread (src/runtime/fpmode.c): fc_fp_enter sets it if
+ * enabled and returns the previous mode, which fc_fp_exit restores. Every thread of a parallel
+ * region that does floating-point work brackets it with the pair. */
+unsigned fc_fp_enter(void);
+void fc_fp_exit(unsigned saved);
+
 /* 64-byte aligned allocation; NULL when out of memory. */
 void* fc_alloc(size_t bytes);
 void fc_free(void* p);

@@ -253,6 +253,7 @@ static int conv_direct(const fc_conv2d_params* p, const float* w, const float* b
   int rc = 0;
 #pragma omp parallel num_threads(fc_threads_for(flops))
   {
+    const unsigned fp_mode = fc_fp_enter();
     /* Each thread's own buffers (workspaces are per thread). */
     direct_scratch s = {(float*)fc_workspace(FC_WS_INPUT, fc_phase_planes_size(&l) * sizeof(float)),
                         (float*)fc_workspace(FC_WS_OUTPUT, fc_run_size(&l) * sizeof(float))};
@@ -264,6 +265,7 @@ static int conv_direct(const fc_conv2d_params* p, const float* w, const float* b
     for (size_t plane = 0; plane < planes; plane++) {
       if (s.planes && s.run) direct_plane(p, vk, &l, offsets, x, w, bias, residual, y, plane, &s);
     }
+    fc_fp_exit(fp_mode);
   }
   fc_free(offsets);
   return rc;

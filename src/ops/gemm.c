@@ -186,6 +186,7 @@ int fc_gemm_packed(size_t M, size_t N, size_t K, const float* a_packed, const fc
     /* No thread ever waits for another. The runtime may give fewer threads than asked for, so
      * the grid is made from the team actually running. */
     const size_t id = (size_t)fc_thread_id(), team = (size_t)fc_thread_count();
+    const unsigned fp_mode = fc_fp_enter();
     const size_t mc_panels = FC_MC / mr ? FC_MC / mr : 1;
     size_t tm, tn;
     thread_grid(team, n_mpanels, n_npanels, &tm, &tn);
@@ -224,6 +225,7 @@ int fc_gemm_packed(size_t M, size_t N, size_t K, const float* a_packed, const fc
         }
       }
     }
+    fc_fp_exit(fp_mode);
   }
   fc_free(brow);
   fc_free(bcol);

@@ -99,6 +99,7 @@ static int pool2d(const fc_pool2d_params* p, int is_max, const float* x, float* 
   int rc = 0;
 #pragma omp parallel num_threads(threads)
   {
+    const unsigned fp_mode = fc_fp_enter();
     /* Each thread's own buffers (workspaces are per thread): the phase planes of one input
      * plane and one output run. */
     float* planes = (float*)fc_workspace(FC_WS_INPUT, fc_phase_planes_size(&s.layout) * sizeof(float));
@@ -111,6 +112,7 @@ static int pool2d(const fc_pool2d_params* p, int is_max, const float* x, float* 
     for (size_t c = 0; c < p->planes; c++) {
       if (planes && run) pool_plane(p, vk, &s, is_max, x + c * in_plane, planes, run, y + c * out_plane);
     }
+    fc_fp_exit(fp_mode);
   }
   pool_setup_free(&s);
   return rc;

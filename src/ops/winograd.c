@@ -124,8 +124,13 @@ static int run_chunk(const fc_conv2d_params* p, const float* packed, const float
   const fc_vector_config* vk = fc_vector_config_get();
   const size_t C = p->in_channels, O = p->out_channels, plane_out = p->out_h * p->out_w;
   int rc = 0;
-#pragma omp parallel for schedule(static) num_threads(threads)
-  for (size_t c = 0; c < C; c++) input_chunk(vk, w, C, c, t0, tc);
+#pragma omp parallel num_threads(threads)
+  {
+    const unsigned fp_mode = fc_fp_enter();
+#pragma omp for schedule(static)
+    for (size_t c = 0; c < C; c++) input_chunk(vk, w, C, c, t0, tc);
+    fc_fp_exit(fp_mode);
+  }
   for (int xi = 0; xi < 16 && rc == 0; xi++) {
     const fc_matrix_src src = {w->v + (size_t)xi * C * w->pitch, w->pitch};
     const fc_b_operand operand = {fc_pack_b_matrix, &src, NULL, NULL, NULL};
@@ -134,6 +139,7 @@ static int run_chunk(const fc_conv2d_params* p, const float* packed, const float
   }
 #pragma omp parallel num_threads(threads)
   {
+    const unsigned fp_mode = fc_fp_enter();
     /* The output transform's 4 x tc results, per thread. */
     float* tmp = (float*)fc_workspace(FC_WS_TABLE, 4 * fc_round_up(tc, FC_WINDOW_SLACK) * sizeof(float));
     if (!tmp) {
@@ -147,6 +153,7 @@ static int run_chunk(const fc_conv2d_params* p, const float* packed, const float
                      yn + o * plane_out, tmp);
       }
     }
+    fc_fp_exit(fp_mode);
   }
   return rc;
 }
