@@ -27,6 +27,7 @@ from . import functional as F
 from . import models
 from .profiling import model_macs, profile_plan, time_by_kind
 from .runtime import get_num_threads, set_num_threads, show_config
+from .tuning import cpu_name
 
 CLASSIC_NETWORKS = ["lenet5", "alexnet", "vgg16", "googlenet", "resnet18", "resnet50",
                     "mobilenet_v2"]
@@ -289,18 +290,6 @@ def measure_peak(threads, n=2048, repeats=5):
 
 
 # The environment -------------------------------------------------------------------------------
-
-def cpu_name():
-    """The CPU's model name (from /proc/cpuinfo on Linux)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
 
 def environment(modules):
     """The machine, the versions, the ISA and thread count, as a JSON-compatible dict."""

@@ -9,10 +9,12 @@ from collections import Counter
 import numpy as np
 
 from . import _core
+from . import functional as F
+from . import tuning
 from . import summary as _summary
 from .plan import Plan, plannable
 from . import weights as _weights
-from .layers import Input, InputLayer, Layer, SymbolicTensor, deserialize, serialize
+from .layers import Conv2D, Input, InputLayer, Layer, SymbolicTensor, deserialize, serialize
 from .layers import _checks
 
 
@@ -124,6 +126,7 @@ class Model:
         # {"source": ..., "preprocessing": {...}, "labels": [...]}; saved with the weights.
         self.info = {}
         self._plan = None
+        self._algorithms = {}  # layer name -> convolution algorithm forced by set_algorithm
 
     @staticmethod
     def _default_name():
@@ -263,6 +266,60 @@ class Model:
         if print_fn is not None:
             print_fn(text)
         return text
+
+    def set_algorithm(self, layer_name, algorithm):
+        """Forces the convolution algorithm of one Conv2D layer in the plan ("implicit",
+        "im2col", "winograd", "gemm", "direct"), or gives it back to the tuning cache and the
+        heuristic ("auto"). A runtime choice: not saved with the model.
+
+        >>> import fastconv
+        >>> model = fastconv.models.lenet5()
+        >>> model.set_algorithm("conv2", "im2col")
+        >>> "conv2d[im2col] conv2" in model.plan_summary(print_fn=None)
+        True
+        """
+        layer = self.get_layer(layer_name)
+        if not isinstance(layer, Conv2D):
+            raise ValueError(f"{self.label}: set_algorithm needs a Conv2D layer; "
+                             f"'{layer_name}' is a {type(layer).__name__}")
+        if algorithm == "auto":
+            self._algorithms.pop(layer_name, None)
+            return
+        node = next(n for n in self._nodes if n.layer is layer)
+        kernel = layer.weights["kernel"]
+        F._ConvGeometry(f"{self.label}: set_algorithm('{layer_name}')", node.inbound[0].sample_shape,
+                        kernel.shape, None, layer.strides, layer.padding, layer.dilation,
+                        layer.groups, None, algorithm, kernel.shape)  # raises if it cannot run
+        self._algorithms = {**self._algorithms, layer_name: algorithm}
+
+    def tune(self, batch_size=1, rounds=5, print_fn=print):
+        """Times every algorithm that can run each convolution of the model at ``batch_size``
+        with the current thread count, keeps the fastest in the tuning cache (a file per user,
+        see fastconv.tuning; delete it to go back to the heuristic) and makes plans use it.
+        Prints (unless ``print_fn`` is None) and returns one row per layer.
+
+        >>> import fastconv, os, tempfile
+        >>> os.environ["FASTCONV_TUNE_CACHE"] = os.path.join(tempfile.mkdtemp(), "tuning.json")
+        >>> rows = fastconv.models.lenet5().tune(rounds=1, print_fn=None)
+        >>> [row["layer"] for row in rows]
+        ['conv1', 'conv2']
+        >>> del os.environ["FASTCONV_TUNE_CACHE"]
+        """
+        if not plannable(self):
+            raise ValueError(f"{self.label}: tune() needs a channels_first model (only those are "
+                             f"planned)")
+        batch_size = self._batch_size(batch_size)
+        convs = [{"name": n.layer.name, "input_shape": n.inbound[0].sample_shape,
+                  "kernel": n.layer.weights["kernel"], "strides": n.layer.strides,
+                  "padding": n.layer.padding, "dilation": n.layer.dilation,
+                  "groups": n.layer.groups}
+                 for n in self._nodes if isinstance(n.layer, Conv2D)]
+        rows = tuning.tune_convolutions(convs, batch_size, rounds)
+        if print_fn is not None:
+            for row in rows:
+                times = ", ".join(f"{a} {ms:.3f}" for a, ms in row["times_ms"].items())
+                print_fn(f"{row['layer']:40s} {row['algorithm']:9s} ({times} ms)")
+        return rows
 
     def profile(self, x, repeats=5):
         """Times each step of the plan on ``x`` (median of ``repeats`` runs), slowest first, with

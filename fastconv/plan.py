@@ -28,7 +28,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from . import _core, runtime
+from . import _core, runtime, tuning
 from . import functional as F
 from .layers import (Activation, Add, AvgPool2D, BatchNormalization, Concatenate, Conv2D, Dense,
                      Dropout, InputLayer, MaxPool2D)
@@ -68,6 +68,8 @@ class Plan:
         self._inputs = {self._position[t] for t in model.inputs}
         self._weights = [(layer, layer.weights) for layer in model.layers]
         self._winograd = runtime.winograd_enabled()
+        self._algorithms = dict(model._algorithms)  # the per-layer choices forced by the user
+        self._tuning = tuning.generation()
         self._absorbed = set()  # nodes merged into a fused step that starts at another node
         self.steps = self._fuse()
         _schedule_releases(self.steps, self._outputs)
@@ -88,10 +90,12 @@ class Plan:
             step.in_place = producer[r].fresh and all(s.fresh for s in readers)
 
     def is_current(self):
-        """False once any layer's weights were replaced, or the Winograd setting changed, since
-        the plan was made."""
-        return self._winograd == runtime.winograd_enabled() and all(
-            layer.weights is weights for layer, weights in self._weights)
+        """False once any layer's weights were replaced, or the Winograd setting, a forced
+        algorithm or the tuning cache changed, since the plan was made."""
+        return (self._winograd == runtime.winograd_enabled()
+                and self._algorithms == self._model._algorithms
+                and self._tuning == tuning.generation()
+                and all(layer.weights is weights for layer, weights in self._weights))
 
     def arena(self, batch):
         """The calling thread's output buffer of each step (None where the step allocates)
@@ -199,6 +203,7 @@ class Plan:
         kernel, bias = _folded(layer, chain["bn"])
         conv = F.PreparedConv2d(kernel, bias, source.sample_shape, layer.strides, layer.padding,
                                 layer.dilation, layer.groups, chain["activation"],
+                                algorithm=self._algorithm(layer, source.sample_shape, kernel.shape),
                                 winograd=self._winograd)
         x_id = self._position[source]
         out_id = self._position[chain["nodes"][-1]]
@@ -225,6 +230,17 @@ class Plan:
                     fresh=True, shape=out_shape)
         step.residual = r_id
         return step
+
+    def _algorithm(self, layer, input_shape, kernel_shape):
+        """A forced choice (Model.set_algorithm), else a measured one (Model.tune) unless it is
+        Winograd and Winograd is off, else "auto" (the heuristic)."""
+        if layer.name in self._algorithms:
+            return self._algorithms[layer.name]
+        tuned = tuning.lookup(tuning.conv_key(input_shape, kernel_shape, layer.strides,
+                                              layer.padding, layer.dilation, layer.groups))
+        if tuned is None or (tuned == "winograd" and not self._winograd):
+            return "auto"
+        return tuned
 
     def _dense_step(self, chain):
         node = chain["nodes"][0]

@@ -6,6 +6,10 @@ import pytest
 SEED = int(os.environ.get("FASTCONV_TEST_SEED", "20240611"))
 
 
+# A developer's tuning cache (Model.tune) must not change which algorithms the tests see.
+os.environ["FASTCONV_TUNE_CACHE"] = os.path.join(os.path.dirname(__file__), ".no-tuning-cache.json")
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: heavier tests (deselect with -m 'not slow')")
 

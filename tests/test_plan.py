@@ -1,6 +1,8 @@
 """The model plan (fastconv/plan.py): fused, prepacked steps must compute what the layers
 compute one by one (Model._run_layers, itself tested against the functional ops), for every
 fusion it makes and every case where it must not fuse or must not overwrite."""
+import json
+
 import numpy as np
 import pytest
 
@@ -152,3 +154,37 @@ def test_arenas_are_per_thread_and_bounded():
     thread.start()
     thread.join()
     assert seen == [[5]] and list(plan._local.arenas) == [3, 4]
+
+
+def test_set_algorithm_forces_and_checks_a_layer(monkeypatch, tmp_path):
+    monkeypatch.setenv("FASTCONV_TUNE_CACHE", str(tmp_path / "none.json"))
+    model = models.resnet18(input_shape=(3, 64, 64))
+    x = np.random.default_rng(0).standard_normal((1, 3, 64, 64)).astype(np.float32)
+    reference = model.predict(x)
+    model.set_algorithm("layer1.0.conv1", "im2col")
+    assert "conv2d[im2col] layer1.0.conv1" in model.plan_summary(print_fn=None)
+    assert np.abs(model.predict(x) - reference).max() <= 1e-4 * np.abs(reference).max()
+    model.set_algorithm("layer1.0.conv1", "auto")
+    assert "conv2d[im2col] layer1.0.conv1" not in model.plan_summary(print_fn=None)
+    with pytest.raises(ValueError, match="winograd"):
+        model.set_algorithm("conv1", "winograd")  # a 7x7 stride-2 layer
+    with pytest.raises(ValueError, match="Conv2D"):
+        model.set_algorithm("maxpool", "im2col")
+
+
+def test_tune_writes_a_cache_that_plans_follow(monkeypatch, tmp_path):
+    cache = tmp_path / "tuning.json"
+    monkeypatch.setenv("FASTCONV_TUNE_CACHE", str(cache))
+    model = models.lenet5()
+    rows = model.tune(rounds=1, print_fn=None)
+    assert [r["layer"] for r in rows] == ["conv1", "conv2"] and cache.is_file()
+    entries = json.loads(cache.read_text())["entries"]
+    assert len(entries) == 2
+    for entry in entries.values():  # force a choice the heuristic would not make
+        entry["algorithm"] = "im2col"
+    cache.write_text(json.dumps({"entries": entries}))
+    assert model.plan_summary(print_fn=None).count("conv2d[im2col]") == 2
+    cache.write_text("not json")  # a damaged cache is ignored
+    assert "conv2d[im2col] conv2" not in model.plan_summary(print_fn=None)
+    cache.unlink()
+    assert "conv2d[im2col]" not in model.plan_summary(print_fn=None)
