@@ -40,7 +40,9 @@ def _apply_env_cap():
 def isa_cap(name):
     """Runs the enclosed block with the kernel table capped at ``name`` (scalar, avx2, avx512).
 
-    Not thread-safe: meant for tests and benchmarks that compare instruction sets in one process.
+    The kernel table is process-wide, like ``FASTCONV_ISA``: use this only while no other thread
+    runs fastconv (a call in flight may read the table more than once). It is meant for tests and
+    benchmarks that compare instruction sets in one process.
 
     >>> import fastconv
     >>> with fastconv.runtime.isa_cap("scalar") as isa:
@@ -117,6 +119,11 @@ _core.set_flush_denormals(
 def set_num_threads(n):
     """Sets the number of OpenMP threads every kernel call uses (n >= 1).
 
+    A process-wide setting, as in PyTorch: safe to call from any thread at any time; calls
+    already running finish with the count they started with. Results are bit-identical for any
+    count. In a process forked after fastconv ran multi-threaded, kernels stay single-threaded
+    (GNU OpenMP's threads do not survive fork; see docs/reliability.md) and this warns.
+
     >>> import fastconv
     >>> previous = fastconv.get_num_threads()
     >>> fastconv.set_num_threads(2)
@@ -126,11 +133,17 @@ def set_num_threads(n):
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"set_num_threads: expected an integer >= 1, received {n!r}")
+    if n > 1 and _core.forked_single_threaded():
+        warnings.warn("set_num_threads: this process was forked after fastconv ran OpenMP "
+                      "threads, which do not survive fork; kernels stay single-threaded (start "
+                      "workers with the 'spawn' or 'forkserver' method for threads)",
+                      RuntimeWarning, stacklevel=2)
     _core.set_num_threads(n)
 
 
 def get_num_threads():
-    """The thread count kernel calls use: set_num_threads, else OMP_NUM_THREADS, else all cores.
+    """The thread count kernel calls use: set_num_threads, else OMP_NUM_THREADS, else all cores
+    (1 in a process forked after fastconv ran multi-threaded).
 
     >>> import fastconv
     >>> fastconv.get_num_threads() >= 1

@@ -24,6 +24,11 @@ cdef extern from "fastconv.h" nogil:
     void fc_set_num_threads(int n)
     int fc_get_num_threads()
     int fc_openmp_enabled()
+    int fc_forked_single_threaded()
+    void fc_call_begin()
+    void fc_call_end()
+    int fc_calls_in_flight()
+    void fc_hold_calls(double seconds)
     const char* fc_build_compiler()
     const char* fc_build_flags()
 
@@ -162,6 +167,22 @@ def openmp_enabled():
     return bool(fc_openmp_enabled())
 
 
+def forked_single_threaded():
+    """Whether this process was forked after OpenMP teams started, and so runs single-threaded."""
+    return bool(fc_forked_single_threaded())
+
+
+def calls_in_flight():
+    """How many threads are inside an operator call (GIL released) right now: for tests."""
+    return fc_calls_in_flight()
+
+
+def hold_calls(double seconds):
+    """For tests: operator calls starting in the next ``seconds`` wait at their entry, GIL
+    released, until then or until ``hold_calls(0)``."""
+    fc_hold_calls(seconds)
+
+
 def build_info():
     return {"compiler": fc_build_compiler().decode(), "compile_args": fc_build_flags().decode()}
 
@@ -181,8 +202,10 @@ def gemm(cnp.ndarray a, cnp.ndarray b, object bias_row, object bias_col, bint ac
     cdef float* pc = mptr(c)
     cdef int rc
     with nogil:
+        fc_call_begin()
         rc = fc_gemm_f32(M, N, K, pa, a_rs, a_cs, pb, b_rs, b_cs, br, bc, accumulate, activation,
                          pc, N)
+        fc_call_end()
     check(rc)
 
 
@@ -203,7 +226,9 @@ def conv2d_nchw(cnp.ndarray x, cnp.ndarray w, object bias, cnp.ndarray y, tuple 
     cdef float* py = mptr(y)
     cdef int rc
     with nogil:
+        fc_call_begin()
         rc = fc_conv2d_nchw_f32(&p, algorithm, px, pw, pb, py)
+        fc_call_end()
     check(rc)
 
 
@@ -223,10 +248,12 @@ def pool2d(cnp.ndarray x, cnp.ndarray y, bint is_max, tuple kernel, tuple stride
     cdef float* py = mptr(y)
     cdef int rc
     with nogil:
+        fc_call_begin()
         if is_max:
             rc = fc_max_pool2d_f32(&p, px, py)
         else:
             rc = fc_avg_pool2d_f32(&p, px, py)
+        fc_call_end()
     check(rc)
 
 
@@ -236,7 +263,9 @@ def global_pool(cnp.ndarray x, cnp.ndarray y, bint is_max):
     cdef const float* px = cptr(x)
     cdef float* py = mptr(y)
     with nogil:
+        fc_call_begin()
         fc_global_pool_f32(planes, size, is_max, px, py)
+        fc_call_end()
 
 
 def activation(cnp.ndarray x, cnp.ndarray y, int act):
@@ -244,7 +273,9 @@ def activation(cnp.ndarray x, cnp.ndarray y, int act):
     cdef const float* px = cptr(x)
     cdef float* py = mptr(y)
     with nogil:
+        fc_call_begin()
         fc_activation_f32(n, act, px, py)
+        fc_call_end()
 
 
 def add(cnp.ndarray a, cnp.ndarray b, cnp.ndarray y, int act):
@@ -253,7 +284,9 @@ def add(cnp.ndarray a, cnp.ndarray b, cnp.ndarray y, int act):
     cdef const float* pb = cptr(b)
     cdef float* py = mptr(y)
     with nogil:
+        fc_call_begin()
         fc_add_f32(n, act, pa, pb, py)
+        fc_call_end()
 
 
 def softmax(cnp.ndarray x, cnp.ndarray y):
@@ -263,7 +296,9 @@ def softmax(cnp.ndarray x, cnp.ndarray y):
     cdef const float* px = cptr(x)
     cdef float* py = mptr(y)
     with nogil:
+        fc_call_begin()
         fc_softmax_f32(rows, n, px, py)
+        fc_call_end()
 
 
 def channel_affine(cnp.ndarray x, cnp.ndarray scale, cnp.ndarray shift, cnp.ndarray y,
@@ -274,7 +309,9 @@ def channel_affine(cnp.ndarray x, cnp.ndarray scale, cnp.ndarray shift, cnp.ndar
     cdef const float* pt = cptr(shift)
     cdef float* py = mptr(y)
     with nogil:
+        fc_call_begin()
         fc_channel_affine_f32(outer, channels, inner, px, ps, pt, py)
+        fc_call_end()
 
 
 def lrn(cnp.ndarray x, cnp.ndarray y, size_t outer, size_t channels, size_t inner, size_t size,
@@ -282,7 +319,9 @@ def lrn(cnp.ndarray x, cnp.ndarray y, size_t outer, size_t channels, size_t inne
     cdef const float* px = cptr(x)
     cdef float* py = mptr(y)
     with nogil:
+        fc_call_begin()
         fc_lrn_f32(outer, channels, inner, size, alpha, beta, k, px, py)
+        fc_call_end()
 
 
 # Prepacked operators (the model plan) -------------------------------------------------------
@@ -331,7 +370,9 @@ cdef class Conv2dPlan:
         cdef const float* pb = optional_ptr(self.bias)
         cdef int rc
         with nogil:
+            fc_call_begin()
             rc = fc_conv2d_nchw_f32_packed(&p, self.algorithm, self.tile, pw, pb, pr, px, py)
+            fc_call_end()
         check(rc)
 
 
@@ -360,5 +401,7 @@ cdef class DensePlan:
         cdef const float* pb = optional_ptr(self.bias)
         cdef int rc
         with nogil:
+            fc_call_begin()
             rc = fc_dense_f32_packed(m, self.n, self.k, self.tile, pw, pb, self.activation, px, py)
+            fc_call_end()
         check(rc)

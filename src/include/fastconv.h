@@ -43,6 +43,15 @@ const char* fc_vector_kernel_name(void);
 void fc_set_num_threads(int n);
 int fc_get_num_threads(void);
 int fc_openmp_enabled(void);
+/* 1 in a process forked after OpenMP teams started: it runs single-threaded (libgomp's pool
+ * does not survive fork). */
+int fc_forked_single_threaded(void);
+/* The bindings bracket every operator call with begin/end (GIL released); tests read the count
+ * and may hold calls at their entry for up to `seconds` (0 releases them). */
+void fc_call_begin(void);
+void fc_call_end(void);
+int fc_calls_in_flight(void);
+void fc_hold_calls(double seconds);
 const char* fc_build_compiler(void);
 const char* fc_build_flags(void);
 

@@ -1,6 +1,7 @@
 /* Instruction-set detection (CPUID + XGETBV, once) and the kernel table it selects.
  * The table is the only place that names per-ISA kernels; drivers read it through
  * fc_gemm_config_get() and fc_vector_config_get(). */
+#include <pthread.h>
 #include <stdint.h>
 
 #include "fastconv.h"
@@ -56,31 +57,36 @@ static const fc_vector_config vector_configs[] = {
 #endif
 };
 
-static int detected = -1;
+/* Detection runs once, whichever thread asks first. The cap is a process-wide setting, read
+ * atomically; it must not change while other threads run operator calls (a call may read the
+ * table more than once), see fastconv.runtime.isa_cap. */
+static int detected = FC_ISA_SCALAR;
 static int active = FC_ISA_SCALAR;
+static pthread_once_t detect_once = PTHREAD_ONCE_INIT;
 
-static void ensure_detected(void) {
-  if (detected < 0) {
-    detected = detect_isa();
-    active = detected;
-  }
+static void detect(void) {
+  detected = detect_isa();
+  __atomic_store_n(&active, detected, __ATOMIC_RELAXED);
+}
+
+static int active_isa(void) {
+  pthread_once(&detect_once, detect);
+  return __atomic_load_n(&active, __ATOMIC_RELAXED);
 }
 
 int fc_isa_detected(void) {
-  ensure_detected();
+  pthread_once(&detect_once, detect);
   return detected;
 }
 
-int fc_isa_active(void) {
-  ensure_detected();
-  return active;
-}
+int fc_isa_active(void) { return active_isa(); }
 
 int fc_set_isa_cap(int cap) {
-  ensure_detected();
+  const int best = fc_isa_detected();
   if (cap < FC_ISA_SCALAR) cap = FC_ISA_SCALAR;
-  active = cap < detected ? cap : detected;
-  return active;
+  const int isa = cap < best ? cap : best;
+  __atomic_store_n(&active, isa, __ATOMIC_RELAXED);
+  return isa;
 }
 
 const char* fc_isa_name(int isa) {
@@ -91,15 +97,9 @@ const char* fc_isa_name(int isa) {
   }
 }
 
-const fc_gemm_config* fc_gemm_config_get(void) {
-  ensure_detected();
-  return &gemm_configs[active];
-}
+const fc_gemm_config* fc_gemm_config_get(void) { return &gemm_configs[active_isa()]; }
 
-const fc_vector_config* fc_vector_config_get(void) {
-  ensure_detected();
-  return &vector_configs[active];
-}
+const fc_vector_config* fc_vector_config_get(void) { return &vector_configs[active_isa()]; }
 
 const char* fc_gemm_kernel_name(void) { return fc_gemm_config_get()->name; }
 const char* fc_vector_kernel_name(void) { return fc_vector_config_get()->name; }

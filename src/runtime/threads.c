@@ -1,4 +1,11 @@
-/* Thread count and build facts. OpenMP is optional: without it every driver runs on one thread. */
+/* Thread count, fork handling, calls in flight and build facts. OpenMP is optional: without it
+ * every driver runs on one thread.
+ *
+ * Settings here are process-wide and may change while other threads run operator calls, so they
+ * are read and written atomically; a call reads the thread count once per parallel region. */
+#include <pthread.h>
+#include <time.h>
+
 #include "fastconv.h"
 #include "fc_internal.h"
 
@@ -15,11 +22,37 @@
 
 static int num_threads = 0; /* 0: not set, use the OpenMP default (honours OMP_NUM_THREADS) */
 
-void fc_set_num_threads(int n) { num_threads = n > 0 ? n : 0; }
+/* GNU libgomp keeps its worker threads in a pool created by the first parallel region with more
+ * than one thread. fork() copies the pool's bookkeeping but not its threads, so a parallel region
+ * in the child waits forever for them. A child forked after a team started therefore runs every
+ * operator on its calling thread (a one-thread region never touches the pool). */
+static int teams_started = 0;
+static int forked_after_teams = 0;
+static pthread_once_t fork_handler_once = PTHREAD_ONCE_INIT;
+
+static void on_fork_child(void) {
+  if (__atomic_load_n(&teams_started, __ATOMIC_RELAXED))
+    __atomic_store_n(&forked_after_teams, 1, __ATOMIC_RELAXED);
+}
+
+static void register_fork_handler(void) { pthread_atfork(NULL, NULL, on_fork_child); }
+
+static void note_team_started(void) {
+  if (__atomic_load_n(&teams_started, __ATOMIC_RELAXED)) return;
+  /* Registered before the first team exists, so no fork can fall between the two. */
+  pthread_once(&fork_handler_once, register_fork_handler);
+  __atomic_store_n(&teams_started, 1, __ATOMIC_RELAXED);
+}
+
+int fc_forked_single_threaded(void) { return __atomic_load_n(&forked_after_teams, __ATOMIC_RELAXED); }
+
+void fc_set_num_threads(int n) { __atomic_store_n(&num_threads, n > 0 ? n : 0, __ATOMIC_RELAXED); }
 
 int fc_get_num_threads(void) {
 #ifdef _OPENMP
-  return num_threads > 0 ? num_threads : omp_get_max_threads();
+  if (fc_forked_single_threaded()) return 1;
+  const int n = __atomic_load_n(&num_threads, __ATOMIC_RELAXED);
+  return n > 0 ? n : omp_get_max_threads();
 #else
   return 1;
 #endif
@@ -28,7 +61,8 @@ int fc_get_num_threads(void) {
 int fc_threads_for(double flops) {
   /* Below about a million flops the fork/join of a parallel region costs more than it saves. */
   const int n = fc_get_num_threads();
-  if (flops < 1.0e6) return 1;
+  if (flops < 1.0e6 || n == 1) return 1;
+  note_team_started();
   return n;
 }
 
@@ -46,6 +80,36 @@ int fc_thread_count(void) {
 #else
   return 1;
 #endif
+}
+
+/* Calls in flight: how many threads are inside an operator call right now. The bindings count
+ * every call they make with the GIL released, which lets tests prove that several Python threads
+ * compute at once; a test may also hold calls at their entry until it has seen them there. */
+static int calls_in_flight = 0;
+static long long hold_until_ns = 0; /* CLOCK_MONOTONIC deadline of a hold; 0: no hold */
+
+static long long monotonic_ns(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return (long long)t.tv_sec * 1000000000LL + t.tv_nsec;
+}
+
+void fc_call_begin(void) {
+  __atomic_add_fetch(&calls_in_flight, 1, __ATOMIC_SEQ_CST);
+  long long until;
+  while ((until = __atomic_load_n(&hold_until_ns, __ATOMIC_ACQUIRE)) != 0 && monotonic_ns() < until) {
+    const struct timespec nap = {0, 100000};
+    nanosleep(&nap, NULL);
+  }
+}
+
+void fc_call_end(void) { __atomic_sub_fetch(&calls_in_flight, 1, __ATOMIC_SEQ_CST); }
+
+int fc_calls_in_flight(void) { return __atomic_load_n(&calls_in_flight, __ATOMIC_SEQ_CST); }
+
+void fc_hold_calls(double seconds) {
+  const long long until = seconds > 0 ? monotonic_ns() + (long long)(seconds * 1e9) : 0;
+  __atomic_store_n(&hold_until_ns, until, __ATOMIC_RELEASE);
 }
 
 int fc_openmp_enabled(void) {
