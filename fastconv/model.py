@@ -4,6 +4,7 @@ The graph is a list of nodes (the symbolic tensors) in topological order; each n
 computes it from its inbound nodes. ``Model._run`` is the one place that executes layers.
 """
 import numbers
+import threading
 from collections import Counter
 
 import numpy as np
@@ -127,6 +128,7 @@ class Model:
         self.info = {}
         self._plan = None
         self._algorithms = {}  # layer name -> convolution algorithm forced by set_algorithm
+        self._plan_lock = threading.Lock()  # one thread makes or replaces the plan at a time
 
     @staticmethod
     def _default_name():
@@ -243,16 +245,31 @@ class Model:
 
     def _run(self, arrays):
         """Runs checked float32 inputs through the model's plan (fused, prepacked steps; see
-        fastconv/plan.py), made on first use and again when weights or kernels changed."""
+        fastconv/plan.py), made on first use and again when weights or kernels changed.
+
+        Threads share the plan: running it only reads it (each run keeps its arrays in its own
+        dict), and making or replacing it is serialised by a lock."""
         if not plannable(self):
             return self._run_layers(arrays)
-        if self._plan is None or not self._plan.is_current():
-            self._plan = Plan(self)
+        plan = self._current_plan()
         try:
-            return self._plan.run(arrays)
+            return plan.run(arrays)
         except _core.StaleWeightsError:  # the kernel table changed since the weights were packed
-            self._plan = Plan(self)
-            return self._plan.run(arrays)
+            return self._current_plan(stale=plan).run(arrays)
+
+    def _current_plan(self, stale=None):
+        """The up-to-date plan, made if there is none, it is out of date or it is ``stale``.
+        Checked once without the lock (the common case) and again under it, so that threads
+        finding the same old plan make one new plan between them."""
+        plan = self._plan
+        if plan is not None and plan is not stale and plan.is_current():
+            return plan
+        with self._plan_lock:
+            plan = self._plan
+            if plan is None or plan is stale or not plan.is_current():
+                plan = Plan(self)
+                self._plan = plan  # published whole: readers see the old plan or the new one
+            return plan
 
     def plan_summary(self, print_fn=print):
         """Prints (unless ``print_fn`` is None) and returns the steps the model runs: which layers
@@ -260,9 +277,7 @@ class Model:
         if not plannable(self):
             text = "layer by layer (channels_last models are not planned)"
         else:
-            if self._plan is None or not self._plan.is_current():
-                self._plan = Plan(self)
-            text = self._plan.summary()
+            text = self._current_plan().summary()
         if print_fn is not None:
             print_fn(text)
         return text

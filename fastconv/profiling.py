@@ -42,8 +42,7 @@ def current_plan(model):
     if model.data_format != "channels_first":
         raise ValueError(f"{model.label}: only channels_first models have a plan to profile "
                          f"(this one is {model.data_format})")
-    model.plan_summary(print_fn=None)  # makes the plan, or remakes a stale one
-    return model._plan
+    return model._current_plan()  # made now, or remade if stale
 
 
 def _run_timed(plan, model, arrays):
