@@ -3,6 +3,9 @@ compiler has it) and the micro-kernels, compiled once per instruction set with t
 
 Environment:
   FASTCONV_NO_OPENMP=1   build without OpenMP (single-threaded kernels)
+  FASTCONV_SANITIZE=address,undefined
+                         build with those GCC/Clang sanitizers (compile and link flags of the
+                         extension and the kernels); for .ci/sanitize, never for a release
 """
 import os
 import platform
@@ -65,6 +68,16 @@ OPENMP_PROBE = textwrap.dedent(
 )
 
 
+def sanitizer_flags():
+    """Flags for the sanitizers named in FASTCONV_SANITIZE (e.g. "address,undefined"): debug
+    info and frame pointers for readable reports, and no recovery, so a report stops the run."""
+    names = [n.strip() for n in os.environ.get("FASTCONV_SANITIZE", "").split(",") if n.strip()]
+    if not names:
+        return []
+    return ["-fsanitize=" + ",".join(names), "-fno-sanitize-recover=all", "-fno-omit-frame-pointer",
+            "-g"]
+
+
 def openmp_works(compiler):
     """Compiles, links and runs a tiny OpenMP program with the build's own compiler."""
     tmp = tempfile.mkdtemp()
@@ -93,24 +106,25 @@ class BuildExt(build_ext):
             )
             print("WARNING: fastconv is built WITHOUT OpenMP (single-threaded)", file=sys.stderr)
         omp = [OPENMP_FLAG] if use_openmp else []
+        sanitize = sanitizer_flags()
         # Without OpenMP the pragmas, and the thread counts computed for them, go unused.
         quiet = [] if use_openmp else ["-Wno-unknown-pragmas", "-Wno-unused-variable"]
         isas = ISA_KERNELS if IS_X86_64 else {"scalar": ISA_KERNELS["scalar"]}
         compiler_name = " ".join(self.compiler.compiler_so[:1])
         for ext in self.extensions:
-            ext.extra_compile_args = BASE_FLAGS + omp + quiet
-            ext.extra_link_args = omp
-            flags = " ".join(BASE_FLAGS + omp)
+            ext.extra_compile_args = BASE_FLAGS + omp + sanitize + quiet
+            ext.extra_link_args = omp + sanitize
+            flags = " ".join(BASE_FLAGS + omp + sanitize)
             ext.define_macros += [
                 ("FC_BUILD_COMPILER", '"%s"' % compiler_name),
                 ("FC_BUILD_FLAGS", '"%s"' % flags),
             ]
             if IS_X86_64:
                 ext.define_macros.append(("FC_HAVE_X86_KERNELS", "1"))
-            ext.extra_objects = self.compile_kernels(isas)
+            ext.extra_objects = self.compile_kernels(isas, sanitize)
         super().build_extensions()
 
-    def compile_kernels(self, isas):
+    def compile_kernels(self, isas, sanitize):
         objects = []
         for isa, (flags, sources) in isas.items():
             objects += self.compiler.compile(
@@ -118,7 +132,7 @@ class BuildExt(build_ext):
                 output_dir=os.path.join(self.build_temp, "kernels", isa),
                 macros=[("FC_ISA", isa)],
                 include_dirs=INCLUDE,
-                extra_postargs=BASE_FLAGS + flags,
+                extra_postargs=BASE_FLAGS + flags + sanitize,
                 depends=["src/include/fc_kernels.h"],
             )
         return objects
