@@ -128,7 +128,7 @@ def load(path):
     check_against(model, tensors, path)
     assign(model, tensors)
     model.info = _json(metadata.get("info", "{}"), path, "info")
-    return model
+    return model.prepare()
 
 
 def _json(text, path, field):
