@@ -12,6 +12,7 @@ and string arrays are not); results are new float32 arrays.
 """
 import math
 import numbers
+import os
 
 import numpy as np
 
@@ -29,12 +30,48 @@ _ACTIVATIONS = {None: 0, "linear": 0, "relu": 1, "relu6": 2, "tanh": 3, "sigmoid
 _ALGORITHMS = {"direct": 0, "im2col": 1, "gemm": 2, "winograd": 3, "implicit": 4}
 _DATA_FORMATS = ("channels_first", "channels_last")
 _PADDING_MODES = ("valid", "same", "same_upper", "same_lower")
+# Window sizes, strides, dilations, paddings, groups and LRN sizes: the C index arithmetic
+# multiplies two of them in 64 bits, which stays exact below this bound.
+MAX_ARGUMENT = 2**31 - 1
+# Packed GEMM panels round the rows of A up to the kernel's tile height (4, 6 or 8 today).
+_PANEL_ROWS = 16
+
+
+def _physical_memory():
+    """Bytes of RAM of this machine, or None where the OS does not tell."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+PHYSICAL_MEMORY = _physical_memory()
 
 
 # Validation helpers ---------------------------------------------------------------------------
 
+def _gib(nbytes):
+    return f"{nbytes / 2**30:,.1f} GiB"
+
+
+def check_memory(op, what, *shapes):
+    """Refuses, before anything is allocated, new float32 arrays of ``shapes`` that together
+    exceed the machine's physical memory: the OS may grant such a request lazily and kill the
+    process when the pages are touched."""
+    nbytes = 4 * sum(math.prod(shape) for shape in shapes)
+    if PHYSICAL_MEMORY is not None and nbytes > PHYSICAL_MEMORY:
+        listed = " + ".join(str(shape) for shape in shapes if math.prod(shape))
+        raise ValueError(f"{op}: {what} would need {_gib(nbytes)} of float32 ({listed}), more "
+                         f"than this machine's {_gib(PHYSICAL_MEMORY)} of memory")
+
+
+def _copied(arr):
+    """The shape of the C-contiguous copy ``np.ascontiguousarray`` would make, (0,) if none."""
+    return (0,) if arr.flags.c_contiguous else arr.shape
+
+
 def _as_array(x, op, name):
-    """x as a float32 array; float32 views are kept as they are (strides included)."""
+    """x as a float32 array; aligned float32 views are kept as they are (strides included)."""
     try:
         arr = np.asarray(x)
     except Exception as err:  # ragged lists and the like
@@ -43,13 +80,18 @@ def _as_array(x, op, name):
         raise TypeError(
             f"{op}: `{name}` must hold real numbers (float or integer); received dtype {arr.dtype}"
         )
-    if arr.dtype != np.float32 or arr.strides and any(s % 4 for s in arr.strides):
-        arr = arr.astype(np.float32)
+    # The kernels read float pointers: a view into an odd byte offset is copied too.
+    if arr.dtype != np.float32 or not arr.flags.aligned or any(s % 4 for s in arr.strides):
+        check_memory(op, f"`{name}` as float32", arr.shape)
+        with np.errstate(over="ignore"):  # values beyond float32's range become +-inf
+            arr = arr.astype(np.float32)
     return arr
 
 
 def _as_contiguous(x, op, name):
-    return np.ascontiguousarray(_as_array(x, op, name))
+    arr = _as_array(x, op, name)
+    check_memory(op, f"a contiguous copy of `{name}`", _copied(arr))
+    return np.ascontiguousarray(arr)
 
 
 def _check_rank(arr, ranks, op, name, layout):
@@ -64,7 +106,26 @@ def _check_rank(arr, ranks, op, name, layout):
 def _int(value, op, name, minimum):
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
         raise ValueError(f"{op}: `{name}` must be an integer >= {minimum}; received {value!r}")
+    if value > MAX_ARGUMENT:
+        raise ValueError(f"{op}: `{name}` must be at most {MAX_ARGUMENT}; received {value!r}")
     return int(value)
+
+
+def _bool(value, op, name):
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{op}: `{name}` must be True or False; received {value!r}")
+    return bool(value)
+
+
+def _real(value, op, name, minimum=-math.inf):
+    """A finite real number >= minimum, as a Python float."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{op}: `{name}` must be a real number; received {value!r} of type "
+                        f"{type(value).__name__}")
+    if not math.isfinite(value) or value < minimum:
+        bound = "" if minimum == -math.inf else f" >= {minimum}"
+        raise ValueError(f"{op}: `{name}` must be a finite number{bound}; received {value!r}")
+    return float(value)
 
 
 def _pair(value, op, name, minimum=1):
@@ -79,7 +140,7 @@ def _pair(value, op, name, minimum=1):
 
 def _activation(activation, op):
     key = activation.lower() if isinstance(activation, str) else activation
-    if key not in _ACTIVATIONS:
+    if key is not None and not isinstance(key, str) or key not in _ACTIVATIONS:
         raise ValueError(
             f"{op}: `activation` must be one of None, 'linear', 'relu', 'relu6', 'tanh', "
             f"'sigmoid'; received {activation!r}"
@@ -88,7 +149,7 @@ def _activation(activation, op):
 
 
 def _channels_last(data_format, op):
-    if data_format not in _DATA_FORMATS:
+    if not isinstance(data_format, str) or data_format not in _DATA_FORMATS:
         raise ValueError(
             f"{op}: `data_format` must be 'channels_first' or 'channels_last'; received {data_format!r}"
         )
@@ -182,6 +243,8 @@ def _gemm(op, a, b, bias, activation):
     """act(a @ b + bias) for 2-D float32 views a (M, K), b (K, N)."""
     act = _activation(activation, op)
     (M, K), N = a.shape, b.shape[1]
+    check_memory(op, "the output and the packed copy of the left operand", (M, N),
+                 (-(-M // _PANEL_ROWS) * _PANEL_ROWS, K))
     bias_col, c, accumulate = None, None, False
     if bias is not None:
         bias = _as_array(bias, op, "bias")
@@ -249,8 +312,8 @@ def dense(x, weight, bias=None, activation=None):
         bias = _as_array(bias, "dense", "bias")
         if bias.shape != (w.shape[0],):
             raise ValueError(f"dense: `bias` must have shape ({w.shape[0]},); received shape {bias.shape}")
-    y = _gemm("dense", x.reshape(-1, x.shape[-1]), w.T, bias, activation)
-    return y.reshape(-1) if x.ndim == 1 else y
+    y = _gemm("dense", x if x.ndim == 2 else x[None], w.T, bias, activation)
+    return y[0] if x.ndim == 1 else y
 
 
 # Convolution ----------------------------------------------------------------------------------
@@ -274,7 +337,7 @@ def _conv_algorithm(algorithm, kernel, stride, pads, out_per_group, dilation=(1,
         if out_per_group < 8:
             return _ALGORITHMS["direct"]
         return _ALGORITHMS["im2col" if in_channels // groups * kernel[0] * kernel[1] < 32 else "implicit"]
-    if algorithm not in _ALGORITHMS:
+    if not isinstance(algorithm, str) or algorithm not in _ALGORITHMS:
         raise ValueError(
             "conv2d: `algorithm` must be 'auto', 'direct', 'im2col', 'implicit', 'gemm' or "
             "'winograd'; "
@@ -319,6 +382,9 @@ class _ConvGeometry:
         _check_output(op, self.out_hw, (h, wd))
         self.algorithm = _conv_algorithm(algorithm, (kh, kw), self.stride, self.pads, o // self.groups,
                                          self.dilation, self.groups, c, winograd, self.out_hw)
+        # The kernels' packed copy of the weights: each group's rows padded to a GEMM tile.
+        self.packed_shape = (self.groups * -(-(o // self.groups) // _PANEL_ROWS) * _PANEL_ROWS,
+                             i * kh * kw)
         self.bias = None
         if bias is not None:
             self.bias = np.ascontiguousarray(_as_array(bias, op, "bias"))
@@ -355,8 +421,11 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, acti
     if channels_last:
         x, w = x.transpose(0, 3, 1, 2), w.transpose(3, 2, 0, 1)
     g = _ConvGeometry(op, x.shape[1:], w.shape, bias, stride, padding, dilation, groups,
-                      activation, algorithm, weight.shape)
-    y = np.empty((x.shape[0], g.out_channels) + g.out_hw, np.float32)
+                      activation, algorithm, np.shape(weight))
+    out_shape = (x.shape[0], g.out_channels) + g.out_hw
+    check_memory(op, "the output and the working copies", out_shape,
+                 out_shape if channels_last else (0,), _copied(x), _copied(w), g.packed_shape)
+    y = np.empty(out_shape, np.float32)
     if y.size:
         _core.conv2d_nchw(np.ascontiguousarray(x), np.ascontiguousarray(w), g.bias, y, g.stride,
                           g.dilation, g.pad_begin, g.groups, g.activation, g.algorithm)
@@ -382,34 +451,40 @@ class PreparedConv2d:
     def __init__(self, weight, bias, input_shape, stride=1, padding=0, dilation=1, groups=1,
                  activation=None, algorithm="auto", winograd=False):
         op = "PreparedConv2d"
-        w = np.ascontiguousarray(_as_array(weight, op, "weight"))
+        w = _as_contiguous(weight, op, "weight")
         _check_rank(w, 4, op, "weight", "(O, C/groups, KH, KW)")
-        self.input_shape = tuple(_int(v, op, "input_shape", 1) for v in input_shape)
-        if len(self.input_shape) != 3:
+        if not isinstance(input_shape, (tuple, list)) or len(input_shape) != 3:
             raise ValueError(f"{op}: `input_shape` must be (C, H, W); received {input_shape!r}")
+        self.input_shape = tuple(_int(v, op, "input_shape", 1) for v in input_shape)
         g = _ConvGeometry(op, self.input_shape, w.shape, bias, stride, padding, dilation, groups,
                           activation, algorithm, w.shape, winograd)
+        check_memory(op, "the packed weights", g.packed_shape)
         self.output_shape = (g.out_channels,) + g.out_hw
         self.algorithm = {v: k for k, v in _ALGORITHMS.items()}[g.algorithm]
         self._conv = _core.Conv2dPlan(w, g.bias, self.input_shape, g.out_hw, g.stride, g.dilation,
                                       g.pad_begin, g.groups, g.activation, g.algorithm)
 
     def __call__(self, x, residual=None, out=None):
-        x = np.ascontiguousarray(_as_array(x, "PreparedConv2d", "x"))
+        op = "PreparedConv2d"
+        x = _as_contiguous(x, op, "x")
         if x.ndim != 4 or x.shape[1:] != self.input_shape:
             raise ValueError(f"PreparedConv2d: `x` must be (N,) + {self.input_shape}; received "
                              f"shape {x.shape}")
         shape = (x.shape[0],) + self.output_shape
         if residual is not None:
-            residual = np.ascontiguousarray(_as_array(residual, "PreparedConv2d", "residual"))
+            residual = _as_contiguous(residual, op, "residual")
             if residual.shape != shape:
                 raise ValueError(f"PreparedConv2d: `residual` must have the output's shape {shape}; "
                                  f"received {residual.shape}")
         if out is None:
+            check_memory(op, "the output", shape)
             out = np.empty(shape, np.float32)
-        elif out.shape != shape or out.dtype != np.float32 or not out.flags.c_contiguous:
-            raise ValueError(f"PreparedConv2d: `out` must be a C-contiguous float32 array of shape "
-                             f"{shape}; received {out.dtype} {out.shape}")
+        elif (not isinstance(out, np.ndarray) or out.shape != shape or out.dtype != np.float32
+              or not out.flags.c_contiguous or not out.flags.writeable):
+            received = (f"{out.dtype} array of shape {out.shape}" if isinstance(out, np.ndarray)
+                        else type(out).__name__)
+            raise ValueError(f"PreparedConv2d: `out` must be a writeable C-contiguous float32 "
+                             f"array of shape {shape}; received {received}")
         if out.size:
             self._conv.run(x, out, residual)
         return out
@@ -421,13 +496,14 @@ class _PoolGeometry:
     """A pooling's checked window arguments and output size for input planes of size (h, w)."""
 
     def __init__(self, op, hw, kernel_size, stride, padding, dilation, ceil_mode):
+        ceil_mode = _bool(ceil_mode, op, "ceil_mode")
         self.kernel = _pair(kernel_size, op, "kernel_size")
         self.stride = self.kernel if stride is None else _pair(stride, op, "stride")
         self.dilation = _pair(dilation, op, "dilation")
         pads = _resolve_padding(padding, op, hw, self.kernel, self.stride, self.dilation)
         _check_window_fits(op, hw, self.kernel, self.dilation, pads)
         self.out_hw = tuple(pool_output_size(hw[a], self.kernel[a], self.stride[a], pads[a],
-                                             self.dilation[a], bool(ceil_mode)) for a in (0, 1))
+                                             self.dilation[a], ceil_mode) for a in (0, 1))
         _check_output(op, self.out_hw, hw)
         self.pads = pads[0] + pads[1]  # (top, bottom, left, right), as the core takes them
 
@@ -438,8 +514,7 @@ class _PoolGeometry:
             y = np.empty((n, c) + self.out_hw, np.float32)
         if y.size:
             _core.pool2d(x.reshape(n * c, h, w), y.reshape((n * c,) + self.out_hw), is_max,
-                         self.kernel, self.stride, self.dilation, self.pads,
-                         bool(count_include_pad))
+                         self.kernel, self.stride, self.dilation, self.pads, count_include_pad)
         return y
 
 
@@ -450,7 +525,11 @@ def _pool(op, x, kernel_size, stride, padding, dilation, ceil_mode, count_includ
     _check_rank(x, 4, op, "x", _layout(channels_last))
     if channels_last:
         x = x.transpose(0, 3, 1, 2)
+    count_include_pad = _bool(count_include_pad, op, "count_include_pad")
     g = _PoolGeometry(op, x.shape[2:], kernel_size, stride, padding, dilation, ceil_mode)
+    out_shape = x.shape[:2] + g.out_hw
+    check_memory(op, "the output and the working copies", out_shape,
+                 out_shape if channels_last else (0,), _copied(x))
     y = g.run(np.ascontiguousarray(x), op == "max_pool2d", count_include_pad)
     return np.ascontiguousarray(y.transpose(0, 2, 3, 1)) if channels_last else y
 
@@ -469,19 +548,21 @@ class PreparedPool2d:
         op = "PreparedPool2d"
         if kind not in ("max", "avg"):
             raise ValueError(f"{op}: `kind` must be 'max' or 'avg'; received {kind!r}")
-        self.input_shape = tuple(_int(v, op, "input_shape", 1) for v in input_shape)
-        if len(self.input_shape) != 3:
+        if not isinstance(input_shape, (tuple, list)) or len(input_shape) != 3:
             raise ValueError(f"{op}: `input_shape` must be (C, H, W); received {input_shape!r}")
+        self.input_shape = tuple(_int(v, op, "input_shape", 1) for v in input_shape)
         self._geometry = _PoolGeometry(op, self.input_shape[1:], kernel_size, stride, padding,
                                        dilation, ceil_mode)
         self.output_shape = self.input_shape[:1] + self._geometry.out_hw
-        self._is_max, self._count_include_pad = kind == "max", bool(count_include_pad)
+        self._is_max = kind == "max"
+        self._count_include_pad = _bool(count_include_pad, op, "count_include_pad")
 
     def __call__(self, x):
-        x = np.ascontiguousarray(_as_array(x, "PreparedPool2d", "x"))
+        x = _as_contiguous(x, "PreparedPool2d", "x")
         if x.ndim != 4 or x.shape[1:] != self.input_shape:
             raise ValueError(f"PreparedPool2d: `x` must be (N,) + {self.input_shape}; received "
                              f"shape {x.shape}")
+        check_memory("PreparedPool2d", "the output", (x.shape[0],) + self.output_shape)
         return self._geometry.run(x, self._is_max, self._count_include_pad)
 
 
@@ -513,6 +594,7 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fal
 
 def _global_pool(op, x, is_max, data_format, keepdims):
     channels_last = _channels_last(data_format, op)
+    keepdims = _bool(keepdims, op, "keepdims")
     x = _as_array(x, op, "x")
     _check_rank(x, 4, op, "x", _layout(channels_last))
     if channels_last:
@@ -520,6 +602,7 @@ def _global_pool(op, x, is_max, data_format, keepdims):
     n, c, h, w = x.shape
     if h * w == 0 and n * c:
         raise ValueError(f"{op}: `x` must have a spatial size >= 1; received shape {x.shape}")
+    check_memory(op, "the output and the working copy", (n, c), _copied(x))
     y = np.empty((n, c), np.float32)
     if y.size:
         _core.global_pool(np.ascontiguousarray(x).reshape(n * c, h * w), y.reshape(-1), is_max)
@@ -552,6 +635,7 @@ def global_max_pool2d(x, data_format="channels_first", keepdims=True):
 
 def _unary(op, x, act):
     x = _as_contiguous(x, op, "x")
+    check_memory(op, "the output", x.shape)
     y = np.empty_like(x)
     if x.size:
         _core.activation(x, y, act)
@@ -611,6 +695,7 @@ def softmax(x, axis=-1):
     if x.ndim == 0:
         raise ValueError("softmax: `x` must have at least one dimension; received a scalar")
     axis = _axis(axis, x.ndim, "softmax")
+    check_memory("softmax", "the output and the working copy", x.shape, x.shape)
     moved = np.ascontiguousarray(np.moveaxis(x, axis, -1))
     y = np.empty_like(moved)
     if y.size:
@@ -621,7 +706,9 @@ def softmax(x, axis=-1):
 def _channel_axis_first(x, channels_last, op):
     """x with channels on axis 1, C-contiguous."""
     _check_rank(x, (2, 3, 4), op, "x", _layout(channels_last, rank=3))
-    return np.ascontiguousarray(np.moveaxis(x, -1, 1) if channels_last else x)
+    x = np.moveaxis(x, -1, 1) if channels_last else x
+    check_memory(op, "the output and the working copy", x.shape, _copied(x))
+    return np.ascontiguousarray(x)
 
 
 def lrn(x, size, alpha=1e-4, beta=0.75, k=1.0, data_format="channels_first"):
@@ -634,11 +721,12 @@ def lrn(x, size, alpha=1e-4, beta=0.75, k=1.0, data_format="channels_first"):
     op = "lrn"
     channels_last = _channels_last(data_format, op)
     size = _int(size, op, "size", 1)
+    alpha, beta, k = (_real(v, op, name) for v, name in ((alpha, "alpha"), (beta, "beta"), (k, "k")))
     x = _channel_axis_first(_as_array(x, op, "x"), channels_last, op)
     y = np.empty_like(x)
     if y.size:
         n, c = x.shape[:2]
-        _core.lrn(x, y, n, c, x.size // (n * c), size, float(alpha), float(beta), float(k))
+        _core.lrn(x, y, n, c, x.size // (n * c), size, alpha, beta, k)
     return np.moveaxis(y, 1, -1) if channels_last else y
 
 
@@ -650,6 +738,7 @@ def batch_norm(x, mean, var, gamma=None, beta=None, eps=1e-5, data_format="chann
     """
     op = "batch_norm"
     channels_last = _channels_last(data_format, op)
+    eps = _real(eps, op, "eps", minimum=0.0)
     x = _channel_axis_first(_as_array(x, op, "x"), channels_last, op)
     c = x.shape[1]
     params = {}
@@ -659,7 +748,13 @@ def batch_norm(x, mean, var, gamma=None, beta=None, eps=1e-5, data_format="chann
         if v.shape != (c,):
             raise ValueError(f"{op}: `{name}` must have shape ({c},) (one per channel); received shape {v.shape}")
         params[name] = v
-    scale = params["gamma"] / np.sqrt(params["var"] + float(eps))
+    positive = params["var"] + eps > 0
+    if not positive.all():
+        channel = int(np.argmin(positive))
+        raise ValueError(f"{op}: `var` + `eps` must be > 0 for every channel (it is divided by "
+                         f"its square root); received {params['var'][channel]} + {eps} for "
+                         f"channel {channel}")
+    scale = params["gamma"] / np.sqrt(params["var"] + eps)
     shift = params["beta"] - params["mean"] * scale
     y = np.empty_like(x)
     if y.size:
@@ -681,8 +776,9 @@ def add(a, b, activation=None):
         shape = np.broadcast_shapes(a.shape, b.shape)
     except ValueError:
         raise ValueError(f"add: `a` {a.shape} and `b` {b.shape} do not broadcast to a common shape") from None
-    a = np.ascontiguousarray(np.broadcast_to(a, shape))
-    b = np.ascontiguousarray(np.broadcast_to(b, shape))
+    a, b = np.broadcast_to(a, shape), np.broadcast_to(b, shape)
+    check_memory(op, "the output and the broadcast copies", shape, _copied(a), _copied(b))
+    a, b = np.ascontiguousarray(a), np.ascontiguousarray(b)
     y = np.empty(shape, np.float32)
     if y.size:
         _core.add(a, b, y, act)
@@ -709,6 +805,9 @@ def concat(tensors, axis=None, data_format="channels_first"):
             raise ValueError(
                 f"concat: shapes must match except on axis {axis}; received {[t.shape for t in arrays]}"
             )
+    shape = list(arrays[0].shape)
+    shape[axis] = sum(a.shape[axis] for a in arrays)
+    check_memory(op, "the output", tuple(shape))
     return np.concatenate(arrays, axis=axis)
 
 
@@ -723,4 +822,5 @@ def flatten(x, axis=1):
         raise ValueError(f"flatten: `axis` must be an integer in [{-x.ndim}, {x.ndim}]; received {axis!r}")
     axis = int(axis) + x.ndim if axis < 0 else int(axis)
     outer = math.prod(x.shape[:axis])
+    check_memory("flatten", "a contiguous copy of `x`", _copied(x))
     return np.ascontiguousarray(x).reshape(outer, math.prod(x.shape[axis:]))
