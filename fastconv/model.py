@@ -89,6 +89,7 @@ def _swap_layout(array, to_channels_first):
     array = np.asarray(array)
     if array.ndim != 4:
         return array
+    F.check_memory("predict", "the transposed input", array.shape)
     return np.ascontiguousarray(array.transpose((0, 3, 1, 2) if to_channels_first else (0, 2, 3, 1)))
 
 
@@ -401,6 +402,7 @@ class Model:
             expected = "(batch, " + ", ".join(map(str, tensor.sample_shape)) + ")"
             raise ValueError(f"{self.label}: input '{tensor.layer.name}' expects arrays shaped "
                              f"{expected} ({self.data_format}); received shape {array.shape}")
+        F.check_memory(self.label, f"input '{tensor.layer.name}' as float32", array.shape)
         return np.ascontiguousarray(array, dtype=np.float32)
 
     # Inspection --------------------------------------------------------------------------------

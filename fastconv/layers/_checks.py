@@ -5,30 +5,36 @@ name, so that a message says which layer and argument failed, what was expected 
 received. Checked values come back normalised (pairs as tuples, strings lower-case), so that
 ``get_config`` gives the same dict before and after a JSON round trip.
 """
+import math
 import numbers
+
+from ..functional import MAX_ARGUMENT
 
 ACTIVATIONS = (None, "linear", "relu", "relu6", "tanh", "sigmoid", "softmax", "lecun_tanh")
 DATA_FORMATS = ("channels_first", "channels_last")
 PADDING_MODES = ("valid", "same", "same_upper", "same_lower")
 
 
-def integer(owner, arg, value, minimum):
+def integer(owner, arg, value, minimum, maximum=None):
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{owner}: `{arg}` must be an integer >= {minimum}; received {value!r} "
                         f"of type {type(value).__name__}")
     if value < minimum:
         raise ValueError(f"{owner}: `{arg}` must be an integer >= {minimum}; received {value!r}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{owner}: `{arg}` must be at most {maximum}; received {value!r}")
     return int(value)
 
 
 def pair(owner, arg, value, minimum=1):
-    """An int or a (height, width) pair -> (height, width)."""
+    """An int or a (height, width) pair -> (height, width); window geometry, so at most
+    functional.MAX_ARGUMENT."""
     if isinstance(value, (tuple, list)):
         if len(value) != 2:
             raise ValueError(f"{owner}: `{arg}` must be an int or a pair (height, width); "
                              f"received {value!r}")
-        return tuple(integer(owner, arg, v, minimum) for v in value)
-    v = integer(owner, arg, value, minimum)
+        return tuple(integer(owner, arg, v, minimum, MAX_ARGUMENT) for v in value)
+    v = integer(owner, arg, value, minimum, MAX_ARGUMENT)
     return (v, v)
 
 
@@ -36,6 +42,8 @@ def number(owner, arg, value, minimum=None):
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{owner}: `{arg}` must be a real number; received {value!r} of type "
                         f"{type(value).__name__}")
+    if not math.isfinite(value):
+        raise ValueError(f"{owner}: `{arg}` must be a finite number; received {value!r}")
     if minimum is not None and value < minimum:
         raise ValueError(f"{owner}: `{arg}` must be >= {minimum}; received {value!r}")
     return float(value)
@@ -60,12 +68,12 @@ def padding(owner, value, allow_modes=True):
             isinstance(p, (tuple, list)) for p in value):
         if any(len(p) != 2 for p in value):
             raise ValueError(f"{owner}: `padding` must be {expected}; received {value!r}")
-        return tuple(tuple(integer(owner, "padding", v, 0) for v in p) for p in value)
+        return tuple(tuple(integer(owner, "padding", v, 0, MAX_ARGUMENT) for v in p) for p in value)
     if isinstance(value, (tuple, list)):
         return pair(owner, "padding", value, minimum=0)
     if isinstance(value, str):
         raise ValueError(f"{owner}: `padding` must be {expected}; received {value!r}")
-    return integer(owner, "padding", value, 0)
+    return integer(owner, "padding", value, 0, MAX_ARGUMENT)
 
 
 def activation(owner, value):

@@ -41,13 +41,15 @@ class SymbolicTensor:
         return f"<SymbolicTensor shape={self.shape} from {source} ({type(self.layer).__name__})>"
 
 
-def glorot_uniform(shape, fan_in, fan_out, rng):
+def glorot_uniform(owner, shape, fan_in, fan_out, rng):
     """U(-limit, limit), limit = sqrt(6 / (fan_in + fan_out)) (Glorot and Bengio, 2010)."""
+    F.check_memory(owner, "the weights", shape)
     limit = math.sqrt(6.0 / (fan_in + fan_out))
     return rng.uniform(-limit, limit, size=shape).astype(np.float32)
 
 
-def constant(shape, value):
+def constant(owner, shape, value):
+    F.check_memory(owner, "the weights", shape)
     return np.full(shape, value, np.float32)
 
 
@@ -229,6 +231,9 @@ class Layer:
 
     def _call_eager(self, items):
         arrays = [np.asarray(a) for a in items]
+        if any(a.dtype.kind not in "fiu" for a in arrays):
+            raise TypeError(f"{self.label}: expects arrays of real numbers (float or integer); "
+                            f"received dtypes {[str(a.dtype) for a in arrays]}")
         if any(a.ndim < 2 for a in arrays):
             raise ValueError(f"{self.label}: expects a batch (batch axis first, then at least one "
                              f"axis); received shapes {[a.shape for a in arrays]}")
@@ -280,8 +285,11 @@ def deserialize(entry):
     >>> layer.units
     10
     """
+    if not isinstance(entry, Mapping) or not isinstance(entry.get("config"), Mapping):
+        raise ValueError(f"a layer entry must be a dict with 'class_name' and a 'config' dict; "
+                         f"received {entry!r:.200}")
     class_name = entry.get("class_name")
-    cls = Layer._registry.get(class_name)
+    cls = Layer._registry.get(class_name) if isinstance(class_name, str) else None
     if cls is None:
         raise ValueError(f"unknown layer class {class_name!r}; known: {sorted(Layer._registry)}")
     return cls.from_config(dict(entry["config"]))

@@ -46,8 +46,8 @@ class PartialConv2D(Layer):
         kh, kw = self.kernel_size
         count = sum(len(maps) for maps in self.connections)
         fan_in = max(len(maps) for maps in self.connections) * kh * kw
-        yield "kernel", glorot_uniform((count, kh, kw), fan_in, kh * kw, rng)
-        yield "bias", constant((len(self.connections),), 0.0)
+        yield "kernel", glorot_uniform(self.label, (count, kh, kw), fan_in, kh * kw, rng)
+        yield "bias", constant(self.label, (len(self.connections),), 0.0)
 
     def dense_kernel(self, channels):
         """The equivalent OIHW kernel, zero where a map is not connected."""
@@ -98,8 +98,9 @@ class Subsampling2D(Layer):
 
     def _make_weights(self, input_shape, rng):
         channels, _ = spatial(self, input_shape)
-        yield "coefficient", constant((channels,), 1.0 / (self.pool_size[0] * self.pool_size[1]))
-        yield "bias", constant((channels,), 0.0)
+        area = self.pool_size[0] * self.pool_size[1]
+        yield "coefficient", constant(self.label, (channels,), 1.0 / area)
+        yield "bias", constant(self.label, (channels,), 0.0)
 
     def call(self, x):
         mean = F.avg_pool2d(x, self.pool_size, data_format=self.data_format)
@@ -141,7 +142,9 @@ class EuclideanRBF(Layer):
 
     def _make_weights(self, input_shape, rng):
         # The paper fixes the centers to stylised 7x12 bitmaps of the characters, in {-1, +1}.
-        yield "centers", rng.choice(np.array([-1.0, 1.0], np.float32), (self.units, input_shape[0]))
+        shape = (self.units, input_shape[0])
+        F.check_memory(self.label, "the weights", shape)
+        yield "centers", rng.choice(np.array([-1.0, 1.0], np.float32), shape)
 
     def count_macs(self, input_shape, output_shape):
         return input_shape[0] * self.units

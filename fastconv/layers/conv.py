@@ -89,9 +89,9 @@ class Conv2D(Layer):
         shape = ((self.filters, per_group, kh, kw) if self.data_format == "channels_first"
                  else (kh, kw, per_group, self.filters))
         fan_in, fan_out = per_group * kh * kw, self.filters // self.groups * kh * kw
-        yield "kernel", glorot_uniform(shape, fan_in, fan_out, rng)
+        yield "kernel", glorot_uniform(self.label, shape, fan_in, fan_out, rng)
         if self.use_bias:
-            yield "bias", constant((self.filters,), 0.0)
+            yield "bias", constant(self.label, (self.filters,), 0.0)
 
     def count_macs(self, input_shape, output_shape):
         channels, _ = spatial(self, input_shape)
@@ -135,12 +135,13 @@ class ZeroPadding2D(Layer):
         return image_shape(self, channels, [size + sum(p) for size, p in zip(hw, self._pads())])
 
     def call(self, x):
-        x = np.asarray(x, dtype=np.float32)
         spatial_axes = (2, 3) if self.data_format == "channels_first" else (1, 2)
         widths = [(0, 0)] * 4
         for axis, pad in zip(spatial_axes, self._pads()):
             widths[axis] = pad
-        return np.pad(x, widths)
+        padded = tuple(size + sum(pad) for size, pad in zip(np.shape(x), widths))
+        F.check_memory(self.label, "the output", padded)
+        return np.pad(np.asarray(x, dtype=np.float32), widths)
 
     def get_config(self):
         return {**super().get_config(), "padding": self.padding}

@@ -79,9 +79,9 @@ class Dense(Layer):
 
     def _make_weights(self, input_shape, rng):
         features = input_shape[0]
-        yield "kernel", glorot_uniform((self.units, features), features, self.units, rng)
+        yield "kernel", glorot_uniform(self.label, (self.units, features), features, self.units, rng)
         if self.use_bias:
-            yield "bias", constant((self.units,), 0.0)
+            yield "bias", constant(self.label, (self.units,), 0.0)
 
     def count_macs(self, input_shape, output_shape):
         return input_shape[0] * self.units
@@ -227,7 +227,10 @@ class Rescaling(Layer):
         self.offset = self._values("offset", offset)
 
     def _values(self, arg, value):
-        values = np.atleast_1d(np.asarray(value, dtype=np.float64))
+        try:
+            values = np.atleast_1d(np.asarray(value, dtype=np.float64))
+        except (TypeError, ValueError):  # strings, ragged lists, None
+            values = np.zeros((0, 0))
         if values.ndim != 1 or values.size == 0 or not np.all(np.isfinite(values)):
             raise ValueError(f"{self.label}: `{arg}` must be a finite number or a list of them, one "
                              f"per channel; received {value!r}")

@@ -42,7 +42,7 @@ class BatchNormalization(Layer):
         channels = input_shape[self._channel_index(len(input_shape))]
         for name, value in (("gamma", 1.0), ("beta", 0.0), ("moving_mean", 0.0),
                             ("moving_variance", 1.0)):
-            yield name, constant((channels,), value)
+            yield name, constant(self.label, (channels,), value)
 
     def call(self, x):
         w = self.weights
