@@ -54,15 +54,15 @@ def _gib(nbytes):
     return f"{nbytes / 2**30:,.1f} GiB"
 
 
-def check_memory(op, what, *shapes):
-    """Refuses, before anything is allocated, new float32 arrays of ``shapes`` that together
-    exceed the machine's physical memory: the OS may grant such a request lazily and kill the
-    process when the pages are touched."""
-    nbytes = 4 * sum(math.prod(shape) for shape in shapes)
+def check_memory(op, what, *shapes, itemsize=4):
+    """Refuses, before anything is allocated, new arrays of ``shapes`` (float32 unless
+    ``itemsize`` says otherwise) that together exceed the machine's physical memory: the OS may
+    grant such a request lazily and kill the process when the pages are touched."""
+    nbytes = itemsize * sum(math.prod(shape) for shape in shapes)
     if PHYSICAL_MEMORY is not None and nbytes > PHYSICAL_MEMORY:
         listed = " + ".join(str(shape) for shape in shapes if math.prod(shape))
-        raise ValueError(f"{op}: {what} would need {_gib(nbytes)} of float32 ({listed}), more "
-                         f"than this machine's {_gib(PHYSICAL_MEMORY)} of memory")
+        raise ValueError(f"{op}: {what} would need {_gib(nbytes)} ({listed}), more than this "
+                         f"machine's {_gib(PHYSICAL_MEMORY)} of memory")
 
 
 def _copied(arr):
@@ -91,7 +91,7 @@ def _as_array(x, op, name):
 def _as_contiguous(x, op, name):
     arr = _as_array(x, op, name)
     check_memory(op, f"a contiguous copy of `{name}`", _copied(arr))
-    return np.ascontiguousarray(arr)
+    return arr if arr.flags.c_contiguous else arr.copy(order="C")  # keeps 0-d arrays 0-d
 
 
 def _check_rank(arr, ranks, op, name, layout):
@@ -481,13 +481,19 @@ class PreparedConv2d:
             out = np.empty(shape, np.float32)
         elif (not isinstance(out, np.ndarray) or out.shape != shape or out.dtype != np.float32
               or not out.flags.c_contiguous or not out.flags.writeable):
-            received = (f"{out.dtype} array of shape {out.shape}" if isinstance(out, np.ndarray)
-                        else type(out).__name__)
             raise ValueError(f"PreparedConv2d: `out` must be a writeable C-contiguous float32 "
-                             f"array of shape {shape}; received {received}")
+                             f"array of shape {shape}; received {_describe_buffer(out)}")
         if out.size:
             self._conv.run(x, out, residual)
         return out
+
+
+def _describe_buffer(out):
+    if not isinstance(out, np.ndarray):
+        return type(out).__name__
+    layout = ("read-only " if not out.flags.writeable else "") + \
+        ("" if out.flags.c_contiguous else "non-contiguous ")
+    return f"a {layout}{out.dtype} array of shape {out.shape}"
 
 
 # Pooling --------------------------------------------------------------------------------------

@@ -211,9 +211,8 @@ class Model:
         if not self._swaps_layout(data_format):
             return self._predict(x, batch_size)
         into_model = self.data_format == "channels_first"
-        x = [_swap_layout(a, into_model) for a in x] if isinstance(x, (list, tuple)) \
-            else _swap_layout(x, into_model)
-        results = self._predict(x, batch_size)
+        results = self._predict([_swap_layout(a, into_model) for a in self._input_items(x)],
+                                batch_size)
         if not self._list_outputs:
             return _swap_layout(results, not into_model)
         return [_swap_layout(r, not into_model) for r in results]
@@ -377,17 +376,20 @@ class Model:
                              f"received {batch_size!r}")
         return int(batch_size)
 
-    def _input_arrays(self, x):
+    def _input_items(self, x):
+        """One value per input: a one-input model takes an array (or nested lists) or a list
+        holding one array."""
         one_array = isinstance(x, (list, tuple)) and len(x) == 1 and isinstance(x[0], np.ndarray)
         if len(self.inputs) == 1:
-            items = list(x) if one_array else [x]
-        elif isinstance(x, (list, tuple)) and len(x) == len(self.inputs):
-            items = list(x)
-        else:
-            raise ValueError(f"{self.label}: expects a list of {len(self.inputs)} arrays, one per "
-                             f"input {[t.layer.name for t in self.inputs]}; received "
-                             f"{type(x).__name__}")
-        arrays = [self._input_array(a, t) for a, t in zip(items, self.inputs)]
+            return list(x) if one_array else [x]
+        if isinstance(x, (list, tuple)) and len(x) == len(self.inputs):
+            return list(x)
+        raise ValueError(f"{self.label}: expects a list of {len(self.inputs)} arrays, one per "
+                         f"input {[t.layer.name for t in self.inputs]}; received "
+                         f"{type(x).__name__}")
+
+    def _input_arrays(self, x):
+        arrays = [self._input_array(a, t) for a, t in zip(self._input_items(x), self.inputs)]
         if len({a.shape[0] for a in arrays}) > 1:
             raise ValueError(f"{self.label}: all inputs must have the same batch size; received "
                              f"shapes {[a.shape for a in arrays]}")

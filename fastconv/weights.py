@@ -123,8 +123,10 @@ def load(path):
     try:
         cls = {"Model": Model, "Sequential": Sequential}[architecture["class_name"]]
         model = cls.from_config(architecture["config"])
-    except (KeyError, TypeError) as err:
+    except (KeyError, TypeError, IndexError, AttributeError) as err:
         raise ValueError(f"{os.fspath(path)!r}: the architecture is damaged: {err!r}") from None
+    except ValueError as err:  # a layer refused its config, or weights beyond the memory
+        raise ValueError(f"{os.fspath(path)!r}: the architecture is damaged: {err}") from None
     check_against(model, tensors, path)
     assign(model, tensors)
     model.info = _json(metadata.get("info", "{}"), path, "info")
@@ -132,7 +134,12 @@ def load(path):
 
 
 def _json(text, path, field):
+    """The JSON object (a dict) in the ``field`` metadata."""
     try:
-        return json.loads(text)
-    except ValueError as err:
+        value = json.loads(text)
+    except (ValueError, RecursionError) as err:
         raise ValueError(f"{os.fspath(path)!r}: the {field} metadata is not valid JSON: {err}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{os.fspath(path)!r}: the {field} metadata holds a "
+                         f"{type(value).__name__}, not a JSON object")
+    return value

@@ -29,6 +29,8 @@ from collections import namedtuple
 import numpy as np
 
 VARINT, FIXED64, LENGTH, FIXED32 = 0, 1, 2, 5
+# Nesting of text-format messages, as protobuf's own parsers limit it (the parser recurses).
+MAX_DEPTH = 100
 _WIRE_NAMES = {VARINT: "varint", FIXED64: "64-bit", LENGTH: "length-delimited", FIXED32: "32-bit"}
 _MAX_VARINT_BYTES = 10
 
@@ -244,6 +246,7 @@ class _TextParser:
 
     def __init__(self, text):
         self._tokens = _tokens(text)
+        self._depth = 0
         self._advance()
 
     def _advance(self):
@@ -285,8 +288,13 @@ class _TextParser:
 
     def _submessage(self):
         opening, line = self.text, self.line
+        if self._depth == MAX_DEPTH:
+            raise ProtobufError(f"line {line}: messages nested more than {MAX_DEPTH} deep", line=line)
         self._advance()
-        return self.message(_CLOSING[opening], line)
+        self._depth += 1
+        message = self.message(_CLOSING[opening], line)
+        self._depth -= 1
+        return message
 
     def _list(self):
         self._advance()

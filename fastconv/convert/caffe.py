@@ -244,8 +244,11 @@ def read_prototxt(path):
     [('data', 'Input'), ('conv1', 'Convolution')]
     """
     path = os.fspath(path)
-    with open(path, encoding="utf-8") as file:
-        text = file.read()
+    try:
+        with open(path, encoding="utf-8") as file:
+            text = file.read()
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not a prototxt (text in UTF-8): {err}") from None
     try:
         root = pb.parse_text(text)
     except pb.ProtobufError as err:
@@ -438,8 +441,11 @@ class _GraphBuilder:
         if unused:
             raise ValueError(f"{self.net.path}: input '{unused[0]}' is not read by any layer")
         outputs = list({id(tensors[v]): tensors[v] for v in unread}.values())
-        return Model(self.inputs[0] if len(self.inputs) == 1 else self.inputs,
-                     outputs[0] if len(outputs) == 1 else outputs, name=name)
+        try:
+            return Model(self.inputs[0] if len(self.inputs) == 1 else self.inputs,
+                         outputs[0] if len(outputs) == 1 else outputs, name=name)
+        except ValueError as err:  # e.g. weights larger than the machine's memory
+            raise ValueError(f"{self.net.path}: {err}") from None
 
     def _scale_folds(self, reads, writes, readers):
         """{Scale index: BatchNorm index} for every Scale that only scales a BatchNorm's output

@@ -20,11 +20,15 @@ model only the Dense kernels are transposed.
 """
 import io
 import json
+import mmap
 import os
 import re
 import zipfile
+import zlib
 
 import numpy as np
+
+from ..functional import check_memory
 
 SUPPORTED_CLASSES = ("Activation", "Add", "AveragePooling2D", "BatchNormalization", "Concatenate",
                      "Conv2D", "Dense", "Dropout", "Flatten", "GlobalAveragePooling2D",
@@ -35,6 +39,9 @@ _ACTIVATIONS = {"linear": None, "relu": "relu", "relu6": "relu6", "tanh": "tanh"
 _KERAS3_KINDS = {"conv2d": "Conv2D", "dense": "Dense", "batch_normalization": "BatchNormalization"}
 _BN_ROLES = ("gamma", "beta", "moving_mean", "moving_variance")
 KERAS_BN_EPSILON = 1e-3  # keras.layers.BatchNormalization's default
+# What h5py raises when the structure of a file is damaged: OSError, KeyError and RuntimeError
+# from the HDF5 library, TypeError and AttributeError where an object has an unexpected kind.
+_DAMAGED_HDF5 = (OSError, KeyError, RuntimeError, TypeError, AttributeError, IndexError)
 
 
 class KerasLayer:
@@ -88,13 +95,50 @@ def read_keras_file(path):
         raise FileNotFoundError(f"no Keras file at {path!r}")
     if zipfile.is_zipfile(path):
         return _read_keras_zip(path, h5py)
+    if os.path.getsize(path):
+        with open(path, "rb") as file, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            _check_global_heaps(data, path)
     try:
         handle = h5py.File(path, "r")
     except (OSError, ValueError) as err:
         raise ValueError(f"{path!r} is not a readable HDF5 file (truncated, damaged or another "
                          f"format): {err}") from None
     with handle:
-        return _read_h5(handle, path)
+        return _read_damaged_as_value_error(_read_h5, handle, path)
+
+
+def _check_global_heaps(data, path):
+    """Refuses a file with a global heap collection that HDF5 would read forever.
+
+    HDF5 keeps variable-length strings (a ``model_config`` among them) in global heap
+    collections: "GCOL", version 1, 3 reserved bytes, the collection's size (8 bytes), then
+    objects of a 16-byte header (index, references, reserved, size) and 8-byte aligned data;
+    object 0 is the free space and its size spans its header. HDF5's reader steps by each
+    object's size, so a free-space object of size 0 keeps it in place with the GIL held (found
+    by tests/test_fuzz_files.py). This walks every collection as HDF5 does, before h5py
+    touches the file."""
+    start = data.find(b"GCOL")
+    while start >= 0:
+        if start + 16 <= len(data) and data[start + 4] == 1:
+            end = min(start + int.from_bytes(data[start + 8:start + 16], "little"), len(data))
+            position = start + 16
+            while position + 16 <= end:
+                index = int.from_bytes(data[position:position + 2], "little")
+                size = int.from_bytes(data[position + 8:position + 16], "little")
+                step = size if index == 0 else 16 + -(-size // 8) * 8
+                if step == 0:
+                    raise ValueError(f"{path!r}: damaged HDF5 global heap at byte {position} (a "
+                                     f"free-space object of size 0, which HDF5 would read forever)")
+                position += step
+        start = data.find(b"GCOL", start + 4)
+
+
+def _read_damaged_as_value_error(read, handle, path, *args):
+    """``read(handle, path, *args)``, with h5py's errors about a damaged file as ValueError."""
+    try:
+        return read(handle, path, *args)
+    except _DAMAGED_HDF5 as err:
+        raise ValueError(f"{path!r}: damaged HDF5 structure ({type(err).__name__}: {err})") from None
 
 
 def _read_h5(handle, path, config=None):
@@ -110,18 +154,29 @@ def _read_keras_zip(path, h5py):
     """A Keras 3 ``.keras`` archive: JSON config plus a ``.weights.h5`` inside the zip."""
     try:
         with zipfile.ZipFile(path) as archive:
-            config = json.loads(archive.read("config.json"))
-            weights = archive.read("model.weights.h5")
-    except (KeyError, ValueError, zipfile.BadZipFile) as err:
+            config = _json(_archive_member(archive, "config.json", path), path, "config.json")
+            weights = _archive_member(archive, "model.weights.h5", path)
+    except (KeyError, OSError, EOFError, NotImplementedError, zipfile.BadZipFile, zlib.error) as err:
         raise ValueError(f"{path!r} is a zip but not a readable .keras archive (needs "
                          f"config.json and model.weights.h5): {err}") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{path!r}: config.json holds a {type(config).__name__}, not a model "
+                         f"config (a JSON object)")
+    _check_global_heaps(weights, path)
     try:
         handle = h5py.File(io.BytesIO(weights), "r")
     except (OSError, ValueError) as err:
         raise ValueError(f"{path!r}: model.weights.h5 inside the archive is not readable "
                          f"HDF5: {err}") from None
     with handle:
-        return _read_keras3(handle, path, config)
+        return _read_damaged_as_value_error(_read_keras3, handle, path, config)
+
+
+def _archive_member(archive, name, path):
+    """The bytes of one member; its declared size is checked before it is decompressed."""
+    check_memory(f"{path!r}: {name}", "the decompressed member",
+                 (archive.getinfo(name).file_size,), itemsize=1)
+    return archive.read(name)
 
 
 def _text(value):
@@ -142,11 +197,18 @@ def _string_list(attrs, key):
 
 
 def _read_array(group, key, path, layer_name):
+    where = f"{path!r}: layer {layer_name!r}: weight {key!r}"
     try:
-        return np.asarray(group[key][()])
+        dataset = group[key]
+        if not hasattr(dataset, "dtype") or dataset.dtype.kind not in "fiu":
+            raise ValueError(f"holds {getattr(dataset, 'dtype', type(dataset).__name__)}, not "
+                             f"real numbers")
+        check_memory(where, "its declared shape", dataset.shape, itemsize=dataset.dtype.itemsize)
+        return np.asarray(dataset[()])
     except (KeyError, OSError, ValueError) as err:
-        raise ValueError(f"{path!r}: layer {layer_name!r}: weight {key!r} cannot be read "
-                         f"(truncated or damaged file?): {err}") from None
+        if str(err).startswith(where):
+            raise
+        raise ValueError(f"{where} cannot be read (truncated or damaged file?): {err}") from None
 
 
 def _read_legacy(handle, path):
@@ -158,6 +220,9 @@ def _read_legacy(handle, path):
     config = None
     if "model_config" in handle.attrs:
         config = _json(handle.attrs["model_config"], path)
+        if not isinstance(config, dict):
+            raise ValueError(f"{path!r}: the model_config attribute holds a "
+                             f"{type(config).__name__}, not a model config (a JSON object)")
     layers = []
     for name in _string_list(root.attrs, "layer_names"):
         if name not in root:
@@ -177,11 +242,11 @@ def _role(weight_name):
     return role if role in ("kernel", "bias") + _BN_ROLES else None
 
 
-def _json(text, path):
+def _json(text, path, what="the model_config attribute"):
     try:
         return json.loads(_text(text))
-    except ValueError as err:
-        raise ValueError(f"{path!r}: the model_config attribute is not valid JSON: {err}") from None
+    except (ValueError, RecursionError) as err:
+        raise ValueError(f"{path!r}: {what} is not valid JSON: {err}") from None
 
 
 def _read_keras3(handle, path, config):
@@ -216,7 +281,7 @@ def _name_by_config_order(layers, records, config):
     layer of that class in the config."""
     by_kind = {}
     for entry in _config_layers(config):
-        by_kind.setdefault(_snake_case(entry["class_name"]), []).append(_layer_name(entry))
+        by_kind.setdefault(_snake_case(str(entry.get("class_name"))), []).append(_layer_name(entry))
     for kind_key, index, layer in records:
         names = by_kind.get(kind_key, [])
         if layer.name is None and index < len(names):
@@ -231,7 +296,7 @@ def _snake_case(name):
 def _with_kinds(keras_file):
     """Fills each layer's class from the config when the file has one."""
     if keras_file.config is not None:
-        classes = {_layer_name(e): e["class_name"] for e in _config_layers(keras_file.config)}
+        classes = {_layer_name(e): e.get("class_name") for e in _config_layers(keras_file.config)}
         for layer in keras_file.layers:
             layer.kind = classes.get(layer.name, layer.kind)
     return keras_file
@@ -240,13 +305,17 @@ def _with_kinds(keras_file):
 # Architecture from a Keras config ---------------------------------------------------------------
 
 def _config_layers(config):
-    inner = config.get("config", config)
-    layers = inner if isinstance(inner, list) else inner.get("layers", [])
-    return [entry for entry in layers if isinstance(entry, dict)]
+    """The layer entries (dicts) of a model config; the builders report malformed ones."""
+    inner = config.get("config", config) if isinstance(config, dict) else None
+    layers = inner.get("layers") if isinstance(inner, dict) else inner
+    return [entry for entry in layers if isinstance(entry, dict)] if isinstance(layers, list) else []
 
 
 def _layer_name(entry):
-    return entry.get("config", {}).get("name") or entry.get("name")
+    """The layer's name (a string), or None if the entry has none."""
+    config = entry.get("config")
+    name = (config.get("name") if isinstance(config, dict) else None) or entry.get("name")
+    return name if isinstance(name, str) else None
 
 
 def model_from_keras_config(config, data_format="channels_first", input_shape=None,
@@ -278,7 +347,10 @@ def model_from_keras_config(config, data_format="channels_first", input_shape=No
                          f"'Sequential', 'Model' and 'Functional' configs")
     inner = config.get("config")
     name = inner.get("name") if isinstance(inner, dict) else None
-    return Model(inputs, outputs, name=name or None)
+    try:
+        return Model(inputs, outputs, name=name or None)
+    except ValueError as err:  # e.g. weights larger than the machine's memory
+        raise ValueError(f"{source}: {err}") from None
 
 
 def _build_sequential(entries, config, data_format, input_shape, source):
@@ -649,8 +721,8 @@ def _converted(mine, other, keras_config):
 
 def _problems(pairs, keras_file):
     """Every mismatch of class, array count, shape or epsilon, as lines naming both layers."""
-    configs = {_layer_name(e): e.get("config", {}) for e in
-               (_config_layers(keras_file.config) if keras_file.config else [])}
+    configs = {_layer_name(e): e["config"] for e in _config_layers(keras_file.config)
+               if isinstance(e.get("config"), dict)}
     converted, problems = {}, []
     for mine, other, _ in pairs:
         keras_config = configs.get(other.name) if other.name in configs else None
@@ -662,8 +734,9 @@ def _problems(pairs, keras_file):
         problems += [f"{where}: weight '{name}' has shape {tuple(values[name].shape)} (after "
                      f"conversion), the model expects {tuple(mine.weights[name].shape)}"
                      for name in mine.weights if values[name].shape != mine.weights[name].shape]
-        if keras_config and "epsilon" in keras_config and \
-                not np.isclose(mine.epsilon, keras_config["epsilon"], rtol=1e-6, atol=0):
+        epsilon = keras_config.get("epsilon") if keras_config else None
+        if epsilon is not None and (not isinstance(epsilon, (int, float)) or
+                                    not np.isclose(mine.epsilon, epsilon, rtol=1e-6, atol=0)):
             problems.append(f"{where}: epsilon is {keras_config['epsilon']} in the file, "
                             f"{mine.epsilon} in the model")
         converted[id(mine)] = values
@@ -756,8 +829,12 @@ def _architecture(keras_file, model, arch, data_format, input_shape, options):
     if keras_file.config is None:
         raise ValueError(f"{keras_file.path!r} holds weights only (no model config): pass "
                          f"model= (a fastconv model with this architecture) or arch= (a zoo name)")
-    return model_from_keras_config(keras_file.config, data_format, input_shape,
-                                   source=repr(keras_file.path))
+    try:
+        return model_from_keras_config(keras_file.config, data_format, input_shape,
+                                       source=repr(keras_file.path))
+    except (KeyError, TypeError, AttributeError, IndexError) as err:  # a damaged config
+        raise ValueError(f"{keras_file.path!r}: the model config is malformed "
+                         f"({type(err).__name__}: {err})") from None
 
 
 def _preprocessing(preprocessing, model):

@@ -327,6 +327,8 @@ class _GraphImporter:
                 results = handler(node, attrs, inputs)
             else:
                 results = self._fold(node, attrs, inputs)
+        except KeyError as err:  # the handlers read required attributes as attrs[name]
+            raise self.fail(node, f"the required attribute {err.args[0]!r} is missing") from None
         except (ValueError, TypeError) as err:
             if str(err).startswith(self.where):
                 raise

@@ -237,6 +237,8 @@ class Rescaling(Layer):
         return [float(v) for v in values]
 
     def compute_output_shape(self, input_shape):
+        self._check_rank(input_shape, (1, 2, 3), "(C,), (C, L) or (C, H, W) (channels last: "
+                                                 "(C,), (L, C) or (H, W, C))")
         channels = input_shape[self._channel_index(len(input_shape))]
         for arg, values in (("scale", self.scale), ("offset", self.offset)):
             if len(values) not in (1, channels):
