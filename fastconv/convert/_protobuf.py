@@ -95,6 +95,15 @@ def fields(data, start=0, end=None):
         yield Field(number, wire_type, value, offset)
 
 
+def expect(field, wire_type, what):
+    """``field``'s value, after checking its wire type (one damaged key byte changes it)."""
+    if field.wire_type != wire_type:
+        raise ProtobufError(f"field {field.number} ({what}) at byte {field.offset}: expected a "
+                            f"{_WIRE_NAMES[wire_type]} value, found a "
+                            f"{_WIRE_NAMES.get(field.wire_type, '?')} one", offset=field.offset)
+    return field.value
+
+
 def string(data, span):
     """A length-delimited UTF-8 string."""
     try:

@@ -277,13 +277,14 @@ def _read_blob(data, span):
     shape, legacy = None, False
     if 7 in items:                                   # shape: BlobShape { repeated int64 dim = 1 }
         dims = []
-        for field in pb.fields(data, *items[7][-1].value):
+        for field in pb.fields(data, *pb.expect(items[7][-1], pb.LENGTH, "blob shape")):
             if field.number == 1:
                 dims += (pb.packed_varints(data, field.value) if field.wire_type == pb.LENGTH
-                         else [field.value])
+                         else [pb.expect(field, pb.VARINT, "blob dimension")])
         shape = tuple(pb.signed64(d) for d in dims)
     elif any(n in items for n in (1, 2, 3, 4)):       # legacy num, channels, height, width
-        shape = tuple(pb.signed64(items[n][-1].value) if n in items else 0 for n in (1, 2, 3, 4))
+        shape = tuple(pb.signed64(pb.expect(items[n][-1], pb.VARINT, "blob dimension"))
+                      if n in items else 0 for n in (1, 2, 3, 4))
         legacy = True
     values = pb.reals(data, items.get(5, []), "<f4")
     if not values.size and 8 in items:
@@ -303,9 +304,11 @@ def _read_stored_layer(data, span, v1):
     for field in pb.fields(data, *span):
         if field.number == name_field and field.wire_type == pb.LENGTH:
             name = pb.string(data, field.value)
+        elif field.number == type_field and v1:
+            code = pb.expect(field, pb.VARINT, "layer type")
+            type_ = _V1_TYPES.get(code, f"V1 type {code}")
         elif field.number == type_field:
-            type_ = (_V1_TYPES.get(field.value, f"V1 type {field.value}") if v1
-                     else pb.string(data, field.value))
+            type_ = pb.string(data, pb.expect(field, pb.LENGTH, "layer type"))
         elif field.number == blobs_field and field.wire_type == pb.LENGTH:
             blobs.append(field.value)
     blobs = [_read_blob(data, span) if name is not None else None for span in blobs]

@@ -90,6 +90,16 @@ def _check_is_model(proto, where):
     # a real model has an IR version, an opset and a graph with an input.
     if not proto.ir_version or not proto.opset_import or not proto.graph.input:
         raise ValueError(f"{where}: not an ONNX model (no IR version, opset or graph inputs)")
+    # ONNX is proto2, whose parser hands out a string field holding invalid UTF-8 as bytes.
+    graph = proto.graph
+    names = [o.domain for o in proto.opset_import] + [graph.name] + \
+        [v.name for v in list(graph.input) + list(graph.output) + list(graph.initializer)] + \
+        [name for node in graph.node for name in
+         [node.name, node.op_type, node.domain, *node.input, *node.output,
+          *(attribute.name for attribute in node.attribute)]]
+    damaged = next((name for name in names if not isinstance(name, str)), None)
+    if damaged is not None:
+        raise ValueError(f"{where}: a name or operator is not valid UTF-8: {damaged!r}")
 
 
 def from_onnx(path_or_model, name=None, verify=False):

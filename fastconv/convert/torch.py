@@ -6,7 +6,9 @@ both frameworks keep convolution kernels OIHW and linear weights (out, in), and 
 arrays are copied unchanged. Files are read with ``torch.load(..., weights_only=True)``: a file
 that would run code is refused by torch, never executed.
 """
+import io
 import os
+import zipfile
 from collections.abc import Mapping
 
 import numpy as np
@@ -39,15 +41,26 @@ def read_torch_state_dict(path):
         import torch
     except ImportError:
         raise ImportError("reading PyTorch files needs torch: pip install torch") from None
+    # The legacy format is read from memory: torch's unpickler reads each string with
+    # file.read(declared length), and a file object allocates that length before reading.
+    source = path if zipfile.is_zipfile(path) else io.BytesIO(_read_bytes(path))
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(source, map_location="cpu", weights_only=True)
     except Exception as err:
         raise ValueError(f"{path!r} cannot be read as a PyTorch state_dict with weights_only=True: "
                          f"{err}") from None
-    if not isinstance(state, Mapping):
+    if not isinstance(state, Mapping) or not all(isinstance(key, str) for key in state):
         raise ValueError(f"{path!r} holds a {type(state).__name__}, not a state_dict (a mapping "
                          f"of names to tensors)")
-    return {key: _to_numpy(key, value) for key, value in state.items()}
+    try:
+        return {key: _to_numpy(key, value) for key, value in state.items()}
+    except (TypeError, RuntimeError) as err:  # e.g. a function, or a dtype NumPy lacks
+        raise ValueError(f"{path!r}: {err}") from None
+
+
+def _read_bytes(path):
+    with open(path, "rb") as file:
+        return file.read()
 
 
 def _to_numpy(key, value):
