@@ -30,3 +30,26 @@ def pytest_report_header(config):
 @pytest.fixture
 def rng():
     return np.random.default_rng(SEED)
+
+
+# Fuzz tests (test_fuzz_*.py) count their cases by target and outcome in this session-wide
+# tally; the counts are printed at the end of the run (docs/reliability.md quotes them).
+_FUZZ_TALLY = pytest.StashKey[dict]()
+
+
+@pytest.fixture(scope="session")
+def fuzz_tally(pytestconfig):
+    """{target: Counter of outcomes}, e.g. tally["conv2d"]["rejected"] += 1."""
+    from collections import Counter, defaultdict
+
+    return pytestconfig.stash.setdefault(_FUZZ_TALLY, defaultdict(Counter))
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    tally = config.stash.get(_FUZZ_TALLY, None)
+    if not tally:
+        return
+    terminalreporter.write_sep("-", "fuzz cases (target: outcomes)")
+    for target, counts in sorted(tally.items()):
+        outcomes = ", ".join(f"{outcome} {n}" for outcome, n in sorted(counts.items()))
+        terminalreporter.write_line(f"{target}: {sum(counts.values())} ({outcomes})")
