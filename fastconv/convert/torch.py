@@ -8,7 +8,6 @@ that would run code is refused by torch, never executed.
 """
 import io
 import os
-import zipfile
 from collections.abc import Mapping
 
 import numpy as np
@@ -41,9 +40,12 @@ def read_torch_state_dict(path):
         import torch
     except ImportError:
         raise ImportError("reading PyTorch files needs torch: pip install torch") from None
-    # The legacy format is read from memory: torch's unpickler reads each string with
-    # file.read(declared length), and a file object allocates that length before reading.
-    source = path if zipfile.is_zipfile(path) else io.BytesIO(_read_bytes(path))
+    # Anything torch will not open as a zip archive (it looks at the first bytes, as here) goes
+    # to its legacy unpickler, which reads each string with file.read(declared length): a file
+    # object allocates that length before reading, a BytesIO only what is there.
+    with open(path, "rb") as file:
+        is_zip = file.read(4) == b"PK\x03\x04"
+    source = path if is_zip else io.BytesIO(_read_bytes(path))
     try:
         state = torch.load(source, map_location="cpu", weights_only=True)
     except Exception as err:
