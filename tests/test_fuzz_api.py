@@ -109,10 +109,6 @@ BAD_NAMES = ("gelu", 3, ["relu"], b"relu", "")
 BAD_REALS = (np.nan, np.inf, "a", None, 1j, [1.0])
 
 
-def pick(draw, values):
-    return draw(st.sampled_from(values))
-
-
 # The call and its checks ------------------------------------------------------------------------
 
 @dataclass
@@ -227,7 +223,7 @@ def conv_calls(draw):
         fault, bad = maybe_fault(draw, window_faults(["stride", "dilation", "groups"]) + COMMON_FAULTS + [
             ("`padding`", "padding", BAD_PADDINGS), ("`x`", "x", NOT_REAL_ARRAYS),
             ("`weight`", "weight", NOT_REAL_ARRAYS + (np.ones((o, cg, 3)),)),
-            ("`bias`", "bias", (np.ones(o + 1), np.ones((o, 1)), np.array(["a"] * o))),
+            ("`bias`", "bias", (np.ones(o + 1), np.ones((o, 1)), np.array(["a"] * max(o, 1)))),
             ("`activation`", "activation", BAD_NAMES), ("`algorithm`", "algorithm", BAD_NAMES),
             ("`x`", "x", (np.ones((n, c, h)), np.ones((1, n, c, h, w)))),
             ("channels", "x", (np.ones(nchw_or_nhwc((1, c + groups, h, w), channels_last)),))])
