@@ -783,4 +783,4 @@ def from_caffe(prototxt, caffemodel, preprocessing=None, name=None):
     info = _preprocessing(model, preprocessing, net.path)
     if info is not None:
         model.info["preprocessing"] = info
-    return model
+    return model.prepare()  # plan made now: the first predict costs a steady one

@@ -786,7 +786,7 @@ def from_keras(path, model=None, arch=None, *, data_format="channels_first", inp
         model.info["preprocessing"] = _preprocessing(preprocessing, model)
     if verify:
         model.info["verification"] = _verify(model, keras_file.path)
-    return model
+    return model.prepare()  # plan made now: the first predict costs a steady one
 
 
 def _verify(model, path):

@@ -129,7 +129,7 @@ def from_onnx(path_or_model, name=None, verify=False):
 
         model.info["verification"] = {"reference": f"onnxruntime {onnxruntime.__version__}",
                                       "max_abs_difference": float(verify_onnx(model, proto))}
-    return model
+    return model.prepare()  # plan made now: the first predict costs a steady one
 
 
 def _load(path_or_model, caller):

@@ -122,7 +122,7 @@ def from_torch(state_dict_or_path, arch=None, model=None, match="auto", verify=F
     model.info["source"] = f"torch:{source}" if source else "torch"
     if verify:
         model.info["verification"] = _verify(model, arch, state, options)
-    return model
+    return model.prepare()  # plan made now: the first predict costs a steady one
 
 
 def _load(model, state, match, print_fn):
