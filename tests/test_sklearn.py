@@ -126,7 +126,9 @@ def test_core_import_needs_no_extra():
     assert result.stdout.strip() == "[]"
 
 
-@pytest.mark.parametrize("module, hidden, extra", [("fastconv.sklearn", "sklearn", "sklearn")])
+@pytest.mark.parametrize("module, hidden, extra", [("fastconv.sklearn", "sklearn", "sklearn"),
+                                                   ("fastconv.dask", "dask", "dask"),
+                                                   ("fastconv.dask", "distributed", "dask")])
 def test_missing_extra_names_it(module, hidden, extra):
     result = python(f"import sys\nsys.modules[{hidden!r}] = None\nimport {module}")
     assert result.returncode != 0
