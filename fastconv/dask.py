@@ -54,7 +54,7 @@ def predict(model, data, batch_size=None, client=None, data_format=None, chunk_s
     >>> scores.argmax(axis=1).compute().shape
     (1000,)
     """
-    _check_model(model)
+    _check_arguments(model, batch_size, data_format, chunk_size)
     client = _client(client)
     if isinstance(data, da.Array):
         images = _chunked_images(model, data, data_format, chunk_size)
@@ -77,7 +77,7 @@ def predict(model, data, batch_size=None, client=None, data_format=None, chunk_s
 
 # Inputs ----------------------------------------------------------------------------------------
 
-def _check_model(model):
+def _check_arguments(model, batch_size, data_format, chunk_size):
     if not isinstance(model, Model):
         raise TypeError(f"fastconv.dask.predict: `model` must be a fastconv Model; received "
                         f"{type(model).__name__}")
@@ -85,6 +85,14 @@ def _check_model(model):
         raise ValueError(f"fastconv.dask.predict: {model.label} must have one input and one "
                          f"output; received {len(model.inputs)} inputs and {len(model.outputs)} "
                          f"outputs")
+    for name, value in (("batch_size", batch_size), ("chunk_size", chunk_size)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral)
+                                  or value < 1):
+            raise ValueError(f"fastconv.dask.predict: `{name}` must be None or an integer >= 1; "
+                             f"received {value!r}")
+    if data_format not in (None, "channels_first", "channels_last"):
+        raise ValueError(f"fastconv.dask.predict: `data_format` must be None, 'channels_first' "
+                         f"or 'channels_last'; received {data_format!r}")
 
 
 def _chunked_images(model, images, data_format, chunk_size):
@@ -96,7 +104,7 @@ def _chunked_images(model, images, data_format, chunk_size):
     if images.dtype.kind not in "fiu":
         raise TypeError(f"fastconv.dask.predict: images must hold real numbers; received dtype "
                         f"{images.dtype}")
-    batch_chunks = images.chunks[0] if chunk_size is None else _chunk_size(chunk_size)
+    batch_chunks = images.chunks[0] if chunk_size is None else int(chunk_size)
     return images.rechunk((batch_chunks,) + tuple(-1 for _ in expected))
 
 
@@ -113,27 +121,16 @@ def _chunked_paths(paths, chunk_size):
                         f"{type(bad[0]).__name__}")
     array = np.empty(len(paths), dtype=object)
     array[:] = [os.fspath(p) for p in paths]
-    size = DEFAULT_PATH_CHUNK if chunk_size is None else _chunk_size(chunk_size)
+    size = DEFAULT_PATH_CHUNK if chunk_size is None else int(chunk_size)
     return da.from_array(array, chunks=size, name=f"fastconv-paths-{uuid.uuid4().hex}")
-
-
-def _chunk_size(value):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"fastconv.dask.predict: `chunk_size` must be None or an integer >= 1; "
-                         f"received {value!r}")
-    return int(value)
 
 
 def _swapped(sample_shape, model, data_format):
     """A per-sample image shape (C, H, W) or (H, W, C) in ``data_format`` (None: the model's)."""
-    if len(sample_shape) != 3 or data_format in (None, model.data_format):
-        return tuple(sample_shape)
-    if data_format == "channels_last":
-        return tuple(sample_shape[1:]) + tuple(sample_shape[:1])
-    if data_format == "channels_first":
-        return tuple(sample_shape[2:]) + tuple(sample_shape[:2])
-    raise ValueError(f"fastconv.dask.predict: `data_format` must be None, 'channels_first' or "
-                     f"'channels_last'; received {data_format!r}")
+    shape = tuple(sample_shape)
+    if len(shape) != 3 or data_format in (None, model.data_format):
+        return shape
+    return shape[1:] + shape[:1] if data_format == "channels_last" else shape[2:] + shape[:2]
 
 
 def _output_sample_shape(model, data_format):

@@ -97,6 +97,8 @@ def test_local_scheduler_gives_predict_outputs_in_any_layout(rng):
      "`data_format` must be None, 'channels_first' or 'channels_last'"),
     ({"data": da.zeros((2, 1, 12, 12), dtype=bool)}, TypeError, "real numbers; received dtype bool"),
     ({"chunk_size": 0}, ValueError, "`chunk_size` must be None or an integer >= 1; received 0"),
+    ({"batch_size": 2.5}, ValueError, "`batch_size` must be None or an integer >= 1; received 2.5"),
+    ({"data": ["a.png"], "data_format": "NCHW"}, ValueError, "`data_format` must be None"),
     ({"data": []}, ValueError, "expected image file paths; received an empty list"),
     ({"data": ["a.png", 3]}, TypeError, "paths must be str or PathLike; received int"),
     ({"client": "tcp://scheduler:8786"}, TypeError, "`client` must be a distributed.Client"),
