@@ -3,6 +3,7 @@
 The graph is a list of nodes (the symbolic tensors) in topological order; each node's layer
 computes it from its inbound nodes. ``Model._run`` is the one place that executes layers.
 """
+import copy
 import numbers
 import threading
 from collections import Counter
@@ -424,6 +425,47 @@ class Model:
                 return node.layer
         raise ValueError(f"{self.label}: no layer named {name!r}; layers: "
                          f"{[n.layer.name for n in self._nodes]}")
+
+    def truncate(self, layer):
+        """A model from this model's inputs to the output of the layer named ``layer``, sharing
+        its layers and weights (the same as ``Model(model.input, model.get_layer(layer).output)``).
+        ``info`` is copied without the class labels, which no longer describe the output.
+
+        >>> import fastconv
+        >>> model = fastconv.models.lenet5()
+        >>> model.truncate("fc2").output.shape
+        (None, 84)
+        """
+        if not isinstance(layer, str):
+            raise TypeError(f"{self.label}: truncate expects a layer name (str); received "
+                            f"{type(layer).__name__}")
+        self.get_layer(layer)  # names the known layers when there is no such layer
+        # The node from this graph, not ``layer.output``: the layer may since have been called
+        # in another graph.
+        end = next(node for node in self._nodes if node.layer.name == layer)
+        reached = _topological_order([end])
+        cut = Model([t for t in self.inputs if t in reached], end, name=f"{self.name}.{layer}")
+        cut.info = {key: copy.deepcopy(value) for key, value in self.info.items()
+                    if key != "labels"}
+        return cut
+
+    def features(self, x, layer=None, batch_size=None, data_format=None):
+        """The output of the layer named ``layer`` (None: the model's output) for ``x``, as
+        ``predict`` gives it; the model cut at each layer asked for is kept, so repeated calls
+        pack its weights once.
+
+        >>> import numpy as np, fastconv
+        >>> model = fastconv.models.lenet5()
+        >>> model.features(np.zeros((3, 1, 32, 32), np.float32), layer="fc2").shape
+        (3, 84)
+        """
+        if layer is None:
+            return self.predict(x, batch_size, data_format)
+        cuts = self.__dict__.setdefault("_cuts", {})  # made on first use; never pickled
+        cut = cuts.get(layer) if isinstance(layer, str) else None
+        if cut is None:
+            cut = cuts[layer] = self.truncate(layer)
+        return cut.predict(x, batch_size, data_format)
 
     def count_params(self, include_non_trainable=False):
         """Trainable parameters (as papers and torchvision count them); see Layer.count_params."""

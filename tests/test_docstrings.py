@@ -10,7 +10,9 @@ import fastconv
 import fastconv.layers
 
 PUBLIC_MODULES = ["fastconv", "fastconv.functional", "fastconv.layers", "fastconv.models",
-                  "fastconv.convert", "fastconv.preprocess", "fastconv.runtime"]
+                  "fastconv.convert", "fastconv.preprocess", "fastconv.runtime",
+                  "fastconv.sklearn", "fastconv.dask"]
+EXTRA_MODULES = {"fastconv.sklearn", "fastconv.dask"}  # skipped when their extra is not installed
 DOCTEST_MODULES = (["fastconv.functional", "fastconv.layers", "fastconv.runtime", "fastconv.model"]
                    + [f"fastconv.layers.{info.name}"
                       for info in pkgutil.iter_modules(fastconv.layers.__path__)])
@@ -30,7 +32,10 @@ def public_objects(module):
 
 @pytest.mark.parametrize("module_name", PUBLIC_MODULES)
 def test_public_names_have_an_example(module_name):
-    module = importlib.import_module(module_name)
+    if module_name in EXTRA_MODULES:
+        module = pytest.importorskip(module_name)
+    else:
+        module = importlib.import_module(module_name)
     objects = public_objects(module)
     assert objects, f"{module_name}: no public functions or classes found"
     missing = [name for name, obj in objects if ">>>" not in (inspect.getdoc(obj) or "")]
