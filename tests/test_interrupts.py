@@ -38,9 +38,9 @@ def count_steps(plan):
     started = []
 
     def counted(run):
-        def run_counted(values):
+        def run_counted(*args):
             started.append(1)
-            return run(values)
+            return run(*args)
         return run_counted
 
     for step in plan.steps:
@@ -56,6 +56,7 @@ def test_ctrl_c_inside_a_kernel_stops_before_the_next_step(monkeypatch):
     started = count_steps(model._current_plan())
     chunks, at_signal = [], []
     run_chunk = model._run
+    predicted = threading.Event()
 
     def counted_chunk(arrays):
         chunks.append(len(arrays[0]))
@@ -64,9 +65,9 @@ def test_ctrl_c_inside_a_kernel_stops_before_the_next_step(monkeypatch):
         return run_chunk(arrays)
 
     def press_ctrl_c():
-        deadline = time.monotonic() + HOLD_SECONDS
-        while (len(chunks) < 3 or _core.calls_in_flight() == 0) and time.monotonic() < deadline:
-            time.sleep(0.001)
+        while len(chunks) < 3 or _core.calls_in_flight() == 0:
+            if predicted.wait(0.001):
+                return  # predict ended without reaching the held call: the asserts report it
         at_signal.append(len(started))
         signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
         _core.hold_calls(0)
@@ -78,8 +79,10 @@ def test_ctrl_c_inside_a_kernel_stops_before_the_next_step(monkeypatch):
         with pytest.raises(KeyboardInterrupt):
             model.predict(x, batch_size=2)
     finally:
+        predicted.set()
         _core.hold_calls(0)
         presser.join()
+    assert at_signal, "predict never reached the held call"
     assert len(chunks) == 3, "a chunk started after Ctrl-C"
     assert len(started) == at_signal[0], "a step started after Ctrl-C"
     assert _core.calls_in_flight() == 0
