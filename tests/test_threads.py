@@ -121,6 +121,19 @@ def test_batches_in_chunks_from_threads(count_plans):
         assert np.array_equal(y, model.predict(x))
 
 
+def test_each_threads_results_survive_its_later_calls():
+    """Each thread reuses its own buffers from call to call; the arrays a call returned must
+    not change when the same thread predicts again on other inputs."""
+    model, inputs = resnet18_and_inputs(batch=2)
+    sequences = [inputs[i:] + inputs[:i] for i in range(THREADS)]
+    results, seen = run_in_threads([lambda xs=xs: [model.predict(x) for x in xs]
+                                    for xs in sequences])
+    assert seen == THREADS
+    for xs, ys in zip(sequences, results):
+        for x, y in zip(xs, ys):
+            assert np.array_equal(y, model.predict(x))
+
+
 def test_changing_the_thread_count_while_threads_predict(restore_threads):
     """set_num_threads is process-wide and may be called at any time: results stay bit-identical
     (no operator splits a reduction across threads)."""
