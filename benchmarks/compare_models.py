@@ -8,6 +8,7 @@ backend and fastconv / best peer (< 1 is faster).
 
     python benchmarks/compare_models.py                      # all networks, batch 1 and 8, 1 and 2 threads
     python benchmarks/compare_models.py resnet50 --batch 1 --threads 2 --rounds 20 --json out.json
+    python benchmarks/compare_models.py --threads 1 --cpu-time     # on a busy machine
 
 Peers that are not installed are skipped (torch and torchvision are needed for the weights).
 """
@@ -15,6 +16,7 @@ import argparse
 import json
 import sys
 import tempfile
+import time
 
 import numpy as np
 
@@ -33,6 +35,9 @@ def main(argv=None):
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--gap-ms", type=float, default=5.0, help="idle time before each timed run")
     parser.add_argument("--json", help="write all results and the environment to this file")
+    parser.add_argument("--cpu-time", action="store_true",
+                        help="time CPU seconds of the calling thread (only with --threads 1): "
+                             "robust to other load on a shared machine")
     args = parser.parse_args(argv)
     modules = cli_bench.peer_modules()
     peers = cli_bench.parse_peers(None, modules)
@@ -41,6 +46,9 @@ def main(argv=None):
                  "fastconv alone)")
     batches = [int(b) for b in args.batch.split(",")]
     thread_counts = [int(t) for t in args.threads.split(",")]
+    if args.cpu_time and thread_counts != [1]:
+        sys.exit("--cpu-time needs --threads 1 (other threads' CPU time is not counted)")
+    clock = time.thread_time if args.cpu_time else time.perf_counter
     results = []
     print(f"{'network':<14}{'batch':>6}{'thr':>4}{'fastconv':>10}{'torch':>10}{'torch_cl':>10}"
           f"{'ort':>10}{'fc/best':>9}")
@@ -54,7 +62,7 @@ def main(argv=None):
                     except cli_bench.BenchError as err:
                         sys.exit(str(err))
                     cell = cli_bench.time_cell(backends, threads, args.rounds, args.warmup,
-                                               args.gap_ms / 1e3)
+                                               args.gap_ms / 1e3, clock=clock)
                     peer_ms = [v["median_ms"] for k, v in cell.items() if k != "fastconv"]
                     ratio = cell["fastconv"]["median_ms"] / min(peer_ms) if peer_ms else float("nan")
                     results.append({"network": name, "batch": batch, "threads": threads,

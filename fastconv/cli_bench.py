@@ -227,10 +227,13 @@ def validate(backends, threads):
                              f"(output scale {scale:.3g})")
 
 
-def time_cell(backends, threads, rounds, warmup=2, gap=0.005, on_round=None):
+def time_cell(backends, threads, rounds, warmup=2, gap=0.005, on_round=None,
+              clock=time.perf_counter):
     """Interleaved timing of every backend: ``warmup`` untimed rounds, then ``rounds`` timed
     ones in rotating order with ``gap`` seconds idle before each run. ``on_round()`` is called
-    after each timed round. Returns {backend: {"median_ms", "p90_ms", "times_ms"}}."""
+    after each timed round. ``clock`` may be ``time.thread_time`` on one thread: the CPU time
+    of the calling thread, which other processes on a busy machine barely change. Returns
+    {backend: {"median_ms", "p90_ms", "times_ms"}}."""
     names = list(backends.runners)
     for _ in range(warmup):
         for name in names:
@@ -240,9 +243,9 @@ def time_cell(backends, threads, rounds, warmup=2, gap=0.005, on_round=None):
         shift = r % len(names)
         for name in names[shift:] + names[:shift]:
             time.sleep(gap)
-            start = time.perf_counter()
+            start = clock()
             backends.runners[name](threads)
-            times[name].append((time.perf_counter() - start) * 1e3)
+            times[name].append((clock() - start) * 1e3)
         if on_round is not None:
             on_round()
     return {name: {"median_ms": float(np.median(t)), "p90_ms": float(np.percentile(t, 90)),
