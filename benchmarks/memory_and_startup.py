@@ -21,6 +21,8 @@ import tempfile
 CHILD = r'''
 import json, sys, time
 
+import numpy as np
+
 def peak_mb():
     # VmHWM: the high-water mark of this process image (ru_maxrss would include the parent's,
     # as Linux keeps it across exec).
