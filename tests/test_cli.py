@@ -6,6 +6,7 @@ the paths taken without them.
 """
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -67,7 +68,7 @@ def test_console_script_is_installed():
 
 def test_info_shows_config_and_optional_packages():
     out = run("info").stdout
-    assert f"version      : {fastconv.__version__}" in out
+    assert re.search(rf"^version +: {re.escape(fastconv.__version__)}$", out, re.MULTILINE)
     assert "isa " in out and "num_threads" in out and "kernels" in out
     lines = {line.split()[0]: line for line in out.splitlines() if line.startswith("  ")}
     assert set(cli.OPTIONAL_PACKAGES) <= set(lines)

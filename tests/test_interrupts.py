@@ -27,6 +27,16 @@ HOLD_SECONDS = 60.0
 pytestmark = pytest.mark.skipif(not hasattr(signal, "pthread_kill"), reason="POSIX signals")
 
 
+@pytest.fixture(autouse=True)
+def ctrl_c_raises():
+    """Python only turns SIGINT into KeyboardInterrupt when it was not ignored at start-up, and a
+    shell ignores it in the commands it starts in the background (a CI runner may): install the
+    default handler for these tests."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 def resnet_and_batch():
     model = models.resnet18(input_shape=(3, 64, 64))
     x = np.random.default_rng(5).standard_normal((8, 3, 64, 64)).astype(np.float32)
@@ -114,11 +124,13 @@ def test_ctrl_c_while_a_plan_is_made_leaves_no_half_made_plan(monkeypatch):
 
 
 CHILD = """
+import signal
 import time
 import numpy as np
 import fastconv
 from fastconv import models
 
+signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with SIGINT ignored
 model = models.vgg16()
 x = np.random.default_rng(0).standard_normal((CHUNKS, 3, 224, 224)).astype(np.float32)
 expected = model.predict(x[:1])
