@@ -133,7 +133,7 @@ class BuildExt(build_ext):
                 macros=[("FC_ISA", isa)],
                 include_dirs=INCLUDE,
                 extra_postargs=BASE_FLAGS + flags + sanitize,
-                depends=["src/include/fc_kernels.h"],
+                depends=["src/include/fc_kernels.h", "src/include/fc_portable_simd.h"],
             )
         return objects
 

@@ -3,13 +3,7 @@
  * each copy for its instruction set. FC_ISA names the copy: the symbols end in __FC_ISA.
  * Contracts: src/include/fc_kernels.h. */
 #include "fc_kernels.h"
-
-#ifndef FC_ISA
-#error "compile with -DFC_ISA=scalar|avx2|avx512f"
-#endif
-#define FC_PASTE2(a, b) a##__##b
-#define FC_PASTE(a, b) FC_PASTE2(a, b)
-#define FC_NAME(base) FC_PASTE(base, FC_ISA)
+#include "fc_portable_simd.h"
 
 static inline float clamp(float v, float lo, float hi) {
   /* Comparisons with NaN are false, so NaN passes through unchanged. */

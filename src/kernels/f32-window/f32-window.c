@@ -6,38 +6,12 @@
  * extensions so each copy uses its own register width. Contract (src/include/fc_kernels.h):
  * the kernels work in whole vectors, so they may read x[i + offsets[t]] and write y[i] for i up
  * to n rounded up to FC_WINDOW_SLACK. */
-#include <stdint.h>
-
 #include "fc_kernels.h"
+#include "fc_portable_simd.h"
 
-#ifndef FC_ISA
-#error "compile with -DFC_ISA=scalar|avx2|avx512f"
-#endif
-#define FC_PASTE2(a, b) a##__##b
-#define FC_PASTE(a, b) FC_PASTE2(a, b)
-#define FC_NAME(base) FC_PASTE(base, FC_ISA)
-
-#if defined(__AVX512F__)
-#define VLEN 16
-#elif defined(__AVX__)
-#define VLEN 8
-#else
-#define VLEN 4
-#endif
 #if FC_WINDOW_SLACK % VLEN
 #error "FC_WINDOW_SLACK must be a multiple of the vector length"
 #endif
-
-typedef float vf __attribute__((vector_size(VLEN * sizeof(float))));
-typedef int32_t vi __attribute__((vector_size(VLEN * sizeof(float))));
-
-static inline vf load(const float* p) {
-  vf v;
-  __builtin_memcpy(&v, p, sizeof v);
-  return v;
-}
-
-static inline void store(float* p, vf v) { __builtin_memcpy(p, &v, sizeof v); }
 
 /* max(acc, v) where NaN wins, as in numpy.maximum. */
 static inline vf max_nan(vf acc, vf v) {

@@ -8,34 +8,8 @@
  * One portable C source compiled once per ISA (-DFC_ISA) with GCC/Clang vector extensions.
  * Both kernels work in whole vectors: they may read and write up to FC_WINDOW_SLACK floats
  * past element n - 1 of every run. */
-#include <stdint.h>
-
 #include "fc_kernels.h"
-
-#ifndef FC_ISA
-#error "compile with -DFC_ISA=scalar|avx2|avx512f"
-#endif
-#define FC_PASTE2(a, b) a##__##b
-#define FC_PASTE(a, b) FC_PASTE2(a, b)
-#define FC_NAME(base) FC_PASTE(base, FC_ISA)
-
-#if defined(__AVX512F__)
-#define VLEN 16
-#elif defined(__AVX__)
-#define VLEN 8
-#else
-#define VLEN 4
-#endif
-
-typedef float vf __attribute__((vector_size(VLEN * sizeof(float))));
-
-static inline vf load(const float* p) {
-  vf v;
-  __builtin_memcpy(&v, p, sizeof v);
-  return v;
-}
-
-static inline void store(float* p, vf v) { __builtin_memcpy(p, &v, sizeof v); }
+#include "fc_portable_simd.h"
 
 /* V = B^T d B, B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1]: V_xi of tile l goes to
  * v[xi * xi_stride + l]. phases[q] points at phase q's first input of the run. */
