@@ -21,8 +21,8 @@ try:
     import distributed
     from distributed.comm import get_address_host
 except ImportError as err:
-    raise ImportError('fastconv.dask needs Dask and dask.distributed: pip install "fastconv[dask]"') \
-        from err
+    raise ImportError("fastconv.dask needs Dask and dask.distributed: "
+                      'pip install "fastconv[dask]"') from err
 
 from . import runtime
 from .model import Model

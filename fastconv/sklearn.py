@@ -62,7 +62,8 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
 
         >>> import numpy as np, fastconv
         >>> from fastconv.sklearn import FeatureExtractor
-        >>> FeatureExtractor(fastconv.models.lenet5(), "fc1").fit(np.zeros((2, 1024))).n_features_in_
+        >>> extractor = FeatureExtractor(fastconv.models.lenet5(), "fc1")
+        >>> extractor.fit(np.zeros((2, 1024))).n_features_in_
         1024
         """
         images = self._images(X)

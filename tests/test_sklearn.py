@@ -37,7 +37,7 @@ LENET = DATA / "caffe_lenet"
 LENET_SCALE = 0.00390625  # the Caffe MNIST example's transform_param scale (1/256)
 
 needs_sklearn = pytest.mark.skipif(FeatureExtractor is None,
-                                   reason='scikit-learn is not installed (pip install "fastconv[sklearn]")')
+                                   reason="scikit-learn is not installed (the sklearn extra)")
 needs_lenet = pytest.mark.skipif(not (LENET / "lenet_iter_10000.caffemodel").exists(),
                                  reason="../shared/data/caffe_lenet is absent")
 
