@@ -9,7 +9,10 @@ what runs:
   activation after it;
 - a Dense absorbs the activation that follows it;
 - convolution and dense weights are packed once into the layout their kernels read;
-- Dropout is free (the identity), every other layer runs as it is.
+- Dropout is free (the identity), every other layer runs as it is;
+- runs of consecutive steps with a native op (convolution, dense, pooling, global average
+  pooling, channel concatenation, and Flatten/Dropout as aliases) execute as one Segment: a
+  ``_core.Program`` call instead of a Python call per step.
 
 A fused step runs at the position of the last layer it absorbed, so its inputs (including a
 residual computed on another branch) are always ready. Convolutions, dense layers, poolings and
@@ -30,8 +33,9 @@ import numpy as np
 
 from . import _core, runtime, tuning
 from . import functional as F
-from .layers import (Activation, Add, AvgPool2D, BatchNormalization, Concatenate, Conv2D, Dense,
-                     Dropout, InputLayer, MaxPool2D)
+from .layers import (Activation, AdaptiveAvgPool2D, Add, AvgPool2D, BatchNormalization,
+                     Concatenate, Conv2D, Dense, Dropout, Flatten, GlobalAveragePooling2D,
+                     InputLayer, MaxPool2D)
 
 _FUSABLE = ("relu", "relu6", "tanh", "sigmoid")
 _ARENAS_KEPT = 2  # batch sizes whose arenas a thread keeps (the last chunk of a batched predict)
@@ -57,6 +61,9 @@ class Step:
         self.residual = None  # node id added in this step's store, if any
         self.in_place = False  # whether the store may overwrite the residual's array
         self.slot = None  # the arena buffer the step writes, if any
+        # What the step is as an op of a _core.Program (node ids where registers go), or None
+        # for steps only Python runs.
+        self.native = None
 
 
 class Plan:
@@ -75,6 +82,7 @@ class Plan:
         _schedule_releases(self.steps, self._outputs)
         self._mark_in_place()
         self._slot_sizes, self._copied_outputs = _assign_slots(self.steps, self._outputs)
+        self.units = self._segments()
         self._local = threading.local()  # each thread's arenas: no locking on the hot path
 
     def _mark_in_place(self):
@@ -116,16 +124,38 @@ class Plan:
         return views
 
     def run(self, arrays):
+        """Runs the plan: each native segment in one call of its program, the other steps one
+        by one."""
         values = dict(zip((self._position[t] for t in self._model.inputs), arrays))
-        outs = self.arena(arrays[0].shape[0])
-        for step, out in zip(self.steps, outs):
-            values[step.output] = step.run(values, out)
+        batch = arrays[0].shape[0]
+        outs = self.arena(batch)
+        for unit in self.units:
+            if isinstance(unit, Segment):
+                unit.run(values, outs, batch)
+                continue
+            step = self.steps[unit]
+            values[step.output] = step.run(values, outs[unit])
             for i in step.release:
                 del values[i]
         # An output that may be a view of an arena buffer (a Flatten after a pooling) is copied:
         # the caller keeps it while the next run reuses the buffer.
         return [values[i].copy() if i in self._copied_outputs else values[i]
                 for i in (self._position[t] for t in self._model.outputs)]
+
+    def _segments(self):
+        """The plan's units in order: a Segment for each run of steps that have a native op, the
+        index of each other step."""
+        units, run = [], []
+        for index, step in enumerate(self.steps + [None]):
+            if step is not None and step.native is not None:
+                run.append(index)
+                continue
+            if run:
+                units.append(Segment(self, run))
+                run = []
+            if step is not None:
+                units.append(index)
+        return units
 
     def summary(self):
         """One line per step: what it computes and which layers it absorbed."""
@@ -229,6 +259,7 @@ class Plan:
         step = Step([x_id] + ([r_id] if r_id is not None else []), out_id, run, describe,
                     fresh=True, shape=out_shape)
         step.residual = r_id
+        step.native = ("conv", plan, x_id, r_id, out_id)
         return step
 
     def _algorithm(self, layer, input_shape, kernel_shape):
@@ -257,23 +288,32 @@ class Plan:
             return out
 
         names = " + ".join(n.layer.name for n in chain["nodes"])
-        return Step([x_id], out_id, run, f"dense {names}", fresh=True, shape=(layer.units,))
+        step = Step([x_id], out_id, run, f"dense {names}", fresh=True, shape=(layer.units,))
+        step.native = ("dense", dense, x_id, out_id)
+        return step
 
     def _layer_step(self, node):
-        layer, ids = node.layer, [self._position[p] for p in node.inbound]
+        layer, ids, out_id = node.layer, [self._position[p] for p in node.inbound], self._position[node]
         if isinstance(layer, Dropout):
-            return Step(ids, self._position[node], lambda values, out: values[ids[0]],
-                        f"identity {layer.name}")
+            step = Step(ids, out_id, lambda values, out: values[ids[0]], f"identity {layer.name}")
+            step.native = ("alias", ids[0], out_id)
+            return step
         if isinstance(layer, (MaxPool2D, AvgPool2D)):
             return self._pool_step(node, layer, ids[0])
         if isinstance(layer, Concatenate) and _channel_concat(layer, node):
             return self._concat_step(node, ids)
+        if isinstance(layer, GlobalAveragePooling2D):
+            return self._global_pool_step(node, layer, ids[0])
 
         def run(values, out):
             args = [values[i] for i in ids]
             return layer.call(args if layer.merges else args[0])
 
-        return Step(ids, self._position[node], run, f"{type(layer).__name__.lower()} {layer.name}")
+        step = Step(ids, out_id, run, f"{type(layer).__name__.lower()} {layer.name}")
+        if isinstance(layer, Flatten) or (isinstance(layer, AdaptiveAvgPool2D) and
+                                          node.sample_shape == node.inbound[0].sample_shape):
+            step.native = ("alias", ids[0], out_id)  # NCHW memory order: a reshape, no copy
+        return step
 
     def _concat_step(self, node, ids):
         def run(values, out):
@@ -282,8 +322,26 @@ class Plan:
                 return np.concatenate(arrays, axis=1)
             return np.concatenate(arrays, axis=1, out=out)
 
-        return Step(ids, self._position[node], run, f"concatenate {node.layer.name}", fresh=True,
+        step = Step(ids, self._position[node], run, f"concatenate {node.layer.name}", fresh=True,
                     shape=node.sample_shape)
+        step.native = ("concat", ids, step.output)
+        return step
+
+    def _global_pool_step(self, node, layer, x_id):
+        (_, h, w), shape = node.inbound[0].sample_shape, node.sample_shape
+
+        def run(values, out):
+            x = values[x_id]
+            if out is None:
+                out = np.empty((x.shape[0],) + shape, np.float32)
+            if out.size:
+                _core.global_pool(x.reshape(-1, h * w), out.reshape(-1), False)
+            return out
+
+        step = Step([x_id], self._position[node], run, f"globalaveragepooling2d {layer.name}",
+                    fresh=True, shape=shape)
+        step.native = ("global_pool", False, h * w, x_id, step.output)
+        return step
 
     def _pool_step(self, node, layer, x_id):
         is_max = isinstance(layer, MaxPool2D)
@@ -296,9 +354,94 @@ class Plan:
         def run(values, out):
             return geometry.run(values[x_id], is_max, pool._count_include_pad, out)
 
-        return Step([x_id], self._position[node], run,
+        step = Step([x_id], self._position[node], run,
                     f"{type(layer).__name__.lower()} {layer.name}", fresh=True,
                     shape=pool.output_shape)
+        step.native = ("pool", is_max, geometry.kernel, geometry.stride, geometry.dilation,
+                       geometry.pads, pool._count_include_pad, pool.input_shape,
+                       geometry.out_hw, x_id, step.output)
+        return step
+
+
+class Segment:
+    """A run of consecutive steps that all have a native op, executed by one
+    ``_core.Program`` call instead of one Python call per step (a few microseconds each, the
+    bulk of a small network's time).
+
+    Every node the segment reads or writes gets a register. Per call, registers are given the
+    arrays they live in: the segment's inputs from ``values``, step outputs from the thread's
+    arena (or fresh arrays for model outputs); registers of aliases and in-place stores share
+    the array of their ``root``. Afterwards, the nodes that later steps or the model's outputs
+    read are put in ``values``; the inputs whose last reader is in the segment are dropped."""
+
+    def __init__(self, plan, indices):
+        steps = [plan.steps[i] for i in indices]
+        nodes = plan._model._nodes
+        self.indices = indices
+        regs = {}  # node id -> register
+
+        def reg(node_id):
+            return regs.setdefault(node_id, len(regs))
+
+        produced = {step.output for step in steps}
+        self.inputs = []  # (register, node id) read from values
+        for step in steps:
+            for i in step.inputs:
+                if i not in produced and i not in regs:
+                    self.inputs.append((reg(i), i))
+            reg(step.output)
+        self.root = list(range(len(regs)))  # register -> register whose array it uses
+        ops, self.fills = [], []  # fills: (register, step index, shape) of step outputs
+        for index, step in zip(indices, steps):
+            ops += _program_ops(step, regs, nodes)
+            y = regs[step.output]
+            kind = step.native[0]
+            if kind == "alias":
+                self.root[y] = self.root[regs[step.native[1]]]
+            elif kind == "conv" and step.in_place:
+                self.root[y] = self.root[regs[step.residual]]
+            else:
+                self.fills.append((y, index, (1,) + step.shape))
+        sizes = [0] * len(regs)
+        for node_id, r in regs.items():
+            sizes[r] = math.prod(nodes[node_id].sample_shape)
+        self.program = _core.Program(ops, sizes)
+        self.size = len(regs)
+        later = set(plan._outputs)
+        for step in plan.steps[indices[-1] + 1:]:
+            later.update(step.inputs)
+        self.exports = [(regs[i], i, nodes[i].sample_shape) for i in sorted(produced & later)]
+        self.release = [i for step in steps for i in step.release if i not in produced]
+
+    def run(self, values, outs, batch):
+        arrays = [None] * self.size
+        for r, node_id in self.inputs:
+            arrays[r] = np.ascontiguousarray(values[node_id], dtype=np.float32)
+        for r, index, shape in self.fills:
+            out = outs[index]
+            arrays[r] = out if out is not None else np.empty((batch,) + shape[1:], np.float32)
+        self.program.run(batch, arrays)
+        for r, node_id, shape in self.exports:
+            array = arrays[self.root[r]]
+            values[node_id] = array if self.root[r] == r else array.reshape((batch,) + shape)
+        for node_id in self.release:
+            del values[node_id]
+
+
+def _program_ops(step, regs, nodes):
+    """The step's op tuples for _core.Program, node ids replaced by registers."""
+    kind, *args = step.native
+    if kind == "conv":
+        conv, x, r, y = args
+        return [("conv", conv, regs[x], -1 if r is None else regs[r], regs[y], step.in_place)]
+    if kind == "dense":
+        return [("dense", args[0], regs[args[1]], regs[args[2]])]
+    if kind == "concat":
+        parts, y = args
+        sizes = [math.prod(nodes[i].sample_shape) for i in parts]
+        offsets = [sum(sizes[:k]) for k in range(len(parts))]
+        return [("copy", regs[i], regs[y], offset) for i, offset in zip(parts, offsets)]
+    return [(kind, *args[:-2], regs[args[-2]], regs[args[-1]])]  # pool, global_pool, alias
 
 
 def _activation(name):

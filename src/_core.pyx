@@ -405,3 +405,209 @@ cdef class DensePlan:
             rc = fc_dense_f32_packed(m, self.n, self.k, self.tile, pw, pb, self.activation, px, py)
             fc_call_end()
         check(rc)
+
+
+# Programs: runs of plan steps executed without returning to Python --------------------------
+
+from libc.stdlib cimport malloc, free
+from libc.string cimport memcpy
+from cpython.exc cimport PyErr_CheckSignals
+
+cdef enum:
+    OP_CONV = 0
+    OP_DENSE = 1
+    OP_POOL = 2
+    OP_GLOBAL_POOL = 3
+    OP_COPY = 4    # a part of a channel concatenation
+    OP_ALIAS = 5   # flatten, dropout, identity pooling: the output is the input's memory
+
+cdef struct program_op:
+    int kind
+    int x, r, y             # registers: input, residual (-1: none), output
+    bint in_place           # a convolution whose store overwrites its residual
+    size_t x_sample, y_sample  # floats per sample of the input and output registers
+    size_t offset           # OP_COPY: where the part starts in each output sample
+    fc_conv2d_params conv   # batch 1; OP_CONV
+    int algorithm, tile, activation, is_max
+    const float* weights
+    const float* bias
+    size_t k, n             # OP_DENSE: (k inputs, n outputs)
+    fc_pool2d_params pool   # planes per sample; OP_POOL
+    size_t plane            # OP_GLOBAL_POOL: floats per plane
+
+
+cdef int run_op(const program_op* op, size_t batch, float** regs) noexcept nogil:
+    cdef const float* x = regs[op.x]
+    cdef float* y
+    cdef fc_conv2d_params conv
+    cdef fc_pool2d_params pool
+    cdef size_t n
+    if op.kind == OP_ALIAS:
+        regs[op.y] = regs[op.x]
+        return 0
+    if op.kind == OP_CONV and op.in_place:
+        regs[op.y] = regs[op.r]
+    y = regs[op.y]
+    if op.kind == OP_CONV:
+        conv = op.conv
+        conv.batch = batch
+        return fc_conv2d_nchw_f32_packed(&conv, op.algorithm, op.tile, op.weights, op.bias,
+                                         regs[op.r] if op.r >= 0 else NULL, x, y)
+    if op.kind == OP_DENSE:
+        return fc_dense_f32_packed(batch, op.n, op.k, op.tile, op.weights, op.bias,
+                                   op.activation, x, y)
+    if op.kind == OP_POOL:
+        pool = op.pool
+        pool.planes = pool.planes * batch
+        if op.is_max:
+            return fc_max_pool2d_f32(&pool, x, y)
+        return fc_avg_pool2d_f32(&pool, x, y)
+    if op.kind == OP_GLOBAL_POOL:
+        fc_global_pool_f32(batch * op.y_sample, op.plane, op.is_max, x, y)
+        return 0
+    for n in range(batch):  # OP_COPY
+        memcpy(y + n * op.y_sample + op.offset, x + n * op.x_sample, op.x_sample * sizeof(float))
+    return 0
+
+
+cdef class Program:
+    """Plan steps run in one call: convolutions, dense layers, poolings, channel
+    concatenations and aliases (flatten, dropout) over numbered registers, each a C-contiguous
+    float32 array of a fixed number of floats per sample.
+
+    Built by fastconv/plan.py from ``ops``, a list of tuples:
+    ("conv", Conv2dPlan, x, residual or -1, y, in_place), ("dense", DensePlan, x, y),
+    ("pool", is_max, kernel, stride, dilation, pads, count_include_pad, (C, H, W), (OH, OW), x, y),
+    ("global_pool", is_max, plane, x, y), ("copy", x, y, offset), ("alias", x, y).
+    ``run(batch, arrays)`` takes one array (or None) per register: inputs and outputs must be
+    given; registers written by an alias or an in-place convolution are None and get their
+    memory from the op. Between ops the GIL is taken back, so Ctrl-C and other Python threads
+    are served as between separate calls."""
+    cdef program_op* ops
+    cdef int n_ops, n_regs
+    cdef size_t* sizes   # floats per sample of each register
+    cdef list keep       # the plans whose packed weights the ops point into
+
+    def __cinit__(self):
+        self.ops = NULL
+        self.sizes = NULL
+
+    def __dealloc__(self):
+        free(self.ops)
+        free(self.sizes)
+
+    def __init__(self, list ops, list register_sizes):
+        self.n_ops, self.n_regs = len(ops), len(register_sizes)
+        self.ops = <program_op*>malloc(max(self.n_ops, 1) * sizeof(program_op))
+        self.sizes = <size_t*>malloc(max(self.n_regs, 1) * sizeof(size_t))
+        if self.ops == NULL or self.sizes == NULL:
+            raise MemoryError("fastconv: no memory for a program")
+        self.keep = []
+        for i, size in enumerate(register_sizes):
+            self.sizes[i] = size
+        for i, spec in enumerate(ops):
+            self._set_op(&self.ops[i], spec)
+
+    cdef void _set_op(self, program_op* op, tuple spec) except *:
+        cdef Conv2dPlan conv
+        cdef DensePlan dense
+        kind = spec[0]
+        op.r, op.in_place, op.offset = -1, False, 0
+        op.weights, op.bias = NULL, NULL
+        if kind == "conv":
+            conv = spec[1]
+            op.kind, op.x, op.r, op.y, op.in_place = OP_CONV, spec[2], spec[3], spec[4], spec[5]
+            op.conv, op.algorithm, op.tile = conv.p, conv.algorithm, conv.tile
+            op.weights, op.bias = cptr(conv.packed), optional_ptr(conv.bias)
+            self.keep.append(conv)
+        elif kind == "dense":
+            dense = spec[1]
+            op.kind, op.x, op.y = OP_DENSE, spec[2], spec[3]
+            op.k, op.n, op.tile, op.activation = dense.k, dense.n, dense.tile, dense.activation
+            op.weights, op.bias = cptr(dense.packed), optional_ptr(dense.bias)
+            self.keep.append(dense)
+        elif kind == "pool":
+            (_, op.is_max, kernel, stride, dilation, pads, op.pool.count_include_pad, in_chw,
+             out_hw, op.x, op.y) = spec
+            op.kind = OP_POOL
+            op.pool.planes, op.pool.in_h, op.pool.in_w = in_chw
+            op.pool.out_h, op.pool.out_w = out_hw
+            op.pool.kernel_h, op.pool.kernel_w = kernel
+            op.pool.stride_h, op.pool.stride_w = stride
+            op.pool.dilation_h, op.pool.dilation_w = dilation
+            op.pool.pad_top, op.pool.pad_bottom, op.pool.pad_left, op.pool.pad_right = pads
+        elif kind == "global_pool":
+            _, op.is_max, op.plane, op.x, op.y = spec
+            op.kind = OP_GLOBAL_POOL
+        elif kind == "copy":
+            _, op.x, op.y, op.offset = spec
+            op.kind = OP_COPY
+        elif kind == "alias":
+            _, op.x, op.y = spec
+            op.kind = OP_ALIAS
+        else:
+            raise ValueError(f"fastconv._core.Program: unknown op {kind!r}")
+        for reg in (op.x, op.y, op.r):
+            if reg < -1 or reg >= self.n_regs:
+                raise ValueError(f"fastconv._core.Program: register {reg} of op {kind!r} "
+                                 f"is not one of the {self.n_regs} registers")
+        op.x_sample, op.y_sample = self.sizes[op.x], self.sizes[op.y]
+        expected = self._op_sizes(op)
+        if (op.x_sample, op.y_sample) != expected[:2] or (
+                op.r >= 0 and self.sizes[op.r] != op.y_sample):
+            raise ValueError(f"fastconv._core.Program: op {kind!r} reads and writes "
+                             f"{expected[:2]} floats per sample; its registers hold "
+                             f"({op.x_sample}, {op.y_sample})")
+
+    cdef tuple _op_sizes(self, const program_op* op):
+        """Floats per sample the op reads and writes, from its own geometry."""
+        if op.kind == OP_CONV:
+            return (op.conv.in_channels * op.conv.in_h * op.conv.in_w,
+                    op.conv.out_channels * op.conv.out_h * op.conv.out_w)
+        if op.kind == OP_DENSE:
+            return (op.k, op.n)
+        if op.kind == OP_POOL:
+            return (op.pool.planes * op.pool.in_h * op.pool.in_w,
+                    op.pool.planes * op.pool.out_h * op.pool.out_w)
+        if op.kind == OP_GLOBAL_POOL:
+            return (op.y_sample * op.plane, op.y_sample)
+        if op.kind == OP_COPY:  # the part must fit in the output sample
+            return (op.x_sample, op.y_sample if op.offset + op.x_sample <= op.y_sample else -1)
+        return (op.x_sample, op.x_sample)  # OP_ALIAS
+
+    def run(self, size_t batch, list arrays):
+        """Runs every op for ``batch`` samples; ``arrays`` has one entry per register."""
+        if len(arrays) != self.n_regs:
+            raise ValueError(f"fastconv._core.Program: {self.n_regs} registers expected; "
+                             f"received {len(arrays)}")
+        cdef float** regs = <float**>malloc(max(self.n_regs, 1) * sizeof(float*))
+        if regs == NULL:
+            raise MemoryError("fastconv: no memory for a program's registers")
+        cdef int i, rc = 0
+        cdef cnp.ndarray a
+        try:
+            for i in range(self.n_regs):
+                regs[i] = NULL
+                if arrays[i] is not None:
+                    a = arrays[i]
+                    if not (cnp.PyArray_IS_C_CONTIGUOUS(a) and cnp.PyArray_TYPE(a) == cnp.NPY_FLOAT32
+                            and <size_t>cnp.PyArray_SIZE(a) == batch * self.sizes[i]):
+                        raise ValueError(
+                            f"fastconv._core.Program: register {i} must be a C-contiguous "
+                            f"float32 array of {batch * self.sizes[i]} floats; received "
+                            f"{a.dtype} {tuple(a.shape[j] for j in range(a.ndim))}")
+                    regs[i] = <float*>cnp.PyArray_DATA(a)
+            for i in range(self.n_ops):
+                if regs[self.ops[i].x] == NULL or (self.ops[i].r >= 0 and regs[self.ops[i].r] == NULL):
+                    raise ValueError(f"fastconv._core.Program: op {i} reads a register with no array")
+                if (self.ops[i].kind != OP_ALIAS and not self.ops[i].in_place
+                        and regs[self.ops[i].y] == NULL):
+                    raise ValueError(f"fastconv._core.Program: op {i} writes a register with no array")
+                with nogil:
+                    fc_call_begin()
+                    rc = run_op(&self.ops[i], batch, regs)
+                    fc_call_end()
+                check(rc)
+                PyErr_CheckSignals()
+        finally:
+            free(regs)

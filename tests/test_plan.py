@@ -188,3 +188,70 @@ def test_tune_writes_a_cache_that_plans_follow(monkeypatch, tmp_path):
     assert "conv2d[im2col] conv2" not in model.plan_summary(print_fn=None)
     cache.unlink()
     assert "conv2d[im2col]" not in model.plan_summary(print_fn=None)
+
+
+def mixed_model():
+    """Native steps (conv, pool, concat, flatten, dropout, global pooling, dense) around steps
+    only Python runs (LRN, softmax), with an alias (flatten) and a concat part as outputs."""
+    x = fastconv.Input((3, 12, 12))
+    a = L.Conv2D(8, 3, padding=1, activation="relu", name="a")(x)
+    p = L.MaxPool2D(2, name="pool")(a)
+    n = L.LocalResponseNormalization(3, name="lrn")(p)
+    b = L.Conv2D(4, 1, name="b")(n)
+    c = L.Conv2D(4, 3, padding=1, name="c")(p)
+    cat = L.Concatenate(axis=1, name="cat")([b, c, b])
+    g = L.GlobalAveragePooling2D(name="gap")(cat)
+    flat = L.Flatten(name="flat")(L.Dropout(0.5, name="drop")(c))
+    d = L.Dense(5, name="d")(L.Concatenate(axis=1, name="join")([g, flat]))
+    s = L.Activation("softmax", name="soft")(d)
+    return fastconv.Model(x, [L.Dense(3, name="after")(s), flat, c], seed=0)
+
+
+def test_native_segments_and_python_steps_give_the_layers_results():
+    model = mixed_model()
+    x = np.random.default_rng(0).standard_normal((3, 3, 12, 12)).astype(np.float32)
+    planned = model.predict(x)
+    reference = model._run_layers([x])
+    plan = model._plan
+    segments = [u for u in plan.units if not isinstance(u, int)]
+    assert len(segments) >= 2 and any(isinstance(u, int) for u in plan.units)
+    for got, want in zip(planned, reference):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    again = model.predict(x)  # arenas reused: the first results must not change
+    for first, second in zip(planned, again):
+        np.testing.assert_array_equal(first, second)
+        assert not np.shares_memory(first, second)
+
+
+def test_a_segment_equals_its_steps_run_one_by_one():
+    model = models.googlenet(input_shape=(3, 64, 64))
+    x = np.random.default_rng(1).standard_normal((2, 3, 64, 64)).astype(np.float32)
+    plan = model._current_plan()
+    assert [type(u).__name__ for u in plan.units] == ["Segment"]
+    values = {plan._position[model.inputs[0]]: x}
+    for step in plan.steps:
+        values[step.output] = step.run(values, None)
+    np.testing.assert_array_equal(model.predict(x), values[plan._position[model.outputs[0]]])
+
+
+def test_program_refuses_registers_that_do_not_fit_its_ops():
+    from fastconv import _core
+    dense = _core.DensePlan(np.ones((4, 6), np.float32), None, 0)
+    with pytest.raises(ValueError, match="floats per sample"):
+        _core.Program([("dense", dense, 0, 1)], [5, 4])
+    with pytest.raises(ValueError, match="register 2"):
+        _core.Program([("alias", 0, 2)], [5, 5])
+    with pytest.raises(ValueError, match="overruns|floats per sample"):
+        _core.Program([("copy", 0, 1, 3)], [4, 6])
+    program = _core.Program([("dense", dense, 0, 1)], [6, 4])
+    y = np.empty((2, 4), np.float32)
+    with pytest.raises(ValueError, match="2 registers expected"):
+        program.run(2, [np.ones((2, 6), np.float32)])
+    with pytest.raises(ValueError, match="register 0 must be a C-contiguous float32 array of 12"):
+        program.run(2, [np.ones((2, 5), np.float32), y])
+    with pytest.raises(ValueError, match="register 0"):
+        program.run(2, [np.ones((2, 6), np.float64), y])
+    with pytest.raises(ValueError, match="writes a register with no array"):
+        program.run(2, [np.ones((2, 6), np.float32), None])
+    program.run(2, [np.ones((2, 6), np.float32), y])
+    np.testing.assert_array_equal(y, np.full((2, 4), 6.0, np.float32))
