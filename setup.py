@@ -40,6 +40,7 @@ VECTOR_SOURCES = [
     "src/kernels/f32-vector/f32-vector.c",
     "src/kernels/f32-window/f32-window.c",
     "src/kernels/f32-winograd/f32-winograd.c",
+    "src/kernels/f32-gemv/f32-gemv.c",
 ]
 # Per instruction set: the flags its kernels are compiled with, and the kernels that exist only
 # for it. The vector sources are compiled for every set, with -DFC_ISA naming the copy.

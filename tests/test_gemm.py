@@ -160,6 +160,28 @@ def test_dense_views_and_dtypes(rng):
     assert y.dtype == np.float32
 
 
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("n_in,n_out", [(1, 1), (7, 5), (256, 33), (257, 129), (600, 300),
+                                        (513, 1000)])
+def test_dense_one_sample_is_its_row_of_a_batch(rng, activation, n_in, n_out):
+    """A model's dense layer at batch 1 takes the one-row kernel (f32-gemv.c), larger batches
+    the GEMM: a sample's result must not depend on which, bit for bit, NaN and inf included."""
+    from fastconv import _core
+    w, bias = rand(rng, (n_out, n_in), -2, 2), rand(rng, (n_out,))
+    x = rand(rng, (9, n_in), -2, 2)
+    x[3, n_in // 2], x[5, 0] = np.nan, np.inf
+    dense = _core.DensePlan(w, bias, F._ACTIVATIONS[activation])
+    batch = np.empty((9, n_out), np.float32)
+    dense.run(x, batch)
+    for i in range(9):
+        row = np.empty((1, n_out), np.float32)
+        dense.run(np.ascontiguousarray(x[i:i + 1]), row)
+        np.testing.assert_array_equal(row[0], batch[i])
+    finite = np.isfinite(x).all(axis=1)
+    assert_close(batch[finite], ref_dense(x[finite], w, bias, activation), n_in + 1,
+                 scale_of(x[finite], w) + scale_of(bias))
+
+
 def test_dense_empty_batch(rng):
     y = F.dense(np.zeros((0, 12), np.float32), rand(rng, (5, 12)), bias=rand(rng, (5,)))
     assert y.shape == (0, 5) and y.dtype == np.float32

@@ -70,8 +70,16 @@ typedef void (*fc_vadd_fn)(size_t n, const float* a, const float* b, float* y, f
 /* y[i] = x[i] * scale + shift. */
 typedef void (*fc_vaffine_fn)(size_t n, const float* x, float scale, float shift, float* y);
 
+/* One row of A against `panels` (1..4) packed B panels `panel_stride` floats apart
+ * (f32-gemv.c): sums[p * NR + j] = sum over k < kc of a[k * a_stride] * panel_p[k * NR + j],
+ * each summed in k order from zero exactly as the GEMM micro-kernel of the same ISA sums it. */
+typedef void (*fc_gemv_ukernel_fn)(size_t kc, const float* a, size_t a_stride, const float* b,
+                                   size_t panel_stride, size_t panels, float* sums);
+#define FC_GEMV_PANELS 4
+
 typedef struct fc_gemm_config {
   fc_gemm_ukernel_fn fn;
+  fc_gemv_ukernel_fn gemv; /* its NR is 2 x the ISA's vector width: the same as fn's */
   size_t mr;
   size_t nr;
   const char* name;
@@ -100,6 +108,12 @@ const fc_vector_config* fc_vector_config_get(void);
 FC_GEMM_UKERNEL(fc_f32_gemm_minmax_ukernel_4x8__scalar);
 FC_GEMM_UKERNEL(fc_f32_gemm_minmax_ukernel_6x16__avx2);
 FC_GEMM_UKERNEL(fc_f32_gemm_minmax_ukernel_8x32__avx512f);
+#define FC_DECLARE_GEMV_KERNEL(isa)                                                                \
+  void fc_f32_gemv_ukernel__##isa(size_t, const float*, size_t, const float*, size_t, size_t,    \
+                                  float*);
+FC_DECLARE_GEMV_KERNEL(scalar)
+FC_DECLARE_GEMV_KERNEL(avx2)
+FC_DECLARE_GEMV_KERNEL(avx512f)
 
 /* The vector, window and Winograd transform kernels come from C sources compiled once per ISA
  * (f32-vector.c, f32-window.c, f32-winograd.c). */

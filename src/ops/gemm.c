@@ -267,9 +267,54 @@ void fc_dense_pack_weights(size_t K, size_t N, const float* w, float* packed) {
   }
 }
 
+/* The epilogue of fc_gemm_packed for one row, element by element and in the micro-kernel's
+ * order (previous block, bias, clamp), so the result is bit-identical to a row of a batch. */
+static void gemv_store(size_t n, const float* sums, int accumulate, const float* bias, float lo,
+                       float hi, float* y) {
+  for (size_t j = 0; j < n; j++) {
+    float v = sums[j];
+    if (accumulate) v = y[j] + v;
+    if (bias) v = v + bias[j];
+    v = v < lo ? lo : v; /* NaN passes the clamp unchanged */
+    y[j] = v > hi ? hi : v;
+  }
+}
+
+/* A dense layer at batch 1: y = act(x W^T + bias) through the one-row kernel, each thread
+ * taking whole groups of FC_GEMV_PANELS panels (K is never split, as in fc_gemm_packed). */
+static void dense_row(size_t N, size_t K, const float* packed, const float* bias, int activation,
+                      const float* x, float* y) {
+  const fc_gemm_config* cfg = fc_gemm_config_get();
+  const size_t nr = cfg->nr, npad = fc_round_up(N, nr), group = FC_GEMV_PANELS * nr;
+  float lo, hi;
+  clamp_limits(activation, &lo, &hi);
+#pragma omp parallel num_threads(fc_threads_for(2.0 * N * K))
+  {
+    const unsigned fp_mode = fc_fp_enter();
+    float sums[FC_GEMV_PANELS * 32] __attribute__((aligned(64)));
+#pragma omp for schedule(static)
+    for (size_t col = 0; col < npad; col += group) {
+      const size_t panels = fc_min(FC_GEMV_PANELS, (npad - col) / nr), n = fc_min(group, N - col);
+      for (size_t k0 = 0; k0 < K; k0 += FC_KC) {
+        const size_t kc = fc_min(FC_KC, K - k0);
+        const int last = k0 + kc == K;
+        cfg->gemv(kc, x + k0, 1, packed + k0 * npad + col * kc, kc * nr, panels, sums);
+        gemv_store(n, sums, k0 > 0, last && bias ? bias + col : NULL, last ? lo : -INFINITY,
+                   last ? hi : INFINITY, y + col);
+      }
+      fc_activation_row(n, activation, y + col);
+    }
+    fc_fp_exit(fp_mode);
+  }
+}
+
 int fc_dense_f32_packed(size_t M, size_t N, size_t K, int packed_tile, const float* packed,
                         const float* bias, int activation, const float* x, float* y) {
   if (packed_tile != fc_dense_packed_tile()) return FC_ERROR_STALE;
+  if (M == 1 && fc_gemm_config_get()->nr <= 32) {
+    dense_row(N, K, packed, bias, activation, x, y);
+    return 0;
+  }
   const size_t mr = fc_gemm_config_get()->mr;
   float* ap = (float*)fc_workspace(FC_WS_INPUT, fc_packed_a_size(M, K, mr) * sizeof(float));
   if (!ap) return FC_ERROR_NOMEM;

@@ -43,10 +43,13 @@ static int detect_isa(void) { return FC_ISA_SCALAR; }
 
 /* Indexed by enum fc_isa. */
 static const fc_gemm_config gemm_configs[] = {
-    {fc_f32_gemm_minmax_ukernel_4x8__scalar, 4, 8, "f32_gemm_minmax_ukernel_4x8__scalar"},
+    {fc_f32_gemm_minmax_ukernel_4x8__scalar, fc_f32_gemv_ukernel__scalar, 4, 8,
+     "f32_gemm_minmax_ukernel_4x8__scalar"},
 #if defined(FC_HAVE_X86_KERNELS)
-    {fc_f32_gemm_minmax_ukernel_6x16__avx2, 6, 16, "f32_gemm_minmax_ukernel_6x16__avx2"},
-    {fc_f32_gemm_minmax_ukernel_8x32__avx512f, 8, 32, "f32_gemm_minmax_ukernel_8x32__avx512f"},
+    {fc_f32_gemm_minmax_ukernel_6x16__avx2, fc_f32_gemv_ukernel__avx2, 6, 16,
+     "f32_gemm_minmax_ukernel_6x16__avx2"},
+    {fc_f32_gemm_minmax_ukernel_8x32__avx512f, fc_f32_gemv_ukernel__avx512f, 8, 32,
+     "f32_gemm_minmax_ukernel_8x32__avx512f"},
 #endif
 };
 static const fc_vector_config vector_configs[] = {
