@@ -19,6 +19,9 @@ from . import weights as _weights
 from .layers import Conv2D, Input, InputLayer, Layer, SymbolicTensor, deserialize, serialize
 from .layers import _checks
 
+# predict follows an edited tuning cache file within this many seconds (plan_summary, profile
+# and tune at once) without a file-system call per predict.
+_TUNING_RECHECK_SECONDS = 1.0
 
 def _topological_order(outputs):
     """Nodes reachable from ``outputs``, every node after its inbound nodes (depth first, inbound
@@ -252,18 +255,19 @@ class Model:
         dict), and making or replacing it is serialised by a lock."""
         if not plannable(self):
             return self._run_layers(arrays)
-        plan = self._current_plan()
+        plan = self._current_plan(tuning_age=_TUNING_RECHECK_SECONDS)
         try:
             return plan.run(arrays)
         except _core.StaleWeightsError:  # the kernel table changed since the weights were packed
             return self._current_plan(stale=plan).run(arrays)
 
-    def _current_plan(self, stale=None):
+    def _current_plan(self, stale=None, tuning_age=0.0):
         """The up-to-date plan, made if there is none, it is out of date or it is ``stale``.
         Checked once without the lock (the common case) and again under it, so that threads
-        finding the same old plan make one new plan between them."""
+        finding the same old plan make one new plan between them. The tuning cache file is
+        looked at if it was not in the last ``tuning_age`` seconds (fastconv.tuning)."""
         plan = self._plan
-        if plan is not None and plan is not stale and plan.is_current():
+        if plan is not None and plan is not stale and plan.is_current(tuning_age):
             return plan
         with self._plan_lock:
             plan = self._plan

@@ -97,12 +97,13 @@ class Plan:
             readers = [s for s in self.steps if r in s.inputs]
             step.in_place = producer[r].fresh and all(s.fresh for s in readers)
 
-    def is_current(self):
+    def is_current(self, tuning_age=0.0):
         """False once any layer's weights were replaced, or the Winograd setting, a forced
-        algorithm or the tuning cache changed, since the plan was made."""
+        algorithm or the tuning cache changed, since the plan was made (the cache file as it was
+        at most ``tuning_age`` seconds ago)."""
         return (self._winograd == runtime.winograd_enabled()
                 and self._algorithms == self._model._algorithms
-                and self._tuning == tuning.generation()
+                and self._tuning == tuning.generation(tuning_age)
                 and all(layer.weights is weights for layer, weights in self._weights))
 
     def arena(self, batch):

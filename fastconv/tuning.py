@@ -21,7 +21,7 @@ import numpy as np
 from . import _core
 from . import functional as F
 
-_state = {"path": None, "mtime": None, "entries": {}, "generation": 0}
+_state = {"path": None, "mtime": None, "entries": {}, "generation": 0, "checked": -1e9}
 
 
 def cache_path():
@@ -62,6 +62,7 @@ def _entries():
         mtime = (info.st_mtime_ns, info.st_size, info.st_ino)  # timestamps can be coarse
     except OSError:
         mtime = None
+    _state["checked"] = time.monotonic()
     if (path, mtime) != (_state["path"], _state["mtime"]):
         entries = {}
         if mtime is not None:
@@ -75,9 +76,13 @@ def _entries():
     return _state["entries"]
 
 
-def generation():
-    """Changes whenever the cache's content may have changed (plans made before are rebuilt)."""
-    _entries()
+def generation(max_age=0.0):
+    """Changes whenever the cache's content may have changed (plans made before are rebuilt).
+    The file is looked at again only if it was last looked at more than ``max_age`` seconds
+    ago: predict passes a second, so that a running model follows an edited cache without a
+    file-system call per predict."""
+    if time.monotonic() - _state["checked"] >= max_age:
+        _entries()
     return _state["generation"]
 
 
