@@ -32,8 +32,12 @@ typedef __mmask16 lane_mask;
 static inline lane_mask lanes(size_t first, size_t end) {
   return (lane_mask)(((1u << end) - 1) & ~((1u << first) - 1));
 }
-static inline vf load_lanes(const float* p, lane_mask m) { return (vf)_mm512_maskz_loadu_ps(m, p); }
-static inline void store_lanes(float* p, vf v, lane_mask m) { _mm512_mask_storeu_ps(p, m, (__m512)v); }
+static inline vf load_lanes(const float* p, lane_mask m) {
+  return (vf)_mm512_maskz_loadu_ps(m, p);
+}
+static inline void store_lanes(float* p, vf v, lane_mask m) {
+  _mm512_mask_storeu_ps(p, m, (__m512)v);
+}
 #elif defined(__AVX2__)
 typedef __m256i lane_mask;
 static inline lane_mask lanes(size_t first, size_t end) {
@@ -42,7 +46,9 @@ static inline lane_mask lanes(size_t first, size_t end) {
                              _mm256_cmpgt_epi32(_mm256_set1_epi32((int)end), index));
 }
 static inline vf load_lanes(const float* p, lane_mask m) { return (vf)_mm256_maskload_ps(p, m); }
-static inline void store_lanes(float* p, vf v, lane_mask m) { _mm256_maskstore_ps(p, m, (__m256)v); }
+static inline void store_lanes(float* p, vf v, lane_mask m) {
+  _mm256_maskstore_ps(p, m, (__m256)v);
+}
 #else
 typedef struct lane_mask {
   size_t first, end;
