@@ -31,6 +31,7 @@ DRIVERS = [
     "src/runtime/fpmode.c",
     "src/ops/gemm.c",
     "src/ops/conv2d.c",
+    "src/ops/dwconv.c",
     "src/ops/winograd.c",
     "src/ops/pool2d.c",
     "src/ops/window.c",
@@ -41,6 +42,7 @@ VECTOR_SOURCES = [
     "src/kernels/f32-window/f32-window.c",
     "src/kernels/f32-winograd/f32-winograd.c",
     "src/kernels/f32-gemv/f32-gemv.c",
+    "src/kernels/f32-dwconv/f32-dwconv.c",
 ]
 # Per instruction set: the flags its kernels are compiled with, and the kernels that exist only
 # for it. The vector sources are compiled for every set, with -DFC_ISA naming the copy.

@@ -113,6 +113,12 @@ void fc_phase_offsets(const fc_phase_layout* l, ptrdiff_t* offsets);
  * are left unwritten. */
 void fc_phase_fill(const fc_phase_layout* l, const float* x, float pad, float* planes);
 
+/* Depthwise 3x3 convolution at stride 1 or 2 (src/ops/dwconv.c): the direct algorithm's path
+ * when every group has one input channel. */
+int fc_dwconv3x3_applies(const fc_conv2d_params* p);
+int fc_dwconv3x3_run(const fc_conv2d_params* p, const float* w, const float* bias,
+                     const float* residual, const float* x, float* y);
+
 /* Row activation after the store (tanh, sigmoid; clamps are fused in the kernels). */
 void fc_activation_row(size_t n, int activation, float* y);
 #endif

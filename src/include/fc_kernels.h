@@ -52,6 +52,16 @@ typedef void (*fc_wmacc_fn)(size_t n, const float* x, const ptrdiff_t* offsets, 
                             size_t taps, const fc_window_epilogue* ep, float* y);
 typedef void (*fc_wmax_fn)(size_t n, const float* x, const ptrdiff_t* offsets, size_t taps,
                            float* y);
+/* Depthwise 3x3 convolution (f32-dwconv.c), stride s = 1 or 2: FC_DW_ROWS output rows per call,
+ *   y[r][i] = clamp(ep->init + sum over kh, kw < 3 of w[3 * kh + kw] * X(s * r + kh, s * i + kw),
+ *                   min, max)            for r < FC_DW_ROWS, i < n,
+ * from the (FC_DW_ROWS - 1) * s + 3 input rows x[j] of `width` floats, left-padded by `pad`:
+ * X(j, k) = x[j][k - pad] for pad <= k < pad + width, else 0. Taps are summed in (kh, kw) order,
+ * the clamp keeps NaN, ep->accumulate is ignored. Exactly n columns of each y row are written
+ * and nothing outside x[j][0, width) is read (masked loads), so rows need no slack. */
+#define FC_DW_ROWS 4
+typedef void (*fc_dwconv_fn)(size_t n, const float* const* x, size_t pad, size_t width,
+                             const float* w, const fc_window_epilogue* ep, float* const* y);
 /* Winograd F(2x2, 3x3) transforms over a run of n tiles (f32-winograd.c): the input transform
  * reads each tile's 4x4 input from 2x2 phase planes (phases[q] at the run's first tile, rows
  * `cols` apart) and writes V_xi of tile l at v[xi * xi_stride + l]; the output transform reads
@@ -94,6 +104,8 @@ typedef struct fc_vector_config {
   fc_vclamp_fn vclamp;
   fc_vadd_fn vadd;
   fc_vaffine_fn vaffine;
+  fc_dwconv_fn dwconv3x3s1;
+  fc_dwconv_fn dwconv3x3s2;
   const char* name;
 } fc_vector_config;
 
@@ -116,7 +128,7 @@ FC_DECLARE_GEMV_KERNEL(avx2)
 FC_DECLARE_GEMV_KERNEL(avx512f)
 
 /* The vector, window and Winograd transform kernels come from C sources compiled once per ISA
- * (f32-vector.c, f32-window.c, f32-winograd.c). */
+ * (f32-vector.c, f32-window.c, f32-winograd.c, f32-dwconv.c). */
 #define FC_DECLARE_VECTOR_KERNELS(isa)                                                             \
   void fc_f32_wmacc_ukernel__##isa(size_t, const float*, const ptrdiff_t*, const float*, size_t, \
                                    const fc_window_epilogue*, float*);                           \
@@ -129,7 +141,11 @@ FC_DECLARE_GEMV_KERNEL(avx512f)
   void fc_f32_vclamp_ukernel__##isa(size_t, const float*, float*, float, float);                 \
   void fc_f32_vadd_minmax_ukernel__##isa(size_t, const float*, const float*, float*, float,      \
                                          float);                                                 \
-  void fc_f32_vaffine_ukernel__##isa(size_t, const float*, float, float, float*);
+  void fc_f32_vaffine_ukernel__##isa(size_t, const float*, float, float, float*);                \
+  void fc_f32_dwconv3x3s1_ukernel__##isa(size_t, const float* const*, size_t, size_t,            \
+                                         const float*, const fc_window_epilogue*, float* const*); \
+  void fc_f32_dwconv3x3s2_ukernel__##isa(size_t, const float* const*, size_t, size_t,            \
+                                         const float*, const fc_window_epilogue*, float* const*);
 FC_DECLARE_VECTOR_KERNELS(scalar)
 FC_DECLARE_VECTOR_KERNELS(avx2)
 FC_DECLARE_VECTOR_KERNELS(avx512f)

@@ -240,6 +240,9 @@ static void direct_plane(const fc_conv2d_params* p, const fc_vector_config* vk,
 
 static int conv_direct(const fc_conv2d_params* p, const float* w, const float* bias,
                        const float* residual, const float* x, float* y) {
+  /* The depthwise path writes y as it goes, so a residual that is y itself takes the general
+   * path, which adds it from a copy. */
+  if (fc_dwconv3x3_applies(p) && residual != y) return fc_dwconv3x3_run(p, w, bias, residual, x, y);
   const fc_vector_config* vk = fc_vector_config_get();
   const size_t taps = p->kernel_h * p->kernel_w, planes = p->batch * p->out_channels;
   fc_phase_layout l;

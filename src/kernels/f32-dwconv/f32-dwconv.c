@@ -1,0 +1,203 @@
+/* Depthwise 3x3 convolution, FC_DW_ROWS output rows per call (src/ops/dwconv.c drives them).
+ *
+ * Each kernel call computes FC_DW_ROWS output rows of one plane from the input rows they read,
+ * read in place: the left and right padding is never stored anywhere, the vectors that reach
+ * into it are loaded with masks that zero the lanes outside the row (and never touch memory
+ * there). An input row is loaded once per call and feeds every output row that reads it (up to
+ * three at stride 1, two at stride 2); the nine weights stay in registers; bias and clamp
+ * (ReLU, ReLU6) are applied in the store, which is masked at the end of a row.
+ *
+ * Stride 2 needs the even and odd columns of a row as separate vectors: two contiguous loads
+ * are split by permutes (the phase split, done in registers).
+ *
+ * One portable C source compiled once per ISA (-DFC_ISA), with GCC/Clang vector extensions and,
+ * for the masked loads and stores, the ISA's intrinsics. */
+#include "fc_kernels.h"
+#include "fc_portable_simd.h"
+
+#if defined(__AVX512F__) || defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
+/* clamp(v, lo, hi) keeping NaN, as the GEMM epilogue does. */
+static inline vf clamp(vf v, float lo, float hi) {
+  const vi below = v < lo, above = v > hi;
+  v = (vf)(((vi)v & ~below) | ((vi)((vf){} + lo) & below));
+  return (vf)(((vi)v & ~above) | ((vi)((vf){} + hi) & above));
+}
+
+/* The lanes [first, end) of a vector, as the ISA's masked loads and stores want them. */
+#if defined(__AVX512F__)
+typedef __mmask16 lane_mask;
+static inline lane_mask lanes(size_t first, size_t end) {
+  return (lane_mask)(((1u << end) - 1) & ~((1u << first) - 1));
+}
+static inline vf load_lanes(const float* p, lane_mask m) {
+  return (vf)_mm512_maskz_loadu_ps(m, p);
+}
+static inline void store_lanes(float* p, vf v, lane_mask m) {
+  _mm512_mask_storeu_ps(p, m, (__m512)v);
+}
+#elif defined(__AVX2__)
+typedef __m256i lane_mask;
+static inline lane_mask lanes(size_t first, size_t end) {
+  const __m256i index = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  return _mm256_andnot_si256(_mm256_cmpgt_epi32(_mm256_set1_epi32((int)first), index),
+                             _mm256_cmpgt_epi32(_mm256_set1_epi32((int)end), index));
+}
+static inline vf load_lanes(const float* p, lane_mask m) { return (vf)_mm256_maskload_ps(p, m); }
+static inline void store_lanes(float* p, vf v, lane_mask m) {
+  _mm256_maskstore_ps(p, m, (__m256)v);
+}
+#else
+typedef struct lane_mask {
+  size_t first, end;
+} lane_mask;
+static inline lane_mask lanes(size_t first, size_t end) { return (lane_mask){first, end}; }
+static inline vf load_lanes(const float* p, lane_mask m) {
+  vf v = {};
+  for (size_t l = m.first; l < m.end; l++) v[l] = p[l];
+  return v;
+}
+static inline void store_lanes(float* p, vf v, lane_mask m) {
+  for (size_t l = m.first; l < m.end; l++) p[l] = v[l];
+}
+#endif
+
+/* The lanes of a vector starting at column `start` of a row that lie in [0, width). */
+static inline lane_mask lanes_inside(ptrdiff_t start, size_t width) {
+  const ptrdiff_t first = start < 0 ? -start : 0, end = (ptrdiff_t)width - start;
+  if (end <= first) return lanes(0, 0);
+  return lanes((size_t)first, end < VLEN ? (size_t)end : VLEN);
+}
+
+/* Whether a vector starting at column `start` lies inside [0, width). */
+static inline int inside(ptrdiff_t start, size_t width) {
+  return start >= 0 && start + VLEN <= (ptrdiff_t)width;
+}
+
+/* The even and odd lanes of the 2 * VLEN floats lo:hi. */
+#if VLEN == 16
+#define EVEN_LANES {0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30}
+#define ODD_LANES {1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31}
+#elif VLEN == 8
+#define EVEN_LANES {0, 2, 4, 6, 8, 10, 12, 14}
+#define ODD_LANES {1, 3, 5, 7, 9, 11, 13, 15}
+#else
+#define EVEN_LANES {0, 2, 4, 6}
+#define ODD_LANES {1, 3, 5, 7}
+#endif
+static inline vf even_lanes(vf lo, vf hi) { return __builtin_shuffle(lo, hi, (vi)EVEN_LANES); }
+static inline vf odd_lanes(vf lo, vf hi) { return __builtin_shuffle(lo, hi, (vi)ODD_LANES); }
+
+/* Adds input row j's three column taps to every output row r that reads it (kernel row
+ * kh = j - stride * r). Called with constant j and stride, so the loops unroll away. */
+static inline void add_row(vf acc[FC_DW_ROWS], const vf wv[9], size_t j, size_t stride, vf t0,
+                           vf t1, vf t2) {
+#pragma GCC unroll 8
+  for (size_t r = 0; r < FC_DW_ROWS; r++) {
+    if (j < stride * r || j - stride * r > 2) continue;
+    const size_t kh = j - stride * r;
+    acc[r] += wv[3 * kh] * t0;
+    acc[r] += wv[3 * kh + 1] * t1;
+    acc[r] += wv[3 * kh + 2] * t2;
+  }
+}
+
+static inline void start_rows(vf acc[FC_DW_ROWS], const fc_window_epilogue* ep) {
+#pragma GCC unroll 8
+  for (size_t r = 0; r < FC_DW_ROWS; r++) acc[r] = (vf){} + ep->init;
+}
+
+/* Output columns [i, min(i + VLEN, n)) of every row. */
+static inline void store_rows(float* const* y, size_t i, size_t n, vf acc[FC_DW_ROWS],
+                              const fc_window_epilogue* ep) {
+  const int whole = i + VLEN <= n;
+  const lane_mask m = lanes(0, whole ? VLEN : n - i);
+#pragma GCC unroll 8
+  for (size_t r = 0; r < FC_DW_ROWS; r++) {
+    const vf v = clamp(acc[r], ep->min, ep->max);
+    if (whole) store(y[r] + i, v);
+    else store_lanes(y[r] + i, v, m);
+  }
+}
+
+/* Stride 1: output column i + l, tap kw reads input column i + l + kw - pad. `edge` selects
+ * masked loads (a block reaching into the padding); the compiler makes two copies. */
+static inline void block_s1(size_t i, const float* const* x, ptrdiff_t pad, size_t width,
+                            const vf wv[9], vf acc[FC_DW_ROWS], int edge) {
+  const ptrdiff_t start = (ptrdiff_t)i - pad;
+  lane_mask m[3];
+  if (edge) {
+    for (size_t kw = 0; kw < 3; kw++) m[kw] = lanes_inside(start + (ptrdiff_t)kw, width);
+  }
+#pragma GCC unroll 16
+  for (size_t j = 0; j < FC_DW_ROWS + 2; j++) {
+    const float* xj = x[j] + start;
+    if (edge) {
+      add_row(acc, wv, j, 1, load_lanes(xj, m[0]), load_lanes(xj + 1, m[1]),
+              load_lanes(xj + 2, m[2]));
+    } else {
+      add_row(acc, wv, j, 1, load(xj), load(xj + 1), load(xj + 2));
+    }
+  }
+}
+
+/* Stride 2: output column i + l, tap kw reads input column 2 * (i + l) + kw - pad. */
+static inline void block_s2(size_t i, const float* const* x, ptrdiff_t pad, size_t width,
+                            const vf wv[9], vf acc[FC_DW_ROWS], int edge) {
+  const ptrdiff_t start = 2 * (ptrdiff_t)i - pad;
+  static const ptrdiff_t offsets[4] = {0, VLEN, 2, 2 + VLEN}; /* of lo, hi, lo2, hi2 */
+  lane_mask m[4];
+  if (edge) {
+    for (size_t q = 0; q < 4; q++) m[q] = lanes_inside(start + offsets[q], width);
+  }
+#pragma GCC unroll 16
+  for (size_t j = 0; j < 2 * FC_DW_ROWS + 1; j++) {
+    const float* xj = x[j] + start;
+    vf lo, hi, lo2, hi2;
+    if (edge) {
+      lo = load_lanes(xj, m[0]), hi = load_lanes(xj + VLEN, m[1]);
+      lo2 = load_lanes(xj + 2, m[2]), hi2 = load_lanes(xj + 2 + VLEN, m[3]);
+    } else {
+      lo = load(xj), hi = load(xj + VLEN), lo2 = load(xj + 2), hi2 = load(xj + 2 + VLEN);
+    }
+    add_row(acc, wv, j, 2, even_lanes(lo, hi), odd_lanes(lo, hi), even_lanes(lo2, hi2));
+  }
+}
+
+void FC_NAME(fc_f32_dwconv3x3s1_ukernel)(size_t n, const float* const* x, size_t pad,
+                                         size_t width, const float* w,
+                                         const fc_window_epilogue* ep, float* const* y) {
+  vf wv[9];
+  for (size_t t = 0; t < 9; t++) wv[t] = (vf){} + w[t];
+  for (size_t i = 0; i < n; i += VLEN) {
+    vf acc[FC_DW_ROWS];
+    start_rows(acc, ep);
+    const ptrdiff_t start = (ptrdiff_t)i - (ptrdiff_t)pad;
+    if (inside(start, width) && inside(start + 2, width)) {
+      block_s1(i, x, (ptrdiff_t)pad, width, wv, acc, 0);
+    } else {
+      block_s1(i, x, (ptrdiff_t)pad, width, wv, acc, 1);
+    }
+    store_rows(y, i, n, acc, ep);
+  }
+}
+
+void FC_NAME(fc_f32_dwconv3x3s2_ukernel)(size_t n, const float* const* x, size_t pad,
+                                         size_t width, const float* w,
+                                         const fc_window_epilogue* ep, float* const* y) {
+  vf wv[9];
+  for (size_t t = 0; t < 9; t++) wv[t] = (vf){} + w[t];
+  for (size_t i = 0; i < n; i += VLEN) {
+    vf acc[FC_DW_ROWS];
+    start_rows(acc, ep);
+    const ptrdiff_t start = 2 * (ptrdiff_t)i - (ptrdiff_t)pad;
+    if (inside(start, width) && inside(start + 2 + VLEN, width)) {
+      block_s2(i, x, (ptrdiff_t)pad, width, wv, acc, 0);
+    } else {
+      block_s2(i, x, (ptrdiff_t)pad, width, wv, acc, 1);
+    }
+    store_rows(y, i, n, acc, ep);
+  }
+}

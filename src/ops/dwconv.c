@@ -1,0 +1,88 @@
+/* Depthwise 3x3 convolution, stride 1 or 2, without phase planes: the direct algorithm's path
+ * when every group has one input channel (MobileNet's depthwise layers).
+ *
+ * Each output plane is computed in bands of FC_DW_ROWS rows, one dwconv kernel call per band.
+ * The kernels read the input rows in place and mask the loads that reach into the left and
+ * right padding; rows above and below the input point at a row of zeros. Nothing is copied, and
+ * the kernels store straight into the output with bias and clamp applied. Planes are independent
+ * tasks, so threads split channels even at batch 1, and every output is summed in the same order
+ * whatever the thread count. */
+#include <math.h>
+#include <string.h>
+
+#include "fc_internal.h"
+#include "fc_kernels.h"
+
+int fc_dwconv3x3_applies(const fc_conv2d_params* p) {
+  return p->in_channels == p->groups && p->kernel_h == 3 && p->kernel_w == 3 &&
+         p->stride_h == p->stride_w && (p->stride_h == 1 || p->stride_h == 2) &&
+         p->dilation_h == 1 && p->dilation_w == 1;
+}
+
+/* A thread's buffers: a row of zeros (input rows outside the plane) and a row that takes the
+ * kernel's output rows below the plane. */
+typedef struct dw_scratch {
+  const float* zeros;
+  float* spill;
+} dw_scratch;
+
+static void dw_plane(const fc_conv2d_params* p, const fc_vector_config* vk, const float* x,
+                     const float* w, float bias, const float* residual, float* y,
+                     const dw_scratch* s) {
+  const size_t stride = p->stride_h, in_rows = (FC_DW_ROWS - 1) * stride + 3;
+  const float lo = p->activation == FC_ACT_RELU || p->activation == FC_ACT_RELU6 ? 0.0f : -INFINITY;
+  const float hi = p->activation == FC_ACT_RELU6 ? 6.0f : INFINITY;
+  /* With a residual, the clamp waits until it is added. */
+  const fc_window_epilogue ep = {0, bias, residual ? -INFINITY : lo, residual ? INFINITY : hi};
+  const fc_dwconv_fn kernel = stride == 1 ? vk->dwconv3x3s1 : vk->dwconv3x3s2;
+  for (size_t oh0 = 0; oh0 < p->out_h; oh0 += FC_DW_ROWS) {
+    const float* rows[2 * FC_DW_ROWS + 1];
+    float* out[FC_DW_ROWS];
+    for (size_t j = 0; j < in_rows; j++) {
+      const ptrdiff_t ih = (ptrdiff_t)(oh0 * stride + j) - (ptrdiff_t)p->pad_top;
+      rows[j] = ih >= 0 && ih < (ptrdiff_t)p->in_h ? x + ih * p->in_w : s->zeros;
+    }
+    for (size_t r = 0; r < FC_DW_ROWS; r++) {
+      out[r] = oh0 + r < p->out_h ? y + (oh0 + r) * p->out_w : s->spill;
+    }
+    kernel(p->out_w, rows, p->pad_left, p->in_w, w, &ep, out);
+  }
+  if (!residual && p->activation < FC_ACT_TANH) return; /* the kernels clamped already */
+  for (size_t oh = 0; oh < p->out_h; oh++) {
+    float* row = y + oh * p->out_w;
+    if (residual) vk->vadd(p->out_w, row, residual + oh * p->out_w, row, lo, hi);
+    fc_activation_row(p->out_w, p->activation, row);
+  }
+}
+
+int fc_dwconv3x3_run(const fc_conv2d_params* p, const float* w, const float* bias,
+                     const float* residual, const float* x, float* y) {
+  const fc_vector_config* vk = fc_vector_config_get();
+  const size_t og = p->out_channels / p->groups, planes = p->batch * p->out_channels;
+  const size_t in_plane = p->in_h * p->in_w, out_plane = p->out_h * p->out_w;
+  const double flops = 2.0 * 9 * planes * out_plane;
+  int rc = 0;
+#pragma omp parallel num_threads(fc_threads_for(flops))
+  {
+    const unsigned fp_mode = fc_fp_enter();
+    float* buffer = (float*)fc_workspace(FC_WS_INPUT, (p->in_w + p->out_w) * sizeof(float));
+    dw_scratch s = {buffer, buffer ? buffer + p->in_w : NULL};
+    if (buffer) {
+      memset(buffer, 0, p->in_w * sizeof(float));
+    } else {
+#pragma omp atomic write
+      rc = FC_ERROR_NOMEM;
+    }
+#pragma omp for schedule(static)
+    for (size_t plane = 0; plane < planes; plane++) {
+      const size_t oc = plane % p->out_channels, n = plane / p->out_channels;
+      const float* xc = x + (n * p->in_channels + oc / og) * in_plane;
+      if (buffer) {
+        dw_plane(p, vk, xc, w + oc * 9, bias ? bias[oc] : 0.0f,
+                 residual ? residual + plane * out_plane : NULL, y + plane * out_plane, &s);
+      }
+    }
+    fc_fp_exit(fp_mode);
+  }
+  return rc;
+}
