@@ -166,8 +166,9 @@ def test_set_algorithm_forces_and_checks_a_layer(monkeypatch, tmp_path):
     assert np.abs(model.predict(x) - reference).max() <= 1e-4 * np.abs(reference).max()
     model.set_algorithm("layer1.0.conv1", "auto")
     assert "conv2d[im2col] layer1.0.conv1" not in model.plan_summary(print_fn=None)
-    with pytest.raises(ValueError, match="winograd"):
-        model.set_algorithm("conv1", "winograd")  # a 7x7 stride-2 layer
+    for winograd in ("winograd", "winograd4"):
+        with pytest.raises(ValueError, match=winograd):
+            model.set_algorithm("conv1", winograd)  # a 7x7 stride-2 layer
     with pytest.raises(ValueError, match="Conv2D"):
         model.set_algorithm("maxpool", "im2col")
 
