@@ -41,7 +41,7 @@ def test_zoo_plans_match_layer_by_layer(name):
 def test_resnet_plan_folds_batchnorm_and_fuses_the_residual_add():
     model = models.resnet18()
     text = model.plan_summary(print_fn=None)
-    assert "conv2d[winograd] layer1.0.conv2 + layer1.0.bn2 + layer1.0.add (+ residual maxpool)" in text
+    assert "conv2d[winograd4] layer1.0.conv2 + layer1.0.bn2 + layer1.0.add (+ residual maxpool)" in text
     assert "layer2.0.downsample.0 + layer2.0.downsample.1" in text
     assert len(model._plan.steps) == 23 and len(model.layers) == 61
     assert "batchnormalization" not in text and "relu " not in text
