@@ -4,7 +4,8 @@ what the "auto" heuristic in fastconv/functional.py (_conv_algorithm) is based o
     python benchmarks/compare_algorithms.py [--threads 1] [--rounds 7] [--filter resnet]
 
 Prints, per shape, the median milliseconds and GFLOP/s of each algorithm that can run it
-(implicit GEMM, im2col, Winograd for 3x3 stride 1, direct for thin groups) and the fastest.
+(implicit GEMM, im2col, Winograd F(2x2) and F(4x4) for 3x3 stride 1, direct for thin groups)
+and the fastest.
 On one thread the times are CPU time of the calling thread, which other processes on a shared
 machine barely disturb; on more threads they are wall-clock time.
 """
@@ -22,7 +23,7 @@ def algorithms(shape):
     names = ["implicit", "im2col"]
     if shape["k"] == (3, 3) and shape["stride"] == (1, 1) and shape["dilation"] == (1, 1) \
             and shape["groups"] == 1:
-        names.append("winograd")
+        names += ["winograd", "winograd4"]
     if shape["o"] // shape["groups"] < 8:
         names = ["direct"] + names
     return names

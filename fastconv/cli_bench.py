@@ -478,7 +478,8 @@ def write_json(report, path):
 
 _KIND_GROUPS = {"conv2d[gemm]": "conv 1x1 (GEMM)", "conv2d[implicit]": "conv implicit GEMM",
                 "conv2d[im2col]": "conv im2col",
-                "conv2d[winograd]": "conv Winograd", "conv2d[direct]": "conv direct",
+                "conv2d[winograd]": "conv Winograd", "conv2d[winograd4]": "conv Winograd",
+                "conv2d[direct]": "conv direct",
                 "dense": "dense", "maxpool2d": "pooling", "avgpool2d": "pooling",
                 "globalaveragepooling2d": "pooling", "globalmaxpooling2d": "pooling",
                 "adaptiveavgpool2d": "pooling"}

@@ -27,7 +27,8 @@ __all__ = [
 
 # Codes shared with src/include/fastconv.h (enum fc_activation, enum fc_conv_algorithm).
 _ACTIVATIONS = {None: 0, "linear": 0, "relu": 1, "relu6": 2, "tanh": 3, "sigmoid": 4}
-_ALGORITHMS = {"direct": 0, "im2col": 1, "gemm": 2, "winograd": 3, "implicit": 4}
+_ALGORITHMS = {"direct": 0, "im2col": 1, "gemm": 2, "winograd": 3, "implicit": 4, "winograd4": 5}
+_WINOGRAD = ("winograd", "winograd4")
 _DATA_FORMATS = ("channels_first", "channels_last")
 _PADDING_MODES = ("valid", "same", "same_upper", "same_lower")
 # Window sizes, strides, dilations, paddings, groups and LRN sizes: the C index arithmetic
@@ -318,12 +319,28 @@ def dense(x, weight, bias=None, activation=None):
 
 # Convolution ----------------------------------------------------------------------------------
 
+def _winograd_tile(out_hw):
+    """"winograd4" where F(4x4, 3x3) measured faster than F(2x2, 3x3), else "winograd".
+    Per image, each runs one GEMM per product (36 and 16) whose columns are the tiles (4x4 and
+    2x2 outputs), padded to the GEMM kernel's NR columns: on small images F(4x4) has few tiles
+    and pads much of them. One thread, AVX-512 (NR 32) and AVX2 (NR 16): F(4x4) was faster
+    where its padded GEMM columns are at most 0.7 times F(2x2)'s (docs/kernels.md)."""
+    nr = _core.gemm_tile_columns()
+
+    def gemm_columns(m, products):
+        tiles = -(-out_hw[0] // m) * -(-out_hw[1] // m)
+        return products * -(-tiles // nr) * nr
+
+    return "winograd4" if gemm_columns(4, 36) <= 0.7 * gemm_columns(2, 16) else "winograd"
+
+
 def _conv_algorithm(algorithm, kernel, stride, pads, out_per_group, dilation=(1, 1), groups=1,
                     in_channels=0, winograd=False, out_hw=(0, 0)):
     """The algorithm code: an explicit choice (checked), or the "auto" heuristic. Winograd is
     only chosen automatically when ``winograd`` is set (model plans; see runtime.set_winograd),
     where it measured faster than the implicit GEMM (docs/kernels.md): at least 64 input and
-    output channels, and outputs of at least 8 x 8 (its 2 x 2 tiles waste too much below).
+    output channels, and outputs of at least 8 x 8 (its 2 x 2 tiles waste too much below);
+    F(4x4) or F(2x2) as ``_winograd_tile`` says.
     The implicit GEMM's fixed costs (laying out the input, copying the output) only pay off
     from K = C/groups * KH * KW >= 32; below that (an RGB 3x3 layer) im2col is faster, at
     stride 1 only: at stride 2 im2col's strided gathers cost more (MobileNetV2's stem measured
@@ -335,26 +352,26 @@ def _conv_algorithm(algorithm, kernel, stride, pads, out_per_group, dilation=(1,
             return _ALGORITHMS["gemm"]
         if (winograd and fits_winograd and in_channels >= 64 and out_per_group >= 64
                 and min(out_hw) >= 8):
-            return _ALGORITHMS["winograd"]
+            return _ALGORITHMS[_winograd_tile(out_hw)]
         if out_per_group < 8:
             return _ALGORITHMS["direct"]
         small_k = in_channels // groups * kernel[0] * kernel[1] < 32
         return _ALGORITHMS["im2col" if small_k and stride == (1, 1) else "implicit"]
     if not isinstance(algorithm, str) or algorithm not in _ALGORITHMS:
         raise ValueError(
-            "conv2d: `algorithm` must be 'auto', 'direct', 'im2col', 'implicit', 'gemm' or "
-            "'winograd'; "
-            f"received {algorithm!r}"
+            "conv2d: `algorithm` must be 'auto', 'direct', 'im2col', 'implicit', 'gemm', "
+            f"'winograd' or 'winograd4'; received {algorithm!r}"
         )
     if algorithm == "gemm" and not is_pointwise:
         raise ValueError(
             "conv2d: algorithm='gemm' needs a 1x1 kernel with stride 1 and no padding; received "
             f"kernel {kernel}, stride {stride}, padding {pads}"
         )
-    if algorithm == "winograd" and not fits_winograd:
+    if algorithm in _WINOGRAD and not fits_winograd:
         raise ValueError(
-            "conv2d: algorithm='winograd' needs a 3x3 kernel, stride 1, dilation 1 and groups=1; "
-            f"received kernel {kernel}, stride {stride}, dilation {dilation}, groups {groups}"
+            f"conv2d: algorithm={algorithm!r} needs a 3x3 kernel, stride 1, dilation 1 and "
+            f"groups=1; received kernel {kernel}, stride {stride}, dilation {dilation}, "
+            f"groups {groups}"
         )
     return _ALGORITHMS[algorithm]
 
@@ -409,8 +426,9 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, acti
     x (N, H, W, C) and weight (KH, KW, C/groups, O). ``padding``: int, pair, explicit
     ((top, bottom), (left, right)), "valid", "same"/"same_upper" or "same_lower". ``algorithm``:
     "auto", "direct", "implicit" (implicit GEMM, what "auto" takes for most layers), "im2col",
-    "gemm" (1x1 only) or "winograd" (F(2x2, 3x3): 3x3, stride 1, dilation 1, groups 1; never
-    chosen by "auto" here, see ``PreparedConv2d``).
+    "gemm" (1x1 only), "winograd" (F(2x2, 3x3): 3x3, stride 1, dilation 1, groups 1) or
+    "winograd4" (F(4x4, 3x3), same conditions); Winograd is never chosen by "auto" here, see
+    ``PreparedConv2d``.
 
     >>> x = np.zeros((1, 3, 32, 32), np.float32); w = np.zeros((6, 3, 5, 5), np.float32)
     >>> conv2d(x, w, stride=2, padding=2).shape
@@ -441,10 +459,11 @@ class PreparedConv2d:
 
     ``prepared(x, residual=None)`` returns act(conv(x) + bias [+ residual]); ``residual`` has the
     output's shape (a ResNet shortcut added in the convolution's store) and may be written in
-    place with ``out=residual``. With ``winograd=True``, "auto" takes Winograd F(2x2, 3x3) for
-    3x3 stride-1 convolutions with at least 64 input and output channels and outputs of at least
-    8 x 8 (2.25x fewer multiplications; measured slower than the implicit GEMM below that; a
-    slightly larger rounding error, bounded in tests/test_winograd.py).
+    place with ``out=residual``. With ``winograd=True``, "auto" takes Winograd for 3x3 stride-1
+    convolutions with at least 64 input and output channels and outputs of at least 8 x 8
+    (measured slower than the implicit GEMM below that): F(4x4, 3x3) (4x fewer multiplications)
+    on images large enough to fill its GEMMs, else F(2x2, 3x3) (2.25x fewer); both have a
+    larger rounding error, bounded in tests/test_winograd.py.
 
     >>> conv = PreparedConv2d(np.ones((8, 3, 3, 3), np.float32), None, (3, 32, 32), padding=1)
     >>> conv(np.zeros((2, 3, 32, 32), np.float32)).shape

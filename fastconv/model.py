@@ -304,7 +304,7 @@ class Model:
 
     def set_algorithm(self, layer_name, algorithm):
         """Forces the convolution algorithm of one Conv2D layer in the plan ("implicit",
-        "im2col", "winograd", "gemm", "direct"), or gives it back to the tuning cache and the
+        "im2col", "winograd", "winograd4", "gemm", "direct"), or gives it back to the tuning cache and the
         heuristic ("auto"). A runtime choice: not saved with the model.
 
         >>> import fastconv

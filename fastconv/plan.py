@@ -270,7 +270,7 @@ class Plan:
             return self._algorithms[layer.name]
         tuned = tuning.lookup(tuning.conv_key(input_shape, kernel_shape, layer.strides,
                                               layer.padding, layer.dilation, layer.groups))
-        if tuned is None or (tuned == "winograd" and not self._winograd):
+        if tuned is None or (tuned in F._WINOGRAD and not self._winograd):
             return "auto"
         return tuned
 

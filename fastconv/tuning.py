@@ -109,7 +109,7 @@ def candidates(kernel_shape, strides, padding, dilation, groups, input_shape):
     direct one only for thin groups (fewer than 8 output channels), the only place it can win."""
     names = []
     thin = kernel_shape[0] // groups < 8
-    for algorithm in ("implicit", "im2col", "winograd", "gemm") + (("direct",) if thin else ()):
+    for algorithm in ("implicit", "im2col", "winograd", "winograd4", "gemm") + (("direct",) if thin else ()):
         try:
             F._ConvGeometry("tune", input_shape, kernel_shape, None, strides, padding, dilation,
                             groups, None, algorithm, kernel_shape)

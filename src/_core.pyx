@@ -155,6 +155,11 @@ def kernel_names():
     return {"gemm": fc_gemm_kernel_name().decode(), "vector": fc_vector_kernel_name().decode()}
 
 
+def gemm_tile_columns():
+    """NR, the columns of the GEMM kernel's register tile in the table in force."""
+    return fc_dense_packed_tile()
+
+
 def set_num_threads(int n):
     fc_set_num_threads(n)
 

@@ -41,7 +41,7 @@ def test_zoo_plans_match_layer_by_layer(name):
 def test_resnet_plan_folds_batchnorm_and_fuses_the_residual_add():
     model = models.resnet18()
     text = model.plan_summary(print_fn=None)
-    assert "conv2d[winograd] layer1.0.conv2 + layer1.0.bn2 + layer1.0.add (+ residual maxpool)" in text
+    assert "conv2d[winograd4] layer1.0.conv2 + layer1.0.bn2 + layer1.0.add (+ residual maxpool)" in text
     assert "layer2.0.downsample.0 + layer2.0.downsample.1" in text
     assert len(model._plan.steps) == 23 and len(model.layers) == 61
     assert "batchnormalization" not in text and "relu " not in text
@@ -166,8 +166,9 @@ def test_set_algorithm_forces_and_checks_a_layer(monkeypatch, tmp_path):
     assert np.abs(model.predict(x) - reference).max() <= 1e-4 * np.abs(reference).max()
     model.set_algorithm("layer1.0.conv1", "auto")
     assert "conv2d[im2col] layer1.0.conv1" not in model.plan_summary(print_fn=None)
-    with pytest.raises(ValueError, match="winograd"):
-        model.set_algorithm("conv1", "winograd")  # a 7x7 stride-2 layer
+    for winograd in ("winograd", "winograd4"):
+        with pytest.raises(ValueError, match=winograd):
+            model.set_algorithm("conv1", winograd)  # a 7x7 stride-2 layer
     with pytest.raises(ValueError, match="Conv2D"):
         model.set_algorithm("maxpool", "im2col")
 

@@ -1,8 +1,10 @@
-"""Winograd F(2x2, 3x3): its error against a float64 reference stays within a stated bound, on
-every ISA, with bias, activations and a fused residual; model plans use it for eligible layers
-and follow fastconv.runtime.set_winograd."""
+"""Winograd F(2x2, 3x3) ("winograd") and F(4x4, 3x3) ("winograd4"): their error against a float64
+reference stays within a stated bound, on every ISA, with bias, activations, a fused residual,
+any output size and padding; model plans use them for eligible layers and follow
+fastconv.runtime.set_winograd."""
 import numpy as np
 import pytest
+import torch
 
 import fastconv
 import fastconv.functional as F
@@ -10,67 +12,151 @@ from fastconv import layers as L
 from fastconv.runtime import ISA_LEVELS, isa_cap, set_winograd, winograd_enabled
 import reference as ref
 
-# Stated bound: |error| <= 8 * K * eps32 * max|x| * max|w| (K = 9 C), four times the bound the
-# direct and im2col convolutions are tested with; the transforms add a few roundings per value.
-BOUND_FACTOR = 8.0
+# Stated bound: |error| <= c * K * eps32 * max|x| * max|w| (K = 9 C). Rounding each value of the
+# transforms and of the GEMM sums by eps scales, in the worst case, with
+# alpha = max_i (sum_k |A^T[i,k]| * |G|row_k sum * |B^T|row_k sum)^2 / 9 instead of 1 for the
+# direct sum: 64/9 for F(2x2) and 484/9 for F(4x4) with the points 0, +-2, +-1/2 (2304/9 with
+# Lavin's 0, +-1, +-2); c is alpha rounded up (docs/kernels.md).
+BOUND_FACTOR = {"winograd": 8.0, "winograd4": 54.0}
+ALGORITHMS = list(BOUND_FACTOR)
 
 
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
 @pytest.mark.parametrize("isa", list(ISA_LEVELS))
 @pytest.mark.parametrize("n,c,h,w,o,padding", [
     (1, 16, 13, 11, 24, 1), (2, 32, 8, 8, 33, 1), (1, 3, 7, 8, 17, 0), (1, 20, 5, 6, 8, ((0, 2), (1, 0))),
     (1, 128, 14, 14, 128, 1), (1, 8, 35, 35, 16, 1)])
-def test_error_within_the_stated_bound(isa, n, c, h, w, o, padding, rng):
+def test_error_within_the_stated_bound(algorithm, isa, n, c, h, w, o, padding, rng):
     x, wt, b = ref.rand(rng, (n, c, h, w)), ref.rand(rng, (o, c, 3, 3)), ref.rand(rng, (o,))
     with isa_cap(isa):
-        y = F.conv2d(x, wt, b, padding=padding, algorithm="winograd")
+        y = F.conv2d(x, wt, b, padding=padding, algorithm=algorithm)
     expected = ref.conv2d(x, wt, b, padding=padding)
-    ref.assert_close(y, expected, 9 * c, ref.scale_of(x, wt), c=BOUND_FACTOR)
+    ref.assert_close(y, expected, 9 * c, ref.scale_of(x, wt), c=BOUND_FACTOR[algorithm])
 
 
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+@pytest.mark.parametrize("isa", list(ISA_LEVELS))
+@pytest.mark.parametrize("padding", [0, 1])
+def test_every_small_output_size(algorithm, isa, padding, rng):
+    """Outputs 1..9 in each direction: partial tiles at the bottom and right edges."""
+    wt = ref.rand(rng, (9, 5, 3, 3))
+    for out_h in range(1, 10):
+        for out_w in (1, 2, 3, 4, 5, 6, 7, 8, 9)[out_h % 3::3]:
+            x = ref.rand(rng, (1, 5, out_h + 2 - 2 * padding, out_w + 2 - 2 * padding))
+            with isa_cap(isa):
+                y = F.conv2d(x, wt, padding=padding, algorithm=algorithm)
+            ref.assert_close(y, ref.conv2d(x, wt, padding=padding), 9 * 5, ref.scale_of(x, wt),
+                             c=BOUND_FACTOR[algorithm], err_msg=f"output {out_h}x{out_w}")
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
 @pytest.mark.parametrize("activation", ["relu", "relu6", "tanh", "sigmoid"])
-def test_fused_activation_and_residual(activation, rng):
+def test_fused_activation_and_residual(algorithm, activation, rng):
     x, wt, b = ref.rand(rng, (2, 16, 9, 10)), ref.rand(rng, (24, 16, 3, 3)), ref.rand(rng, (24,))
     residual = ref.rand(rng, (2, 24, 9, 10))
     conv = F.PreparedConv2d(wt, b, (16, 9, 10), padding=1, activation=activation,
-                            algorithm="winograd")
+                            algorithm=algorithm)
     expected = ref.activate(ref.conv2d(x, wt, b, padding=1) + residual, activation)
-    ref.assert_close(conv(x, residual=residual), expected, 9 * 16, 4.0, c=BOUND_FACTOR)
+    ref.assert_close(conv(x, residual=residual), expected, 9 * 16, 4.0, c=BOUND_FACTOR[algorithm])
     in_place = residual.copy()
     conv(x, residual=in_place, out=in_place)
-    ref.assert_close(in_place, expected, 9 * 16, 4.0, c=BOUND_FACTOR)
+    ref.assert_close(in_place, expected, 9 * 16, 4.0, c=BOUND_FACTOR[algorithm])
+
+
+def test_several_chunks_of_tiles_against_torch(rng):
+    """64 channels at 172 x 172: F(4x4)'s 1849 tiles per image take two chunks (of 1792)."""
+    x, wt, b = ref.rand(rng, (2, 64, 172, 172)), ref.rand(rng, (64, 64, 3, 3)), ref.rand(rng, (64,))
+    y = F.conv2d(x, wt, b, padding=1, algorithm="winograd4")
+    expected = torch.nn.functional.conv2d(torch.from_numpy(x).double(), torch.from_numpy(wt).double(),
+                                          torch.from_numpy(b).double(), padding=1).numpy()
+    ref.assert_close(y, expected, 9 * 64, ref.scale_of(x, wt), c=BOUND_FACTOR["winograd4"])
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_thread_count_does_not_change_the_result(algorithm, rng):
+    x, wt = ref.rand(rng, (2, 64, 30, 29)), ref.rand(rng, (96, 64, 3, 3))
+    conv = F.PreparedConv2d(wt, ref.rand(rng, (96,)), (64, 30, 29), padding=1, activation="relu",
+                            algorithm=algorithm)
+    previous = fastconv.get_num_threads()
+    try:
+        fastconv.set_num_threads(1)
+        one = conv(x)
+        fastconv.set_num_threads(2)
+        two = conv(x)
+    finally:
+        fastconv.set_num_threads(previous)
+    assert np.array_equal(one, two)
+
+
+@pytest.mark.parametrize("special", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("in_weights", [False, True])
+def test_winograd4_non_finite(special, in_weights, rng):
+    """F(4x4)'s transforms mix the 6 x 6 inputs of a tile: a non-finite input or weight makes
+    non-finite every output the reference has non-finite, and possibly the other outputs of
+    those 4 x 4 tiles, never any other output."""
+    for _ in range(10):
+        x, w = ref.rand(rng, (1, 16, 10, 11)), ref.rand(rng, (16, 16, 3, 3))
+        target = w if in_weights else x[0]
+        for _ in range(rng.integers(1, 4)):
+            target[tuple(rng.integers(n) for n in target.shape)] = special
+        y = F.conv2d(x, w, padding=1, algorithm="winograd4")
+        with np.errstate(all="ignore"):
+            expected = ref.conv2d(x, w, padding=1)
+        bad, bad_expected = ~np.isfinite(y), ~np.isfinite(expected)
+        assert np.all(bad[bad_expected])
+
+        def tiles(mask):
+            padded = np.zeros(mask.shape[:2] + (12, 12), bool)
+            padded[:, :, :10, :11] = mask
+            return padded.reshape(mask.shape[:2] + (3, 4, 3, 4)).any(axis=(3, 5))
+
+        assert np.array_equal(tiles(bad), tiles(bad_expected))
+        finite = ~bad
+        ref.assert_close(y[finite], expected[finite], 9 * 16, 1.0, c=BOUND_FACTOR["winograd4"])
 
 
 def test_only_eligible_convolutions_take_winograd():
     w = np.zeros((8, 4, 3, 3), np.float32)
-    for bad in (dict(stride=2), dict(dilation=2), dict(groups=2)):
-        weight = np.zeros((8, 2, 3, 3), np.float32) if bad.get("groups") else w
-        with pytest.raises(ValueError, match="winograd"):
-            F.conv2d(np.zeros((1, 4, 8, 8), np.float32), weight, algorithm="winograd", **bad)
-    assert F.PreparedConv2d(np.zeros((128, 128, 3, 3)), None, (128, 8, 8), padding=1,
-                            winograd=True).algorithm == "winograd"
-    assert F.PreparedConv2d(np.zeros((32, 32, 3, 3)), None, (32, 8, 8), padding=1,
-                            winograd=True).algorithm == "implicit"  # too few channels
-    assert F.PreparedConv2d(np.zeros((128, 128, 3, 3)), None, (128, 7, 7), padding=1,
-                            winograd=True).algorithm == "implicit"  # too small an output
-    assert F.PreparedConv2d(np.zeros((128, 128, 3, 3)), None, (128, 8, 8),
-                            padding=1).algorithm == "implicit"  # only when asked for
+    for algorithm in ALGORITHMS:
+        for bad in (dict(stride=2), dict(dilation=2), dict(groups=2)):
+            weight = np.zeros((8, 2, 3, 3), np.float32) if bad.get("groups") else w
+            with pytest.raises(ValueError, match=algorithm):
+                F.conv2d(np.zeros((1, 4, 8, 8), np.float32), weight, algorithm=algorithm, **bad)
+
+    def chosen(channels, size, **kwargs):
+        return F.PreparedConv2d(np.zeros((channels, channels, 3, 3)), None, (channels, size, size),
+                                padding=1, **kwargs).algorithm
+
+    for isa in ISA_LEVELS:
+        with isa_cap(isa):
+            assert chosen(128, 8, winograd=True) == "winograd"  # F(4x4) would have 4 tiles
+            assert chosen(128, 56, winograd=True) == "winograd4"
+    assert chosen(32, 56, winograd=True) == "implicit"  # too few channels
+    assert chosen(128, 7, winograd=True) == "implicit"  # too small an output
+    assert chosen(128, 56) == "implicit"  # only when asked for
 
 
 def test_plans_follow_the_setting():
-    x = fastconv.Input((128, 10, 10))
-    y = L.Add(activation="relu")([L.BatchNormalization()(L.Conv2D(128, 3, padding=1)(x)), x])
+    """28 x 28 outputs fill F(4x4)'s GEMMs on every ISA: plans take it, or F(2x2) when forced,
+    and neither when Winograd is off."""
+    x = fastconv.Input((128, 28, 28))
+    conv = L.Conv2D(128, 3, padding=1, name="conv")
+    y = L.Add(activation="relu")([L.BatchNormalization()(conv(x)), x])
     model = fastconv.Model(x, y, seed=0)
-    data = np.random.default_rng(0).standard_normal((2, 128, 10, 10)).astype(np.float32)
+    data = np.random.default_rng(0).standard_normal((2, 128, 28, 28)).astype(np.float32)
+    reference = model._run_layers([data])[0]
     previous = winograd_enabled()
     try:
         set_winograd(True)
-        fast = model.predict(data)
-        assert "conv2d[winograd]" in model.plan_summary(print_fn=None)
+        for algorithm in ("winograd4", "winograd"):
+            fast = model.predict(data)
+            assert f"conv2d[{algorithm}] conv" in model.plan_summary(print_fn=None)
+            assert np.abs(fast - reference).max() <= 1e-4 * np.abs(reference).max()
+            model.set_algorithm("conv", "winograd")
+        model.set_algorithm("conv", "auto")
         set_winograd(False)
         plain = model.predict(data)
-        assert "conv2d[implicit]" in model.plan_summary(print_fn=None)
+        assert "conv2d[implicit] conv" in model.plan_summary(print_fn=None)
     finally:
         set_winograd(previous)
-    reference = model._run_layers([data])[0]
     assert np.abs(plain - reference).max() <= 1e-5 * np.abs(reference).max()
-    assert np.abs(fast - reference).max() <= 1e-4 * np.abs(reference).max()

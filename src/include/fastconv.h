@@ -27,6 +27,7 @@ typedef enum fc_conv_algorithm {
   FC_CONV_GEMM = 2, /* 1x1, stride 1, no padding: the input is the GEMM operand */
   FC_CONV_WINOGRAD = 3, /* F(2x2, 3x3): 3x3, stride 1, dilation 1, one group */
   FC_CONV_IMPLICIT = 4, /* implicit GEMM over phase planes of the input */
+  FC_CONV_WINOGRAD4 = 5, /* F(4x4, 3x3): 3x3, stride 1, dilation 1, one group */
 } fc_conv_algorithm;
 
 /* Denormals are flushed to zero inside the kernels (default on). */

@@ -85,10 +85,10 @@ typedef struct fc_matrix_src {
 void fc_pack_b_matrix(const void* ctx, size_t k0, size_t kc, size_t n0, size_t nr_used,
                       size_t nr, float* dst);
 
-/* Winograd F(2x2, 3x3) convolution (src/ops/winograd.c). */
-size_t fc_winograd_packed_size(const fc_conv2d_params* p);
-int fc_winograd_pack_weights(const fc_conv2d_params* p, const float* w, float* packed);
-int fc_winograd_run(const fc_conv2d_params* p, const float* packed, const float* bias,
+/* Winograd F(m x m, 3x3) convolution, m = 2 or 4 (src/ops/winograd.c). */
+size_t fc_winograd_packed_size(const fc_conv2d_params* p, size_t m);
+int fc_winograd_pack_weights(const fc_conv2d_params* p, size_t m, const float* w, float* packed);
+int fc_winograd_run(const fc_conv2d_params* p, size_t m, const float* packed, const float* bias,
                     const float* residual, const float* x, float* y);
 
 /* Phase planes (src/ops/window.c): an input plane laid out so that a whole output plane of a

@@ -62,13 +62,14 @@ typedef void (*fc_wmax_fn)(size_t n, const float* x, const ptrdiff_t* offsets, s
 #define FC_DW_ROWS 4
 typedef void (*fc_dwconv_fn)(size_t n, const float* const* x, size_t pad, size_t width,
                              const float* w, const fc_window_epilogue* ep, float* const* y);
-/* Winograd F(2x2, 3x3) transforms over a run of n tiles (f32-winograd.c): the input transform
- * reads each tile's 4x4 input from 2x2 phase planes (phases[q] at the run's first tile, rows
- * `cols` apart) and writes V_xi of tile l at v[xi * xi_stride + l]; the output transform reads
- * M_xi at m[xi * xi_stride + l] and writes output (i, j) + bias at y[(2i + j) * y_stride + l].
- * Whole vectors: reads and writes may run FC_WINDOW_SLACK floats past each run's end. */
-typedef void (*fc_winograd_input_fn)(size_t n, const float* const phases[4], size_t cols,
-                                     float* v, size_t xi_stride);
+/* Winograd F(m x m, 3x3) transforms over a run of n tiles (f32-winograd.c), m = 2 or 4: the
+ * input transform reads each tile's (m+2)x(m+2) input from m x m phase planes (phases[q] at the
+ * run's first tile, rows `cols` apart) and writes V_xi of tile l at v[xi * xi_stride + l]; the
+ * output transform reads M_xi at m[xi * xi_stride + l] and writes output (i, j) + bias at
+ * y[(m*i + j) * y_stride + l]. Whole vectors: reads and writes may run FC_WINDOW_SLACK floats
+ * past each run's end. */
+typedef void (*fc_winograd_input_fn)(size_t n, const float* const* phases, size_t cols, float* v,
+                                     size_t xi_stride);
 typedef void (*fc_winograd_output_fn)(size_t n, const float* m, size_t xi_stride, float bias,
                                       float* y, size_t y_stride);
 /* y[i] = x[i * stride]. */
@@ -99,8 +100,10 @@ typedef struct fc_vector_config {
   fc_wmacc_fn wmacc;
   fc_wmax_fn wmax;
   fc_vcopy_fn vcopy;
-  fc_winograd_input_fn winograd_input;
+  fc_winograd_input_fn winograd_input; /* F(2x2, 3x3) */
   fc_winograd_output_fn winograd_output;
+  fc_winograd_input_fn winograd4_input; /* F(4x4, 3x3) */
+  fc_winograd_output_fn winograd4_output;
   fc_vclamp_fn vclamp;
   fc_vadd_fn vadd;
   fc_vaffine_fn vaffine;
@@ -134,10 +137,14 @@ FC_DECLARE_GEMV_KERNEL(avx512f)
                                    const fc_window_epilogue*, float*);                           \
   void fc_f32_wmax_ukernel__##isa(size_t, const float*, const ptrdiff_t*, size_t, float*);       \
   void fc_f32_vcopy_strided_ukernel__##isa(size_t, const float*, size_t, float*);                \
-  void fc_f32_winograd_input_ukernel__##isa(size_t, const float* const[4], size_t, float*,       \
+  void fc_f32_winograd_input_ukernel__##isa(size_t, const float* const*, size_t, float*,        \
                                             size_t);                                             \
   void fc_f32_winograd_output_ukernel__##isa(size_t, const float*, size_t, float, float*,        \
                                              size_t);                                            \
+  void fc_f32_winograd4_input_ukernel__##isa(size_t, const float* const*, size_t, float*,       \
+                                             size_t);                                            \
+  void fc_f32_winograd4_output_ukernel__##isa(size_t, const float*, size_t, float, float*,       \
+                                              size_t);                                           \
   void fc_f32_vclamp_ukernel__##isa(size_t, const float*, float*, float, float);                 \
   void fc_f32_vadd_minmax_ukernel__##isa(size_t, const float*, const float*, float*, float,      \
                                          float);                                                 \

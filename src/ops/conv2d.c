@@ -1,6 +1,6 @@
 /* 2-D convolution, NCHW activations and OIHW weights.
  *
- * Four algorithms here (Winograd is in winograd.c), all reading the same arguments:
+ * Four algorithms here (Winograd F(2x2) and F(4x4) are in winograd.c), all reading the same arguments:
  *  - im2col + GEMM: per image and group, Y (O x OH*OW) = W (O x C*KH*KW) * cols, where the
  *    columns are written straight into the GEMM's packed B panels, one K x N block at a time,
  *    so no whole-image column buffer ever exists;
@@ -60,6 +60,9 @@ static void pack_b_im2col(const void* ctx, size_t k0, size_t kc, size_t n0, size
   }
 }
 
+/* Outputs per tile side of a Winograd algorithm: F(2x2, 3x3) or F(4x4, 3x3). */
+static size_t winograd_tile(int algorithm) { return algorithm == FC_CONV_WINOGRAD4 ? 4 : 2; }
+
 static size_t gemm_kdim(const fc_conv2d_params* p) {
   return p->in_channels / p->groups * p->kernel_h * p->kernel_w;
 }
@@ -67,7 +70,9 @@ static size_t gemm_kdim(const fc_conv2d_params* p) {
 size_t fc_conv2d_packed_size(const fc_conv2d_params* p, int algorithm) {
   const size_t og = p->out_channels / p->groups;
   if (algorithm == FC_CONV_DIRECT) return p->out_channels * gemm_kdim(p);
-  if (algorithm == FC_CONV_WINOGRAD) return fc_winograd_packed_size(p);
+  if (algorithm == FC_CONV_WINOGRAD || algorithm == FC_CONV_WINOGRAD4) {
+    return fc_winograd_packed_size(p, winograd_tile(algorithm));
+  }
   return p->groups * fc_packed_a_size(og, gemm_kdim(p), fc_gemm_config_get()->mr);
 }
 
@@ -82,7 +87,9 @@ int fc_conv2d_pack_weights(const fc_conv2d_params* p, int algorithm, const float
     memcpy(packed, w, p->out_channels * kdim * sizeof(float));
     return 0;
   }
-  if (algorithm == FC_CONV_WINOGRAD) return fc_winograd_pack_weights(p, w, packed);
+  if (algorithm == FC_CONV_WINOGRAD || algorithm == FC_CONV_WINOGRAD4) {
+    return fc_winograd_pack_weights(p, winograd_tile(algorithm), w, packed);
+  }
   const size_t mr = fc_gemm_config_get()->mr, apanel = fc_packed_a_size(og, kdim, mr);
   for (size_t g = 0; g < p->groups; g++) {
     fc_pack_a(og, kdim, w + g * og * kdim, (ptrdiff_t)kdim, 1, mr, packed + g * apanel);
@@ -279,7 +286,9 @@ int fc_conv2d_nchw_f32_packed(const fc_conv2d_params* p, int algorithm, int pack
                               const float* x, float* y) {
   if (packed_tile != fc_conv2d_packed_tile(algorithm)) return FC_ERROR_STALE;
   if (algorithm == FC_CONV_DIRECT) return conv_direct(p, packed, bias, residual, x, y);
-  if (algorithm == FC_CONV_WINOGRAD) return fc_winograd_run(p, packed, bias, residual, x, y);
+  if (algorithm == FC_CONV_WINOGRAD || algorithm == FC_CONV_WINOGRAD4) {
+    return fc_winograd_run(p, winograd_tile(algorithm), packed, bias, residual, x, y);
+  }
   if (algorithm == FC_CONV_IMPLICIT) return conv_implicit(p, packed, bias, residual, x, y);
   return conv_gemm(p, algorithm, packed, bias, residual, x, y);
 }

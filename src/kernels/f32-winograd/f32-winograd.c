@@ -1,4 +1,5 @@
-/* Winograd F(2x2, 3x3) transforms, vectorised across a run of tiles (src/ops/winograd.c).
+/* Winograd F(2x2, 3x3) and F(4x4, 3x3) transforms, vectorised across a run of tiles
+ * (src/ops/winograd.c).
  *
  * Input: a run of n horizontally adjacent tiles of one channel, whose 4x4 inputs come from the
  * channel's 2x2 phase planes (src/ops/window.c): d[i][j] of tile l is phase (i % 2, j % 2) at
@@ -6,14 +7,14 @@
  * products of a run of tiles of one output channel, reduced to the tiles' 2x2 outputs.
  *
  * One portable C source compiled once per ISA (-DFC_ISA) with GCC/Clang vector extensions.
- * Both kernels work in whole vectors: they may read and write up to FC_WINDOW_SLACK floats
+ * All kernels work in whole vectors: they may read and write up to FC_WINDOW_SLACK floats
  * past element n - 1 of every run. */
 #include "fc_kernels.h"
 #include "fc_portable_simd.h"
 
 /* V = B^T d B, B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1]: V_xi of tile l goes to
- * v[xi * xi_stride + l]. phases[q] points at phase q's first input of the run. */
-void FC_NAME(fc_f32_winograd_input_ukernel)(size_t n, const float* const phases[4], size_t cols,
+ * v[xi * xi_stride + l]. phases[q] (4 pointers) points at phase q's first input of the run. */
+void FC_NAME(fc_f32_winograd_input_ukernel)(size_t n, const float* const* phases, size_t cols,
                                             float* v, size_t xi_stride) {
   for (size_t l = 0; l < n; l += VLEN) {
     vf d[4][4];
@@ -52,6 +53,75 @@ void FC_NAME(fc_f32_winograd_output_ukernel)(size_t n, const float* m, size_t xi
     for (int i = 0; i < 2; i++) {
       store(y + (size_t)(i * 2) * y_stride + l, r[i][0] + r[i][1] + r[i][2] + bias);
       store(y + (size_t)(i * 2 + 1) * y_stride + l, r[i][1] - r[i][2] - r[i][3] + bias);
+    }
+  }
+}
+
+/* F(4x4, 3x3) with the interpolation points 0, 2, -2, 1/2, -1/2 and infinity: a smaller
+ * rounding error than Lavin's 0, +-1, +-2 (docs/kernels.md). Its 6x6 inputs come from 4x4
+ * phase planes: d[i][j] of tile l is phase (i % 4, j % 4) at row offset (i / 4) * cols and
+ * column l + j / 4. The constants are powers of two or 17/4, all exact in float32. */
+
+/* v = B^T d for one line of six inputs, B^T = [1 0 -17/4 0 1 0; 0 -1/2 -1/4 2 1 0;
+ * 0 1/2 -1/4 -2 1 0; 0 -2 -4 1/2 1 0; 0 2 -4 -1/2 1 0; 0 1 0 -17/4 0 1]. */
+static inline void input_line6(const vf d[6], vf v[6]) {
+  const vf quarter = d[4] - 0.25f * d[2], odd_small = 2.0f * d[3] - 0.5f * d[1];
+  const vf four = d[4] - 4.0f * d[2], odd_large = 0.5f * d[3] - 2.0f * d[1];
+  v[0] = d[0] - 4.25f * d[2] + d[4];
+  v[1] = quarter + odd_small;
+  v[2] = quarter - odd_small;
+  v[3] = four + odd_large;
+  v[4] = four - odd_large;
+  v[5] = d[1] - 4.25f * d[3] + d[5];
+}
+
+/* V = B^T d B: V_xi of tile l goes to v[xi * xi_stride + l]; phases[q] (16 pointers) points
+ * at phase q's first input of the run. */
+void FC_NAME(fc_f32_winograd4_input_ukernel)(size_t n, const float* const* phases, size_t cols,
+                                             float* v, size_t xi_stride) {
+  for (size_t l = 0; l < n; l += VLEN) {
+    vf rows[6][6]; /* rows[i] = (d B)[i]: each input row transformed */
+    for (int i = 0; i < 6; i++) {
+      vf d[6];
+      for (int j = 0; j < 6; j++) d[j] = load(phases[(i % 4) * 4 + j % 4] + (i / 4) * cols + j / 4 + l);
+      input_line6(d, rows[i]);
+    }
+    for (int k = 0; k < 6; k++) {
+      const vf column[6] = {rows[0][k], rows[1][k], rows[2][k], rows[3][k], rows[4][k], rows[5][k]};
+      vf out[6];
+      input_line6(column, out);
+      for (int i = 0; i < 6; i++) store(v + (size_t)(i * 6 + k) * xi_stride + l, out[i]);
+    }
+  }
+}
+
+/* y = A^T m for one line of six products, A^T = [1 1 1 1 1 0; 0 2 -2 1/2 -1/2 0;
+ * 0 4 4 1/4 1/4 0; 0 8 -8 1/8 -1/8 1]. */
+static inline void output_line6(const vf m[6], vf y[4]) {
+  const vf sum_large = m[1] + m[2], diff_large = m[1] - m[2];
+  const vf sum_small = m[3] + m[4], diff_small = m[3] - m[4];
+  y[0] = m[0] + sum_large + sum_small;
+  y[1] = 2.0f * diff_large + 0.5f * diff_small;
+  y[2] = 4.0f * sum_large + 0.25f * sum_small;
+  y[3] = 8.0f * diff_large + 0.125f * diff_small + m[5];
+}
+
+/* Y = A^T M A + bias, from M_xi of tile l at m[xi * xi_stride + l]: output (i, j) of tile l
+ * goes to y[(i * 4 + j) * y_stride + l]. */
+void FC_NAME(fc_f32_winograd4_output_ukernel)(size_t n, const float* m, size_t xi_stride,
+                                              float bias, float* y, size_t y_stride) {
+  for (size_t l = 0; l < n; l += VLEN) {
+    vf rows[6][4]; /* rows[i] = (M A)[i] */
+    for (int i = 0; i < 6; i++) {
+      vf s[6];
+      for (int j = 0; j < 6; j++) s[j] = load(m + (size_t)(i * 6 + j) * xi_stride + l);
+      output_line6(s, rows[i]);
+    }
+    for (int j = 0; j < 4; j++) {
+      const vf column[6] = {rows[0][j], rows[1][j], rows[2][j], rows[3][j], rows[4][j], rows[5][j]};
+      vf out[4];
+      output_line6(column, out);
+      for (int i = 0; i < 4; i++) store(y + (size_t)(i * 4 + j) * y_stride + l, out[i] + bias);
     }
   }
 }
