@@ -190,12 +190,18 @@ def nchw_or_nhwc(shape, channels_last):
     return (n, h, w, c) if channels_last else shape
 
 
+# Error factors of the Winograd algorithms over a direct sum (tests/test_winograd.py derives them).
+WINOGRAD_ERROR_FACTOR = {"winograd": 8.0, "winograd4": 54.0}
+
+
 @st.composite
 def conv_calls(draw):
-    algorithm = draw(st.sampled_from(["auto", "auto", "direct", "im2col", "implicit", "gemm", "winograd"]))
-    # gemm and winograd take only some geometries: mostly draw those, sometimes any.
-    fitted = algorithm in ("gemm", "winograd") and draw(st.integers(0, 3)) > 0
-    groups = 1 if fitted and algorithm == "winograd" else draw(st.sampled_from([1, 1, 1, 2, 3]))
+    algorithm = draw(st.sampled_from(["auto", "auto", "direct", "im2col", "implicit", "gemm",
+                                      "winograd", "winograd4"]))
+    is_winograd = algorithm in WINOGRAD_ERROR_FACTOR
+    # gemm and Winograd take only some geometries: mostly draw those, sometimes any.
+    fitted = (algorithm == "gemm" or is_winograd) and draw(st.integers(0, 3)) > 0
+    groups = 1 if fitted and is_winograd else draw(st.sampled_from([1, 1, 1, 2, 3]))
     cg, og = draw(st.integers(1, 3)), draw(st.integers(0 if groups == 1 else 1, 4))
     c, o = cg * groups, og * groups
     n, h, w = draw(st.sampled_from([0, 1, 1, 2])), draw(st.integers(1, 9)), draw(st.integers(1, 9))
@@ -206,7 +212,7 @@ def conv_calls(draw):
     elif fitted:
         kernel, geometry = (3, 3), dict(geometry, stride=1, dilation=1)
     channels_last = draw(st.booleans())
-    x = draw(arrays(nchw_or_nhwc((n, c, h, w), channels_last), special=algorithm != "winograd"))
+    x = draw(arrays(nchw_or_nhwc((n, c, h, w), channels_last), special=not is_winograd))
     wshape = (o, cg) + kernel
     weight = draw(arrays((kernel + (cg, o)) if channels_last else wshape))
     bias = draw(st.one_of(st.none(), arrays((o,))))
@@ -218,7 +224,7 @@ def conv_calls(draw):
         R.pair(geometry["dilation"]) == (1, 1) and groups == 1
     if not window_fits((h, w), kernel, geometry):
         fault, bad = "kernel", {}
-    elif (algorithm == "gemm" and not pointwise) or (algorithm == "winograd" and not winograd):
+    elif (algorithm == "gemm" and not pointwise) or (is_winograd and not winograd):
         fault, bad = "algorithm", {}
     else:
         fault, bad = maybe_fault(draw, window_faults(["stride", "dilation", "groups"]) + COMMON_FAULTS + [
@@ -232,7 +238,7 @@ def conv_calls(draw):
     return Call("conv2d", lambda: F.conv2d(**args),
                 lambda: R.conv2d(x, weight, bias, **kwargs), fault=fault,
                 reduction=cg * kernel[0] * kernel[1] + 1, scale=scale_of(x, weight) + scale_of(bias),
-                factor=8.0 if algorithm == "winograd" else 2.0, args=args)
+                factor=WINOGRAD_ERROR_FACTOR.get(algorithm, 2.0), args=args)
 
 
 @fuzz(1000)
