@@ -17,7 +17,7 @@ enum fc_isa { FC_ISA_SCALAR = 0, FC_ISA_AVX2 = 1, FC_ISA_AVX512 = 2 };
 
 /* What the GEMM micro-kernel does after its kc-long dot products, in this order:
  * add the previous C tile (accumulate), add a per-row and a per-column bias, clamp to [min, max].
- * NaN survives the clamp. bias_row holds MR values and bias_col NR values (zero-padded). */
+ * NaN survives the clamp. bias_row holds a value per row of the tile, bias_col one per column. */
 typedef struct fc_gemm_epilogue {
   int accumulate;
   const float* bias_row;
@@ -26,14 +26,15 @@ typedef struct fc_gemm_epilogue {
   float max;
 } fc_gemm_epilogue;
 
-/* C[0:MR, 0:NR] (row stride ldc) = A_panel (kc x MR, k-major) * B (kc x NR), followed by the
- * epilogue. B is a packed panel (row k at b + k * NR, 64-byte aligned) when b_offsets is NULL;
- * otherwise it is read in place, row k at b + b_offsets[k] (unaligned): the implicit GEMM of a
- * convolution over phase planes. The whole MR x NR tile is always written; the driver routes
- * edge tiles through a scratch tile. kc >= 1. */
-typedef void (*fc_gemm_ukernel_fn)(size_t kc, const float* a, const float* b,
-                                   const ptrdiff_t* b_offsets, float* c, size_t ldc,
-                                   const fc_gemm_epilogue* ep);
+/* C[0:rows, 0:cols] (row stride ldc) = A_panel (kc x MR, k-major) * B (kc x cols), followed by
+ * the epilogue; 1 <= rows <= MR, 1 <= cols <= NR, kc >= 1. B is a packed panel (row k at
+ * b + k * NR, 64-byte aligned, zero past cols) when b_offsets is NULL; otherwise it is read in
+ * place, row k at b + b_offsets[k] (unaligned): the implicit GEMM of a convolution. Only the
+ * rows x cols tile is read from B's rows in place, from C, bias_row and bias_col, and only it is
+ * written, so edge tiles need no scratch. */
+typedef void (*fc_gemm_ukernel_fn)(size_t rows, size_t cols, size_t kc, const float* a,
+                                   const float* b, const ptrdiff_t* b_offsets, float* c,
+                                   size_t ldc, const fc_gemm_epilogue* ep);
 
 /* Sliding windows over a flat run (f32-window.c): for i < n,
  *   wmacc: y[i] = clamp(s + sum over t < taps of w[t] * x[i + offsets[t]], min, max), where s is
@@ -118,8 +119,8 @@ const fc_vector_config* fc_vector_config_get(void);
 
 /* Kernels, by ISA. The names are their specification: MRxNR tile, epilogue, instruction set. */
 #define FC_GEMM_UKERNEL(name)                                                                      \
-  void name(size_t kc, const float* a, const float* b, const ptrdiff_t* b_offsets, float* c,    \
-            size_t ldc, const fc_gemm_epilogue* ep)
+  void name(size_t rows, size_t cols, size_t kc, const float* a, const float* b,                \
+            const ptrdiff_t* b_offsets, float* c, size_t ldc, const fc_gemm_epilogue* ep)
 FC_GEMM_UKERNEL(fc_f32_gemm_minmax_ukernel_4x8__scalar);
 FC_GEMM_UKERNEL(fc_f32_gemm_minmax_ukernel_6x16__avx2);
 FC_GEMM_UKERNEL(fc_f32_gemm_minmax_ukernel_8x32__avx512f);

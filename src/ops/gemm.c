@@ -18,7 +18,6 @@
 #define FC_KC 256
 #define FC_NC 1024 /* a multiple of every NR */
 #define FC_MC 256  /* rows of A per block: MC x KC floats (256 KiB) stay in L2 */
-#define FC_MAX_TILE (8 * 32)
 
 size_t fc_packed_a_size(size_t M, size_t K, size_t mr) { return fc_round_up(M, mr) * K; }
 
@@ -97,15 +96,6 @@ static void clamp_limits(int activation, float* lo, float* hi) {
   if (activation == FC_ACT_RELU6) *hi = 6.0f;
 }
 
-/* Copies n floats into a fresh buffer of padded_n floats, zero-filled past n. */
-static float* padded_copy(const float* v, size_t n, size_t padded_n) {
-  float* p = (float*)fc_alloc(padded_n * sizeof(float));
-  if (!p) return NULL;
-  memcpy(p, v, n * sizeof(float));
-  memset(p + n, 0, (padded_n - n) * sizeof(float));
-  return p;
-}
-
 typedef struct tile_job {
   const fc_gemm_config* cfg;
   float* c;
@@ -114,23 +104,16 @@ typedef struct tile_job {
   int last;
 } tile_job;
 
-/* One MR x NR tile. Edge tiles go through a scratch tile so the kernel can always store whole. */
+/* One MR x NR tile, of which the kernel reads and writes only the part inside C. */
 static void run_tile(const tile_job* job, size_t kc, const float* a, const float* b,
                      const ptrdiff_t* b_offsets, size_t m0, size_t mr_used, size_t n0,
-                     size_t nr_used, const fc_gemm_epilogue* ep, float* scratch) {
-  const size_t mr = job->cfg->mr, nr = job->cfg->nr;
+                     size_t nr_used, const fc_gemm_epilogue* ep) {
   float* c = job->c + m0 * job->c_rs + n0;
-  if (mr_used == mr && nr_used == nr) {
-    job->cfg->fn(kc, a, b, b_offsets, c, job->c_rs, ep);
-  } else {
-    if (ep->accumulate) {
-      for (size_t r = 0; r < mr_used; r++) memcpy(scratch + r * nr, c + r * job->c_rs, nr_used * 4);
-    }
-    job->cfg->fn(kc, a, b, b_offsets, scratch, nr, ep);
-    for (size_t r = 0; r < mr_used; r++) memcpy(c + r * job->c_rs, scratch + r * nr, nr_used * 4);
-  }
+  job->cfg->fn(mr_used, nr_used, kc, a, b, b_offsets, c, job->c_rs, ep);
   if (job->last && (job->activation == FC_ACT_TANH || job->activation == FC_ACT_SIGMOID)) {
-    for (size_t r = 0; r < mr_used; r++) fc_activation_row(nr_used, job->activation, c + r * job->c_rs);
+    for (size_t r = 0; r < mr_used; r++) {
+      fc_activation_row(nr_used, job->activation, c + r * job->c_rs);
+    }
   }
 }
 
@@ -171,13 +154,7 @@ int fc_gemm_packed(size_t M, size_t N, size_t K, const float* a_packed, const fc
   const size_t n_mpanels = mpad / mr, n_npanels = npad / nr;
   const size_t bsize = b->pack ? fc_min(K, FC_KC) * fc_min(npad, FC_NC) : 0;
   float* bbuf = (float*)fc_workspace(FC_WS_GEMM, (size_t)threads * bsize * sizeof(float));
-  float* brow = bias_row ? padded_copy(bias_row, M, mpad) : NULL;
-  float* bcol = bias_col ? padded_copy(bias_col, N, npad) : NULL;
-  if (!bbuf || (bias_row && !brow) || (bias_col && !bcol)) {
-    fc_free(brow);
-    fc_free(bcol);
-    return FC_ERROR_NOMEM;
-  }
+  if (!bbuf) return FC_ERROR_NOMEM;
   float lo, hi;
   clamp_limits(activation, &lo, &hi);
 
@@ -190,7 +167,6 @@ int fc_gemm_packed(size_t M, size_t N, size_t K, const float* a_packed, const fc
     const size_t mc_panels = FC_MC / mr ? FC_MC / mr : 1;
     size_t tm, tn;
     thread_grid(team, n_mpanels, n_npanels, &tm, &tn);
-    float scratch[FC_MAX_TILE] __attribute__((aligned(64)));
     float* bpanels = bbuf + id * bsize;
     size_t mp0, mp1, np0, np1;
     split(n_mpanels, tm, id % tm, &mp0, &mp1);
@@ -214,12 +190,12 @@ int fc_gemm_packed(size_t M, size_t N, size_t K, const float* a_packed, const fc
           for (size_t j = p0; j < p1; j++) {
             const size_t col = j * nr;
             const float* bj = b_panel(b, npad, nr, k0, kc, j, p0, bpanels);
-            ep.bias_col = last && bcol ? bcol + col : NULL;
+            ep.bias_col = last && bias_col ? bias_col + col : NULL;
             for (size_t i = i0; i < i1; i++) {
               const size_t m0 = i * mr;
-              ep.bias_row = last && brow ? brow + m0 : NULL;
+              ep.bias_row = last && bias_row ? bias_row + m0 : NULL;
               run_tile(&job, kc, a_packed + k0 * mpad + m0 * kc, bj, b_offsets, m0,
-                       fc_min(mr, M - m0), col, fc_min(nr, N - col), &ep, scratch);
+                       fc_min(mr, M - m0), col, fc_min(nr, N - col), &ep);
             }
           }
         }
@@ -227,8 +203,6 @@ int fc_gemm_packed(size_t M, size_t N, size_t K, const float* a_packed, const fc
     }
     fc_fp_exit(fp_mode);
   }
-  fc_free(brow);
-  fc_free(bcol);
   return 0;
 }
 

@@ -18,13 +18,13 @@ FC_GEMM_UKERNEL(fc_f32_gemm_minmax_ukernel_4x8__scalar) {
     const float* bk = b_offsets ? b + b_offsets[k] : b + k * NR;
     for (int r = 0; r < MR; r++) {
       const float ar = a[r];
-      for (int j = 0; j < NR; j++) acc[r][j] += ar * bk[j];
+      for (size_t j = 0; j < cols; j++) acc[r][j] += ar * bk[j];
     }
     a += MR;
   }
-  for (int r = 0; r < MR; r++) {
-    float* cr = c + (size_t)r * ldc;
-    for (int j = 0; j < NR; j++) {
+  for (size_t r = 0; r < rows; r++) {
+    float* cr = c + r * ldc;
+    for (size_t j = 0; j < cols; j++) {
       float v = acc[r][j];
       if (ep->accumulate) v = cr[j] + v;
       if (ep->bias_row) v += ep->bias_row[r];

@@ -1,64 +1,96 @@
 /* fc_f32_gemm_minmax_ukernel_6x16__avx2: a 6 x 16 tile held in 12 ymm accumulators.
  * Per k: two 8-wide loads of B (a packed panel, or rows read in place), six broadcasts of the
- * A panel, twelve FMAs.
+ * A panel, twelve FMAs. Edge tiles of 8 or fewer columns use one vector; masked loads and
+ * stores (which do not fault on masked-off lanes) keep them inside the matrix.
  * Contract: src/include/fc_kernels.h. Compiled with -mavx2 -mfma. */
 #include <immintrin.h>
 
 #include "fc_kernels.h"
 
 #define MR 6
+#define NR 16
+#define FC_INLINE static inline __attribute__((always_inline))
 
-FC_GEMM_UKERNEL(fc_f32_gemm_minmax_ukernel_6x16__avx2) {
+/* All-ones in the lanes of the first `n` columns (n may exceed 8). */
+static __m256i lanes(size_t n) {
+  const int v = n > 8 ? 8 : (int)n;
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(v), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+/* `nv` vectors (1 or 2) of columns, selected by m0 and m1. Full tiles pass `full`, which keeps
+ * masks out of their loop and stores. */
+FC_INLINE void tile(size_t rows, size_t kc, const float* a, const float* b,
+                    const ptrdiff_t* b_offsets, float* c, size_t ldc, const fc_gemm_epilogue* ep,
+                    __m256i m0, __m256i m1, const int nv, const int full) {
   __m256 lo[MR], hi[MR];
 #pragma GCC unroll 6
   for (int r = 0; r < MR; r++) {
     lo[r] = _mm256_setzero_ps();
     hi[r] = _mm256_setzero_ps();
   }
-#define FC_TILE_STEP(b0, b1)                                                                       \
-  _Pragma("GCC unroll 6") for (int r = 0; r < MR; r++) {                                         \
-    const __m256 ar = _mm256_broadcast_ss(a + r);                                                 \
-    lo[r] = _mm256_fmadd_ps(ar, b0, lo[r]);                                                       \
-    hi[r] = _mm256_fmadd_ps(ar, b1, hi[r]);                                                       \
-  }                                                                                              \
-  a += MR;
-  if (b_offsets) {
-    for (size_t k = 0; k < kc; k++) {
-      const float* bk = b + b_offsets[k];
-      const __m256 b0 = _mm256_loadu_ps(bk), b1 = _mm256_loadu_ps(bk + 8);
-      FC_TILE_STEP(b0, b1)
+  for (size_t k = 0; k < kc; k++) {
+    const float* bk = b_offsets ? b + b_offsets[k] : b + k * NR;
+    __m256 b0, b1 = _mm256_setzero_ps();
+    if (full || !b_offsets) { /* packed panels are whole */
+      b0 = _mm256_loadu_ps(bk);
+      if (nv == 2) b1 = _mm256_loadu_ps(bk + 8);
+    } else {
+      b0 = _mm256_maskload_ps(bk, m0);
+      if (nv == 2) b1 = _mm256_maskload_ps(bk + 8, m1);
     }
-  } else {
-    for (size_t k = 0; k < kc; k++, b += 16) {
-      const __m256 b0 = _mm256_load_ps(b), b1 = _mm256_load_ps(b + 8);
-      FC_TILE_STEP(b0, b1)
+#pragma GCC unroll 6
+    for (int r = 0; r < MR; r++) {
+      const __m256 ar = _mm256_broadcast_ss(a + r);
+      lo[r] = _mm256_fmadd_ps(ar, b0, lo[r]);
+      if (nv == 2) hi[r] = _mm256_fmadd_ps(ar, b1, hi[r]);
     }
+    a += MR;
   }
   const __m256 vmin = _mm256_set1_ps(ep->min);
   const __m256 vmax = _mm256_set1_ps(ep->max);
-  const __m256 col0 = ep->bias_col ? _mm256_loadu_ps(ep->bias_col) : _mm256_setzero_ps();
-  const __m256 col1 = ep->bias_col ? _mm256_loadu_ps(ep->bias_col + 8) : _mm256_setzero_ps();
+  __m256 col0 = _mm256_setzero_ps(), col1 = _mm256_setzero_ps();
+  if (ep->bias_col) {
+    col0 = full ? _mm256_loadu_ps(ep->bias_col) : _mm256_maskload_ps(ep->bias_col, m0);
+    if (nv == 2) {
+      col1 = full ? _mm256_loadu_ps(ep->bias_col + 8) : _mm256_maskload_ps(ep->bias_col + 8, m1);
+    }
+  }
 #pragma GCC unroll 6
   for (int r = 0; r < MR; r++) {
+    if ((size_t)r >= rows) break;
     float* cr = c + (size_t)r * ldc;
     __m256 v0 = lo[r], v1 = hi[r];
     if (ep->accumulate) {
-      v0 = _mm256_add_ps(_mm256_loadu_ps(cr), v0);
-      v1 = _mm256_add_ps(_mm256_loadu_ps(cr + 8), v1);
+      v0 = _mm256_add_ps(full ? _mm256_loadu_ps(cr) : _mm256_maskload_ps(cr, m0), v0);
+      if (nv == 2) {
+        v1 = _mm256_add_ps(full ? _mm256_loadu_ps(cr + 8) : _mm256_maskload_ps(cr + 8, m1), v1);
+      }
     }
     if (ep->bias_row) {
       const __m256 br = _mm256_set1_ps(ep->bias_row[r]);
       v0 = _mm256_add_ps(v0, br);
       v1 = _mm256_add_ps(v1, br);
     }
-    if (ep->bias_col) {
-      v0 = _mm256_add_ps(v0, col0);
-      v1 = _mm256_add_ps(v1, col1);
-    }
     /* max(limit, v) returns v when v is NaN (the second operand wins on unordered inputs). */
-    v0 = _mm256_min_ps(vmax, _mm256_max_ps(vmin, v0));
-    v1 = _mm256_min_ps(vmax, _mm256_max_ps(vmin, v1));
-    _mm256_storeu_ps(cr, v0);
-    _mm256_storeu_ps(cr + 8, v1);
+    v0 = _mm256_min_ps(vmax, _mm256_max_ps(vmin, _mm256_add_ps(v0, col0)));
+    v1 = _mm256_min_ps(vmax, _mm256_max_ps(vmin, _mm256_add_ps(v1, col1)));
+    if (full) {
+      _mm256_storeu_ps(cr, v0);
+      _mm256_storeu_ps(cr + 8, v1);
+    } else {
+      _mm256_maskstore_ps(cr, m0, v0);
+      if (nv == 2) _mm256_maskstore_ps(cr + 8, m1, v1);
+    }
+  }
+}
+
+FC_GEMM_UKERNEL(fc_f32_gemm_minmax_ukernel_6x16__avx2) {
+  const __m256i all = _mm256_set1_epi32(-1);
+  if (rows == MR && cols == NR) {
+    tile(MR, kc, a, b, b_offsets, c, ldc, ep, all, all, 2, 1);
+  } else if (cols > 8) {
+    tile(rows, kc, a, b, b_offsets, c, ldc, ep, all, lanes(cols - 8), 2, 0);
+  } else {
+    tile(rows, kc, a, b, b_offsets, c, ldc, ep, lanes(cols), all, 1, 0);
   }
 }
