@@ -191,3 +191,20 @@ def test_nan_propagation_1x1(rng, algorithm):
     ref = ref_conv2d(x, w)
     y = F.conv2d(x, w, algorithm=algorithm)
     assert_close(y, ref, 5, scale_of(x, w))
+
+
+# 1x1 GEMM edges: output channels around MR = 4/6/8 and the in-place limit (4 row panels), pixel
+# counts around NR = 8/16/32 and the 16-column edge piece, K around the K block (256); plus the
+# residual, which makes the kernels load C (masked on edge tiles).
+@pytest.mark.parametrize("O", [1, 5, 7, 8, 9, 16, 23, 24, 25, 31, 32, 33, 40])
+@pytest.mark.parametrize("C", [3, 255, 257])
+def test_gemm_1x1_edges_and_residual(rng, O, C):
+    for h, w in [(1, 1), (1, 7), (3, 3), (1, 16), (1, 17), (5, 5), (3, 11), (7, 7), (5, 13), (4, 16)]:
+        x = rand(rng, (1, C, h, w))
+        weight = rand(rng, (O, C, 1, 1))
+        bias = rand(rng, (O,))
+        residual = rand(rng, (1, O, h, w))
+        conv = F.PreparedConv2d(weight, bias, (C, h, w), activation="relu", algorithm="gemm")
+        y = conv(x, residual=residual)
+        ref = np.maximum(ref_conv2d(x, weight, bias) + residual, 0.0)
+        assert_close(y, ref, C + 2, scale_of(x, weight) + 2.0, err_msg=f"O={O} C={C} hw={(h, w)}")

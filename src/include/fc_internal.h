@@ -64,7 +64,7 @@ void fc_pack_a(size_t M, size_t K, const float* a, ptrdiff_t rs, ptrdiff_t cs, s
  *  - pack (+ ctx): a callback packing K x NR panels block by block (im2col, plain matrices);
  *  - packed: B packed once, in the layout of fc_dense_pack_weights;
  *  - base (+ offsets): B read in place, B[k][n] = base[offsets[k] + n] (implicit GEMM over
- *    phase planes); reads may run NR - 1 floats past column N - 1. */
+ *    phase planes, or a plain matrix); the kernels read no column past N - 1. */
 typedef struct fc_b_operand {
   fc_pack_b_fn pack;
   const void* ctx;

@@ -42,7 +42,7 @@ typedef void (*fc_gemm_ukernel_fn)(size_t rows, size_t cols, size_t kc, const fl
  *   wmax:  y[i] = max over t < taps of x[i + offsets[t]] (NaN wins; taps >= 1).
  * The kernels work in whole vectors: they may read x[i + offsets[t]] and write y[i] for every
  * i < n rounded up to FC_WINDOW_SLACK, so callers allocate that slack. */
-#define FC_WINDOW_SLACK 32 /* also covers a GEMM tile's NR columns read in place */
+#define FC_WINDOW_SLACK 32
 typedef struct fc_window_epilogue {
   int accumulate;
   float init;

@@ -15,6 +15,8 @@
 #include "fc_internal.h"
 #include "fc_kernels.h"
 
+/* KC 128/384/512, NC 512/2048 and MC 128/512 measured within noise (5 %) of these on the 1x1
+ * layers of ResNet-50, GoogLeNet and MobileNetV2 (one thread, Zen 4). */
 #define FC_KC 256
 #define FC_NC 1024 /* a multiple of every NR */
 #define FC_MC 256  /* rows of A per block: MC x KC floats (256 KiB) stay in L2 */
