@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 import fastconv.functional as F
-from reference import ACTIVATIONS, assert_close, conv2d as ref_conv2d, rand, scale_of
+from reference import ACTIVATIONS, activate, assert_close, conv2d as ref_conv2d, rand, scale_of
 
 ALGOS = ["direct", "im2col", "implicit", "auto"]
 
@@ -195,8 +195,9 @@ def test_nan_propagation_1x1(rng, algorithm):
 
 # 1x1 GEMM edges: output channels around MR = 4/6/8 and the in-place limit (4 row panels), pixel
 # counts around NR = 8/16/32 and the 16-column edge piece, K around the K block (256); plus the
-# residual, which makes the kernels load C (masked on edge tiles).
-@pytest.mark.parametrize("O", [1, 5, 7, 8, 9, 16, 23, 24, 25, 31, 32, 33, 40])
+# residual, which makes the kernels load C (masked on edge tiles). With AVX-512, 64 and 72
+# channels on 1x1, 1x7 and 7x7 images run transposed (pixels as GEMM rows).
+@pytest.mark.parametrize("O", [1, 5, 7, 8, 9, 16, 23, 24, 25, 31, 32, 33, 40, 64, 72])
 @pytest.mark.parametrize("C", [3, 255, 257])
 def test_gemm_1x1_edges_and_residual(rng, O, C):
     for h, w in [(1, 1), (1, 7), (3, 3), (1, 16), (1, 17), (5, 5), (3, 11), (7, 7), (5, 13), (4, 16)]:
@@ -208,3 +209,22 @@ def test_gemm_1x1_edges_and_residual(rng, O, C):
         y = conv(x, residual=residual)
         ref = np.maximum(ref_conv2d(x, weight, bias) + residual, 0.0)
         assert_close(y, ref, C + 2, scale_of(x, weight) + 2.0, err_msg=f"O={O} C={C} hw={(h, w)}")
+
+
+# Every activation on the 1x1 paths (in place, packed, transposed on AVX-512 for 64 channels on
+# 7x7), with and without a residual (added before the activation).
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("O", [16, 64])
+def test_gemm_1x1_activations(rng, activation, O):
+    x = rand(rng, (2, 40, 7, 7), -2, 2)
+    weight = rand(rng, (O, 40, 1, 1), -2, 2)
+    bias = rand(rng, (O,), -3, 3)
+    residual = rand(rng, (2, O, 7, 7), -3, 3)
+    conv = F.PreparedConv2d(weight, bias, (40, 7, 7), activation=activation, algorithm="gemm")
+    scale = scale_of(x, weight) + 6.0
+    assert_close(conv(x), activate(ref_conv2d(x, weight, bias), activation), 42, scale)
+    expected = activate(ref_conv2d(x, weight, bias) + residual, activation)
+    assert_close(conv(x, residual=residual), expected, 42, scale)
+    in_place = residual.copy()                  # the residual is the output (as model plans do)
+    assert conv(x, residual=in_place, out=in_place) is in_place
+    assert_close(in_place, expected, 42, scale)

@@ -67,12 +67,32 @@ static size_t gemm_kdim(const fc_conv2d_params* p) {
   return p->in_channels / p->groups * p->kernel_h * p->kernel_w;
 }
 
+/* A 1x1 layer with at most this many MR-row panels of output channels reads its input in place
+ * instead of packing it: each packed B panel would serve only a few tiles. Measured on one
+ * thread (AVX-512): 16 and 32 channels 70 -> 93 GFLOP/s; 64 channels slower in place. */
+#define FC_IN_PLACE_MAX_PANELS 4
+
+/* Whether a 1x1 layer runs transposed, pixels as the MR-row dimension (conv_pixel_rows): when
+ * the tiles over the pixels as columns do 10 % more work than over the pixels as rows (the
+ * transposes' cost, measured). Edge tiles cost whole vectors, NR / 2 columns. On AVX-512 this
+ * takes 7x7 images (49 pixels: 64 columns against 56 rows; 1x1 layers 80 -> 90 GFLOP/s), not
+ * 14x14 (208 columns against 200 rows, measured 5 % slower transposed). */
+static int gemm_pixel_rows(const fc_conv2d_params* p, int algorithm) {
+  const fc_gemm_config* cfg = fc_gemm_config_get();
+  const size_t og = p->out_channels / p->groups, npix = p->out_h * p->out_w, vec = cfg->nr / 2;
+  if (algorithm != FC_CONV_GEMM || og <= FC_IN_PLACE_MAX_PANELS * cfg->mr) return 0;
+  const double cols_work = (double)fc_round_up(og, cfg->mr) * fc_round_up(npix, vec);
+  const double rows_work = (double)fc_round_up(npix, cfg->mr) * fc_round_up(og, vec);
+  return rows_work * 1.1 < cols_work;
+}
+
 size_t fc_conv2d_packed_size(const fc_conv2d_params* p, int algorithm) {
   const size_t og = p->out_channels / p->groups;
   if (algorithm == FC_CONV_DIRECT) return p->out_channels * gemm_kdim(p);
   if (algorithm == FC_CONV_WINOGRAD || algorithm == FC_CONV_WINOGRAD4) {
     return fc_winograd_packed_size(p, winograd_tile(algorithm));
   }
+  if (gemm_pixel_rows(p, algorithm)) return p->groups * fc_dense_packed_size(gemm_kdim(p), og);
   return p->groups * fc_packed_a_size(og, gemm_kdim(p), fc_gemm_config_get()->mr);
 }
 
@@ -90,17 +110,20 @@ int fc_conv2d_pack_weights(const fc_conv2d_params* p, int algorithm, const float
   if (algorithm == FC_CONV_WINOGRAD || algorithm == FC_CONV_WINOGRAD4) {
     return fc_winograd_pack_weights(p, winograd_tile(algorithm), w, packed);
   }
+  if (gemm_pixel_rows(p, algorithm)) {
+    /* W_g^T as B panels: the layout of a dense layer's weights (out x in). */
+    const size_t wpanel = fc_dense_packed_size(kdim, og);
+    for (size_t g = 0; g < p->groups; g++) {
+      fc_dense_pack_weights(kdim, og, w + g * og * kdim, packed + g * wpanel);
+    }
+    return 0;
+  }
   const size_t mr = fc_gemm_config_get()->mr, apanel = fc_packed_a_size(og, kdim, mr);
   for (size_t g = 0; g < p->groups; g++) {
     fc_pack_a(og, kdim, w + g * og * kdim, (ptrdiff_t)kdim, 1, mr, packed + g * apanel);
   }
   return 0;
 }
-
-/* A 1x1 layer with at most this many MR-row panels of output channels reads its input in place
- * instead of packing it: each packed B panel would serve only a few tiles. Measured on one
- * thread (AVX-512): 16 and 32 channels 70 -> 93 GFLOP/s; 64 channels slower in place. */
-#define FC_IN_PLACE_MAX_PANELS 4
 
 /* Per image and group: Y_g (O/g x OH*OW) = act(W_g * B_g + bias [+ residual]). */
 static int conv_gemm(const fc_conv2d_params* p, int algorithm, const float* packed,
@@ -136,6 +159,64 @@ static int conv_gemm(const fc_conv2d_params* p, int algorithm, const float* pack
       }
       rc = fc_gemm_packed(og, npix, kdim, packed + g * apanel, &operand, bg, NULL,
                           residual != NULL, p->activation, y + out_offset, npix, threads);
+    }
+  }
+  return rc;
+}
+
+/* Y_g^T (pixels x O/g) in yt into the NCHW planes at y, adding the residual (then the
+ * activation) if there is one; without it the GEMM already applied the activation. The residual
+ * may be y itself: each element is read before it is written. */
+static void store_transposed(const fc_conv2d_params* p, size_t og, const float* yt,
+                             const float* residual, float* y, int threads) {
+  const size_t npix = p->out_h * p->out_w;
+  const float lo = p->activation == FC_ACT_RELU || p->activation == FC_ACT_RELU6 ? 0.0f : -INFINITY;
+  const float hi = p->activation == FC_ACT_RELU6 ? 6.0f : INFINITY;
+  /* 16 channels at a time: each pixel's 16 values are one cache line of yt, and the 16 output
+   * rows are written in order (reading yt column by column thrashed L1 when og * 4 bytes is a
+   * multiple of 4 KiB). */
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (size_t o0 = 0; o0 < og; o0 += 16) {
+    const size_t o1 = fc_min(og, o0 + 16);
+    for (size_t i = 0; i < npix; i++) {
+      for (size_t o = o0; o < o1; o++) {
+        float v = yt[i * og + o];
+        if (residual) {
+          v += residual[o * npix + i];
+          if (v < lo) v = lo; /* comparisons keep NaN */
+          if (v > hi) v = hi;
+        }
+        y[o * npix + i] = v;
+      }
+    }
+    for (size_t o = o0; o < o1 && residual; o++) {
+      fc_activation_row(npix, p->activation, y + o * npix);
+    }
+  }
+}
+
+/* A 1x1 layer on a small image, transposed: Y_g^T (pixels x O/g) = X_g^T (pixels x C/g) * W_g^T.
+ * The pixels are the GEMM rows (a 7x7 image is 56 rows of work instead of 64 columns), the
+ * weights were packed once as B panels, X^T is packed per call; the result is transposed into
+ * place. */
+static int conv_pixel_rows(const fc_conv2d_params* p, const float* packed, const float* bias,
+                           const float* residual, const float* x, float* y) {
+  const size_t groups = p->groups, og = p->out_channels / groups, cg = p->in_channels / groups;
+  const size_t npix = p->out_h * p->out_w, mr = fc_gemm_config_get()->mr;
+  const size_t wpanel = fc_dense_packed_size(cg, og);
+  const int threads = fc_threads_for(2.0 * og * cg * npix);
+  float* xt = (float*)fc_workspace(FC_WS_INPUT, fc_packed_a_size(npix, cg, mr) * sizeof(float));
+  float* yt = (float*)fc_workspace(FC_WS_OUTPUT, npix * og * sizeof(float));
+  if (!xt || !yt) return FC_ERROR_NOMEM;
+  int rc = 0;
+  for (size_t n = 0; n < p->batch && rc == 0; n++) {
+    for (size_t g = 0; g < groups && rc == 0; g++) {
+      const size_t out_offset = (n * p->out_channels + g * og) * npix;
+      fc_pack_a(npix, cg, x + (n * p->in_channels + g * cg) * npix, 1, (ptrdiff_t)npix, mr, xt);
+      const fc_b_operand operand = {NULL, NULL, packed + g * wpanel, NULL, NULL};
+      rc = fc_gemm_packed(npix, og, cg, xt, &operand, NULL, bias ? bias + g * og : NULL, 0,
+                          residual ? FC_ACT_NONE : p->activation, yt, og, threads);
+      store_transposed(p, og, yt, residual ? residual + out_offset : NULL, y + out_offset, threads);
     }
   }
   return rc;
@@ -306,6 +387,7 @@ int fc_conv2d_nchw_f32_packed(const fc_conv2d_params* p, int algorithm, int pack
     return fc_winograd_run(p, winograd_tile(algorithm), packed, bias, residual, x, y);
   }
   if (algorithm == FC_CONV_IMPLICIT) return conv_implicit(p, packed, bias, residual, x, y);
+  if (gemm_pixel_rows(p, algorithm)) return conv_pixel_rows(p, packed, bias, residual, x, y);
   return conv_gemm(p, algorithm, packed, bias, residual, x, y);
 }
 

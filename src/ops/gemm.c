@@ -32,6 +32,13 @@ void fc_pack_a(size_t M, size_t K, const float* a, ptrdiff_t rs, ptrdiff_t cs, s
     const size_t kc = fc_min(FC_KC, K - k0);
     for (size_t m0 = 0; m0 < mpad; m0 += mr) {
       float* panel = dst + k0 * mpad + m0 * kc;
+      if (rs == 1 && m0 + mr <= M) { /* the panel's rows are contiguous in each column of A */
+        const float* src = a + (ptrdiff_t)m0 + (ptrdiff_t)k0 * cs;
+        for (size_t kk = 0; kk < kc; kk++) {
+          memcpy(panel + kk * mr, src + (ptrdiff_t)kk * cs, mr * sizeof(float));
+        }
+        continue;
+      }
       for (size_t r = 0; r < mr; r++) {
         const size_t m = m0 + r;
         if (m >= M) {
