@@ -11,6 +11,7 @@
  *    input channels; best when a group has few output channels (depthwise), where a GEMM tile
  *    would be mostly empty. */
 #include <math.h>
+#include <stdint.h>
 #include <string.h>
 
 #include "fastconv.h"
@@ -132,8 +133,13 @@ static int conv_gemm(const fc_conv2d_params* p, int algorithm, const float* pack
   const size_t kdim = gemm_kdim(p), npix = p->out_h * p->out_w, in_plane = p->in_h * p->in_w;
   const size_t apanel = fc_packed_a_size(og, kdim, fc_gemm_config_get()->mr);
   const int threads = fc_threads_for(2.0 * og * kdim * npix);
-  const int in_place =
-      algorithm == FC_CONV_GEMM && og <= FC_IN_PLACE_MAX_PANELS * fc_gemm_config_get()->mr;
+  /* A model plan may write the output over the input (the input being the fused residual); B
+   * is then packed, each block before any tile of it is stored. */
+  const uintptr_t x0 = (uintptr_t)x, y0 = (uintptr_t)y;
+  const int aliased = x0 < y0 + p->batch * p->out_channels * npix * sizeof(float) &&
+                      y0 < x0 + p->batch * p->in_channels * in_plane * sizeof(float);
+  const int in_place = algorithm == FC_CONV_GEMM && !aliased &&
+                       og <= FC_IN_PLACE_MAX_PANELS * fc_gemm_config_get()->mr;
   ptrdiff_t* offsets = NULL; /* B row k is input channel k */
   if (in_place) {
     offsets = (ptrdiff_t*)fc_workspace(FC_WS_TABLE, kdim * sizeof(ptrdiff_t));
