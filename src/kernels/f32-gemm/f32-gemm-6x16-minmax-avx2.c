@@ -71,9 +71,13 @@ FC_INLINE void tile(size_t rows, size_t kc, const float* a, const float* b,
       v0 = _mm256_add_ps(v0, br);
       v1 = _mm256_add_ps(v1, br);
     }
+    if (ep->bias_col) {
+      v0 = _mm256_add_ps(v0, col0);
+      v1 = _mm256_add_ps(v1, col1);
+    }
     /* max(limit, v) returns v when v is NaN (the second operand wins on unordered inputs). */
-    v0 = _mm256_min_ps(vmax, _mm256_max_ps(vmin, _mm256_add_ps(v0, col0)));
-    v1 = _mm256_min_ps(vmax, _mm256_max_ps(vmin, _mm256_add_ps(v1, col1)));
+    v0 = _mm256_min_ps(vmax, _mm256_max_ps(vmin, v0));
+    v1 = _mm256_min_ps(vmax, _mm256_max_ps(vmin, v1));
     if (full) {
       _mm256_storeu_ps(cr, v0);
       _mm256_storeu_ps(cr + 8, v1);

@@ -62,11 +62,15 @@ FC_INLINE void tile_zmm(size_t kc, const float* a, const float* b, const ptrdiff
       v0 = _mm512_add_ps(v0, br);
       v1 = _mm512_add_ps(v1, br);
     }
+    if (bias_col) {
+      v0 = _mm512_add_ps(v0, col0);
+      v1 = _mm512_add_ps(v1, col1);
+    }
     /* max(limit, v) returns v when v is NaN (the second operand wins on unordered inputs). */
-    v0 = _mm512_min_ps(vmax, _mm512_max_ps(vmin, _mm512_add_ps(v0, col0)));
+    v0 = _mm512_min_ps(vmax, _mm512_max_ps(vmin, v0));
     _mm512_mask_storeu_ps(cr, m0, v0);
     if (nv == 2) {
-      v1 = _mm512_min_ps(vmax, _mm512_max_ps(vmin, _mm512_add_ps(v1, col1)));
+      v1 = _mm512_min_ps(vmax, _mm512_max_ps(vmin, v1));
       _mm512_mask_storeu_ps(cr + 16, m1, v1);
     }
   }
