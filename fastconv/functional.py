@@ -506,7 +506,13 @@ class PreparedConv2d:
             raise ValueError(f"PreparedConv2d: `out` must be a writeable C-contiguous float32 "
                              f"array of shape {shape}; received {_describe_buffer(out)}")
         if out.size:
-            self._conv.run(x, out, residual)
+            if np.may_share_memory(out, x) or (residual is not None and residual is not out
+                                               and np.may_share_memory(out, residual)):
+                # The kernels read x (and a residual other than out) while storing: an
+                # overlapping out gets the result through a fresh buffer.
+                out[...] = self(x, residual)
+            else:
+                self._conv.run(x, out, residual)
         return out
 
 

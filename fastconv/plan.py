@@ -88,11 +88,13 @@ class Plan:
     def _mark_in_place(self):
         """A residual array may be overwritten by the step that adds it when that step is its
         last reader, it is nobody's view (made and read by fresh steps only) and it is neither
-        a model input nor a model output."""
+        a model input nor a model output, and it is not also the step's input (the kernels
+        read their input while they store)."""
         producer = {step.output: step for step in self.steps}
         for step in self.steps:
             r = step.residual
-            if r is None or r in self._inputs or r in self._outputs or r not in step.release:
+            if (r is None or r in self._inputs or r in self._outputs or r not in step.release
+                    or r == step.inputs[0]):
                 continue
             readers = [s for s in self.steps if r in s.inputs]
             step.in_place = producer[r].fresh and all(s.fresh for s in readers)

@@ -50,7 +50,8 @@ def test_resnet_plan_folds_batchnorm_and_fuses_the_residual_add():
 def small_residual(residual_is_output=False, reuse_residual=False):
     x = fastconv.Input((4, 9, 9))
     a = L.Conv2D(6, 3, padding=1, name="a")(x)
-    b = L.BatchNormalization(name="bn")(L.Conv2D(6, 1, name="b")(a))
+    mid = L.Conv2D(5, 3, padding=1, name="mid")(a)
+    b = L.BatchNormalization(name="bn")(L.Conv2D(6, 1, name="b")(mid))
     y = L.Add(activation="relu", name="add")([b, a])
     outputs = [y]
     if residual_is_output:
@@ -72,6 +73,28 @@ def test_residual_fusion_never_overwrites_a_live_array(variant):
     fused = [s for s in model._plan.steps if s.residual is not None]
     assert len(fused) == 1
     assert fused[0].in_place == (variant == {})
+
+
+def test_a_convolution_whose_input_is_its_residual_does_not_store_in_place():
+    # y = conv(a) + a: storing into a would overwrite input channels that later K blocks
+    # (K = 300 > 256) and the other thread still read.
+    x = fastconv.Input((300, 5, 5))
+    a = L.Conv2D(300, 1, name="a")(x)
+    model = fastconv.Model(x, L.Add(name="add")([L.Conv2D(300, 1, name="b")(a), a]), seed=0)
+    data = np.random.default_rng(4).standard_normal((2, 300, 5, 5)).astype(np.float32)
+    assert_plan_matches_layers(model, data)
+    fused = [s for s in model._plan.steps if s.residual is not None]
+    assert len(fused) == 1 and not fused[0].in_place
+
+
+def test_prepared_conv_with_out_overlapping_its_input():
+    rng = np.random.default_rng(5)
+    w = rng.standard_normal((300, 300, 1, 1)).astype(np.float32)
+    conv = fastconv.functional.PreparedConv2d(w, None, (300, 5, 5))
+    x = rng.standard_normal((2, 300, 5, 5)).astype(np.float32)
+    expected = conv(x, residual=x)
+    conv(x, residual=x, out=x)  # out is x, and the residual too
+    np.testing.assert_array_equal(x, expected)
 
 
 def test_residual_from_the_model_input_leaves_the_input_untouched():
