@@ -228,3 +228,32 @@ def test_gemm_1x1_activations(rng, activation, O):
     in_place = residual.copy()                  # the residual is the output (as model plans do)
     assert conv(x, residual=in_place, out=in_place) is in_place
     assert_close(in_place, expected, 42, scale)
+
+
+@pytest.mark.parametrize("algorithm,kernel,channels,size", [
+    ("implicit", 3, 16, 9), ("im2col", 3, 16, 9), ("gemm", 1, 40, 7), ("gemm", 1, 16, 12),
+    ("winograd", 3, 64, 10), ("winograd4", 3, 64, 12), ("direct", 3, 4, 9)])
+@pytest.mark.parametrize("batch", [2, 5, 8])
+def test_a_batch_split_across_threads_gives_every_image_its_one_thread_result(
+        rng, algorithm, kernel, channels, size, batch):
+    """On two threads a batch of 2 or 8 runs whole images per thread (src/ops/conv2d.c
+    run_images), a batch of 5 splits each image's work: both must equal one thread, bit for bit,
+    and the reference; with a residual too."""
+    import fastconv
+    groups = channels if algorithm == "direct" else 1
+    x = rand(rng, (batch, channels, size, size))
+    w, bias = rand(rng, (channels, channels // groups, kernel, kernel)), rand(rng, (channels,))
+    residual = rand(rng, (batch, channels, size, size))
+    conv = F.PreparedConv2d(w, bias, x.shape[1:], padding=kernel // 2, groups=groups,
+                            activation="relu", algorithm=algorithm)
+    results, previous = [], fastconv.get_num_threads()
+    try:
+        for threads in (1, 2):
+            fastconv.set_num_threads(threads)
+            results.append(conv(x, residual=residual))
+    finally:
+        fastconv.set_num_threads(previous)
+    np.testing.assert_array_equal(results[0], results[1])
+    expected = activate(ref_conv2d(x, w, bias, padding=kernel // 2, groups=groups) + residual, "relu")
+    assert_close(results[1], expected, channels // groups * kernel * kernel + 2,
+                 scale_of(x, w) + scale_of(bias) + scale_of(residual), c=60.0)

@@ -8,6 +8,7 @@
 
 /* Threads to use for an operator call of about `flops` floating-point operations. */
 int fc_threads_for(double flops);
+int fc_in_team(void); /* inside an active parallel region */
 /* The calling thread's index in the current parallel region (0 outside one or without OpenMP). */
 int fc_thread_id(void);
 /* The number of threads in the current parallel region (1 outside one or without OpenMP). */

@@ -385,10 +385,8 @@ static int conv_direct(const fc_conv2d_params* p, const float* w, const float* b
   return rc;
 }
 
-int fc_conv2d_nchw_f32_packed(const fc_conv2d_params* p, int algorithm, int packed_tile,
-                              const float* packed, const float* bias, const float* residual,
-                              const float* x, float* y) {
-  if (packed_tile != fc_conv2d_packed_tile(algorithm)) return FC_ERROR_STALE;
+static int run_algorithm(const fc_conv2d_params* p, int algorithm, const float* packed,
+                         const float* bias, const float* residual, const float* x, float* y) {
   if (algorithm == FC_CONV_DIRECT) return conv_direct(p, packed, bias, residual, x, y);
   if (algorithm == FC_CONV_WINOGRAD || algorithm == FC_CONV_WINOGRAD4) {
     return fc_winograd_run(p, winograd_tile(algorithm), packed, bias, residual, x, y);
@@ -396,6 +394,54 @@ int fc_conv2d_nchw_f32_packed(const fc_conv2d_params* p, int algorithm, int pack
   if (algorithm == FC_CONV_IMPLICIT) return conv_implicit(p, packed, bias, residual, x, y);
   if (gemm_pixel_rows(p, algorithm)) return conv_pixel_rows(p, packed, bias, residual, x, y);
   return conv_gemm(p, algorithm, packed, bias, residual, x, y);
+}
+
+/* The team that splits a batch's images, or 0 to split each image's work instead. Whole images
+ * per thread need no fork/join per image and never split a small image's few tiles; they are
+ * taken when they balance: a multiple of the team, or at least 4 images per thread. The direct
+ * algorithm already splits images x channels. */
+static int image_team(const fc_conv2d_params* p, int algorithm) {
+  const size_t flops = 2 * p->batch * p->out_channels * p->out_h * p->out_w *
+                       (p->in_channels / p->groups) * p->kernel_h * p->kernel_w;
+  const size_t team = (size_t)fc_threads_for((double)flops);
+  if (algorithm == FC_CONV_DIRECT || team < 2 || p->batch < team) return 0;
+  return p->batch % team == 0 || p->batch >= 4 * team ? (int)team : 0;
+}
+
+/* Each thread convolves its contiguous share of the images on its own (the drivers it calls run
+ * single-threaded inside the team, fc_threads_for); every image is computed as on one thread,
+ * so results do not depend on the split. */
+static int run_images(const fc_conv2d_params* p, int team, int algorithm, const float* packed,
+                      const float* bias, const float* residual, const float* x, float* y) {
+  const size_t in_size = p->in_channels * p->in_h * p->in_w;
+  const size_t out_size = p->out_channels * p->out_h * p->out_w;
+  int rc = 0;
+#pragma omp parallel num_threads(team)
+  {
+    const size_t id = (size_t)fc_thread_id(), count = (size_t)fc_thread_count();
+    const size_t n0 = p->batch * id / count, n1 = p->batch * (id + 1) / count;
+    if (n1 > n0) {
+      fc_conv2d_params part = *p;
+      part.batch = n1 - n0;
+      const int status = run_algorithm(&part, algorithm, packed, bias,
+                                       residual ? residual + n0 * out_size : NULL,
+                                       x + n0 * in_size, y + n0 * out_size);
+      if (status != 0) {
+#pragma omp atomic write
+        rc = status;
+      }
+    }
+  }
+  return rc;
+}
+
+int fc_conv2d_nchw_f32_packed(const fc_conv2d_params* p, int algorithm, int packed_tile,
+                              const float* packed, const float* bias, const float* residual,
+                              const float* x, float* y) {
+  if (packed_tile != fc_conv2d_packed_tile(algorithm)) return FC_ERROR_STALE;
+  const int team = image_team(p, algorithm);
+  if (team > 0) return run_images(p, team, algorithm, packed, bias, residual, x, y);
+  return run_algorithm(p, algorithm, packed, bias, residual, x, y);
 }
 
 int fc_conv2d_nchw_f32(const fc_conv2d_params* p, int algorithm, const float* x, const float* w,

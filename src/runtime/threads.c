@@ -59,11 +59,21 @@ int fc_get_num_threads(void) {
 }
 
 int fc_threads_for(double flops) {
-  /* Below about a million flops the fork/join of a parallel region costs more than it saves. */
+  /* Below about a million flops the fork/join of a parallel region costs more than it saves.
+   * Inside a team (a convolution splitting its images, src/ops/conv2d.c) a driver runs on its
+   * calling thread: its own region is then an inactive nested one. */
   const int n = fc_get_num_threads();
-  if (flops < 1.0e6 || n == 1) return 1;
+  if (flops < 1.0e6 || n == 1 || fc_in_team()) return 1;
   note_team_started();
   return n;
+}
+
+int fc_in_team(void) {
+#ifdef _OPENMP
+  return omp_in_parallel();
+#else
+  return 0;
+#endif
 }
 
 int fc_thread_id(void) {
