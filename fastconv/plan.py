@@ -380,7 +380,6 @@ class Segment:
     def __init__(self, plan, indices):
         steps = [plan.steps[i] for i in indices]
         nodes = plan._model._nodes
-        self.indices = indices
         regs = {}  # node id -> register
 
         def reg(node_id):
@@ -394,7 +393,7 @@ class Segment:
                     self.inputs.append((reg(i), i))
             reg(step.output)
         self.root = list(range(len(regs)))  # register -> register whose array it uses
-        ops, self.fills = [], []  # fills: (register, step index, shape) of step outputs
+        ops, self.fills = [], []  # fills: (register, step index, sample shape) of step outputs
         for index, step in zip(indices, steps):
             ops += _program_ops(step, regs, nodes)
             y = regs[step.output]
@@ -404,7 +403,7 @@ class Segment:
             elif kind == "conv" and step.in_place:
                 self.root[y] = self.root[regs[step.residual]]
             else:
-                self.fills.append((y, index, (1,) + step.shape))
+                self.fills.append((y, index, step.shape))
         sizes = [0] * len(regs)
         for node_id, r in regs.items():
             sizes[r] = math.prod(nodes[node_id].sample_shape)
@@ -422,7 +421,7 @@ class Segment:
             arrays[r] = np.ascontiguousarray(values[node_id], dtype=np.float32)
         for r, index, shape in self.fills:
             out = outs[index]
-            arrays[r] = out if out is not None else np.empty((batch,) + shape[1:], np.float32)
+            arrays[r] = out if out is not None else np.empty((batch,) + shape, np.float32)
         self.program.run(batch, arrays)
         for r, node_id, shape in self.exports:
             array = arrays[self.root[r]]
