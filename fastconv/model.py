@@ -293,7 +293,8 @@ class Model:
 
     def plan_summary(self, print_fn=print):
         """Prints (unless ``print_fn`` is None) and returns the steps the model runs: which layers
-        each fused step absorbed and the convolution algorithm it uses."""
+        each fused step absorbed, the convolution algorithm it uses and, in brackets, the
+        micro-kernels it runs on this CPU (e.g. ``[f32_gemm_minmax_ukernel_8x32__avx512f]``)."""
         if not plannable(self):
             text = "layer by layer (channels_last models are not planned)"
         else:
@@ -304,8 +305,8 @@ class Model:
 
     def set_algorithm(self, layer_name, algorithm):
         """Forces the convolution algorithm of one Conv2D layer in the plan ("implicit",
-        "im2col", "winograd", "winograd4", "gemm", "direct"), or gives it back to the tuning cache and the
-        heuristic ("auto"). A runtime choice: not saved with the model.
+        "im2col", "winograd", "winograd4", "gemm", "direct"), or gives it back to the tuning
+        cache and the heuristic ("auto"). A runtime choice: not saved with the model.
 
         >>> import fastconv
         >>> model = fastconv.models.lenet5()

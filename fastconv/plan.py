@@ -161,8 +161,12 @@ class Plan:
         return units
 
     def summary(self):
-        """One line per step: what it computes and which layers it absorbed."""
-        return "\n".join(f"{i:3d}  {step.describe}" for i, step in enumerate(self.steps))
+        """One line per step: what it computes, which layers it absorbed, and the micro-kernels
+        it runs on the kernel table in force."""
+        names = _core.kernel_names()
+        isa = names["vector"].rsplit("__", 1)[-1]
+        return "\n".join(f"{i:3d}  {step.describe}  [{_kernels(step, names['gemm'], isa)}]"
+                         for i, step in enumerate(self.steps))
 
     # Fusion ------------------------------------------------------------------------------------
 
@@ -263,6 +267,10 @@ class Plan:
                     fresh=True, shape=out_shape)
         step.residual = r_id
         step.native = ("conv", plan, x_id, r_id, out_id)
+        strides = tuple(layer.strides)
+        depthwise = (layer.groups == source.sample_shape[0] and kernel.shape[2:] == (3, 3)
+                     and strides in ((1, 1), (2, 2)) and tuple(layer.dilation) == (1, 1))
+        step.conv_kernels = (conv.algorithm, depthwise, strides[0])
         return step
 
     def _algorithm(self, layer, input_shape, kernel_shape):
@@ -428,6 +436,26 @@ class Segment:
             values[node_id] = array if self.root[r] == r else array.reshape((batch,) + shape)
         for node_id in self.release:
             del values[node_id]
+
+
+def _kernels(step, gemm, isa):
+    """The micro-kernels a step runs (src/include/fc_kernels.h), for plan summaries."""
+    kind = step.native[0] if step.native is not None else None
+    if kind == "conv":
+        algorithm, depthwise, stride = step.conv_kernels
+        if algorithm in ("winograd", "winograd4"):
+            return f"f32_{algorithm}_input_ukernel__{isa}, {gemm}, f32_{algorithm}_output_ukernel__{isa}"
+        if algorithm != "direct":
+            return gemm
+        if depthwise and not step.in_place:  # src/ops/dwconv.c: fc_dwconv3x3_applies
+            return f"f32_dwconv3x3s{stride}_ukernel__{isa}"
+        return f"f32_wmacc_ukernel__{isa}"
+    if kind == "dense":
+        return f"f32_gemv_ukernel__{isa} at batch 1, else {gemm}"
+    if kind == "pool":
+        return f"f32_{'wmax' if step.native[1] else 'wmacc'}_ukernel__{isa}"
+    return {"global_pool": "a plain loop", "concat": "copies", "alias": "none: a view",
+            None: "Python"}[kind]
 
 
 def _program_ops(step, regs, nodes):

@@ -38,13 +38,25 @@ def test_zoo_plans_match_layer_by_layer(name):
     assert_plan_matches_layers(model, x)
 
 
+def test_plan_summary_names_the_kernels_of_the_table_in_force():
+    model = models.mobilenet_v2(input_shape=(3, 64, 64))
+    for isa, gemm in (("avx2", "6x16__avx2"), ("scalar", "4x8__scalar")):
+        with isa_cap(isa):
+            lines = model.plan_summary(print_fn=None).splitlines()
+        assert f"[f32_gemm_minmax_ukernel_{gemm}]" in lines[0]  # the stem, implicit GEMM
+        assert lines[1].endswith(f"[f32_dwconv3x3s1_ukernel__{isa}]")
+        assert lines[4].endswith(f"[f32_dwconv3x3s2_ukernel__{isa}]")
+        assert f"f32_gemv_ukernel__{isa} at batch 1" in lines[-1]
+
+
 def test_resnet_plan_folds_batchnorm_and_fuses_the_residual_add():
     model = models.resnet18()
     text = model.plan_summary(print_fn=None)
     assert "conv2d[winograd4] layer1.0.conv2 + layer1.0.bn2 + layer1.0.add (+ residual maxpool)" in text
     assert "layer2.0.downsample.0 + layer2.0.downsample.1" in text
     assert len(model._plan.steps) == 23 and len(model.layers) == 61
-    assert "batchnormalization" not in text and "relu " not in text
+    kinds = {line.split()[1] for line in text.splitlines()}
+    assert "batchnormalization" not in kinds and "relu" not in kinds
 
 
 def small_residual(residual_is_output=False, reuse_residual=False):
