@@ -2,6 +2,7 @@
 #ifndef FC_INTERNAL_H
 #define FC_INTERNAL_H
 
+#include <math.h>
 #include <stddef.h>
 
 #include "fastconv.h"
@@ -40,6 +41,15 @@ void* fc_workspace(int slot, size_t bytes);
 
 static inline size_t fc_round_up(size_t x, size_t m) { return (x + m - 1) / m * m; }
 static inline size_t fc_min(size_t a, size_t b) { return a < b ? a : b; }
+
+/* The clamp that applies an activation in a store: [0, inf] for ReLU, [0, 6] for ReLU6, no
+ * limit otherwise (tanh and sigmoid run on the stored values, fc_activation_row). */
+static inline float fc_act_min(int activation) {
+  return activation == FC_ACT_RELU || activation == FC_ACT_RELU6 ? 0.0f : -INFINITY;
+}
+static inline float fc_act_max(int activation) {
+  return activation == FC_ACT_RELU6 ? 6.0f : INFINITY;
+}
 
 /* Output positions o in [*lo, *hi) whose input index o * stride + offset lies in [0, in):
  * the part of a row that needs no padding. */

@@ -1,6 +1,7 @@
 /* 2-D convolution, NCHW activations and OIHW weights.
  *
- * Four algorithms here (Winograd F(2x2) and F(4x4) are in winograd.c), all reading the same arguments:
+ * Four algorithms here (Winograd F(2x2) and F(4x4) are in winograd.c), all reading the same
+ * arguments:
  *  - im2col + GEMM: per image and group, Y (O x OH*OW) = W (O x C*KH*KW) * cols, where the
  *    columns are written straight into the GEMM's packed B panels, one K x N block at a time,
  *    so no whole-image column buffer ever exists;
@@ -177,8 +178,7 @@ static int conv_gemm(const fc_conv2d_params* p, int algorithm, const float* pack
 static void store_transposed(const fc_conv2d_params* p, size_t og, const float* yt,
                              const float* residual, float* y, int threads) {
   const size_t npix = p->out_h * p->out_w;
-  const float lo = p->activation == FC_ACT_RELU || p->activation == FC_ACT_RELU6 ? 0.0f : -INFINITY;
-  const float hi = p->activation == FC_ACT_RELU6 ? 6.0f : INFINITY;
+  const float lo = fc_act_min(p->activation), hi = fc_act_max(p->activation);
   /* 16 channels at a time: each pixel's 16 values are one cache line of yt, and the 16 output
    * rows are written in order (reading yt column by column thrashed L1 when og * 4 bytes is a
    * multiple of 4 KiB). */
@@ -269,8 +269,7 @@ static void implicit_store(const fc_conv2d_params* p, const implicit_work* w, si
                            const float* residual, float* y, int threads) {
   const fc_vector_config* vk = fc_vector_config_get();
   const size_t out_plane = p->out_h * p->out_w;
-  const float lo = p->activation == FC_ACT_RELU || p->activation == FC_ACT_RELU6 ? 0.0f : -INFINITY;
-  const float hi = p->activation == FC_ACT_RELU6 ? 6.0f : INFINITY;
+  const float lo = fc_act_min(p->activation), hi = fc_act_max(p->activation);
 #pragma omp parallel for schedule(static) num_threads(threads)
   for (size_t o = 0; o < og; o++) {
     for (size_t oh = 0; oh < p->out_h; oh++) {
@@ -330,8 +329,7 @@ static void direct_plane(const fc_conv2d_params* p, const fc_vector_config* vk,
   const size_t og = p->out_channels / p->groups, cg = p->in_channels / p->groups, g = oc / og;
   const size_t taps = p->kernel_h * p->kernel_w, in_plane = p->in_h * p->in_w;
   const size_t out_plane = p->out_h * p->out_w;
-  const float lo = p->activation == FC_ACT_RELU || p->activation == FC_ACT_RELU6 ? 0.0f : -INFINITY;
-  const float hi = p->activation == FC_ACT_RELU6 ? 6.0f : INFINITY;
+  const float lo = fc_act_min(p->activation), hi = fc_act_max(p->activation);
   for (size_t c = 0; c < cg; c++) {
     /* The last channel's run applies the clamp, unless a residual must be added first. */
     const int clamp_now = c + 1 == cg && !residual;

@@ -30,8 +30,7 @@ static void dw_plane(const fc_conv2d_params* p, const fc_vector_config* vk, cons
                      const float* w, float bias, const float* residual, float* y,
                      const dw_scratch* s) {
   const size_t stride = p->stride_h, in_rows = (FC_DW_ROWS - 1) * stride + 3;
-  const float lo = p->activation == FC_ACT_RELU || p->activation == FC_ACT_RELU6 ? 0.0f : -INFINITY;
-  const float hi = p->activation == FC_ACT_RELU6 ? 6.0f : INFINITY;
+  const float lo = fc_act_min(p->activation), hi = fc_act_max(p->activation);
   /* With a residual, the clamp waits until it is added. */
   const fc_window_epilogue ep = {0, bias, residual ? -INFINITY : lo, residual ? INFINITY : hi};
   const fc_dwconv_fn kernel = stride == 1 ? vk->dwconv3x3s1 : vk->dwconv3x3s2;

@@ -34,8 +34,7 @@ void fc_activation_f32(size_t n, int activation, const float* x, float* y) {
 void fc_add_f32(size_t n, int activation, const float* a, const float* b, float* y) {
   const fc_vector_config* vk = fc_vector_config_get();
   const size_t chunks = (n + CHUNK - 1) / CHUNK;
-  const float lo = activation == FC_ACT_RELU || activation == FC_ACT_RELU6 ? 0.0f : -INFINITY;
-  const float hi = activation == FC_ACT_RELU6 ? 6.0f : INFINITY;
+  const float lo = fc_act_min(activation), hi = fc_act_max(activation);
 #pragma omp parallel for schedule(static) num_threads(fc_threads_for((double)n))
   for (size_t i = 0; i < chunks; i++) {
     const size_t start = i * CHUNK, len = fc_min(CHUNK, n - start);

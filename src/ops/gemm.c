@@ -98,13 +98,6 @@ void fc_activation_row(size_t n, int activation, float* y) {
   }
 }
 
-static void clamp_limits(int activation, float* lo, float* hi) {
-  *lo = -INFINITY;
-  *hi = INFINITY;
-  if (activation == FC_ACT_RELU || activation == FC_ACT_RELU6) *lo = 0.0f;
-  if (activation == FC_ACT_RELU6) *hi = 6.0f;
-}
-
 typedef struct tile_job {
   const fc_gemm_config* cfg;
   float* c;
@@ -164,8 +157,7 @@ int fc_gemm_packed(size_t M, size_t N, size_t K, const float* a_packed, const fc
   const size_t bsize = b->pack ? fc_min(K, FC_KC) * fc_min(npad, FC_NC) : 0;
   float* bbuf = (float*)fc_workspace(FC_WS_GEMM, (size_t)threads * bsize * sizeof(float));
   if (!bbuf) return FC_ERROR_NOMEM;
-  float lo, hi;
-  clamp_limits(activation, &lo, &hi);
+  const float lo = fc_act_min(activation), hi = fc_act_max(activation);
 
 #pragma omp parallel num_threads(threads)
   {
@@ -269,8 +261,7 @@ static void dense_row(size_t N, size_t K, const float* packed, const float* bias
                       const float* x, float* y) {
   const fc_gemm_config* cfg = fc_gemm_config_get();
   const size_t nr = cfg->nr, npad = fc_round_up(N, nr), group = FC_GEMV_PANELS * nr;
-  float lo, hi;
-  clamp_limits(activation, &lo, &hi);
+  const float lo = fc_act_min(activation), hi = fc_act_max(activation);
 #pragma omp parallel num_threads(fc_threads_for(2.0 * N * K))
   {
     const unsigned fp_mode = fc_fp_enter();

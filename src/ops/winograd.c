@@ -128,9 +128,7 @@ static void input_chunk(const winograd_work* w, size_t C, size_t c, size_t t0, s
 static void output_chunk(const fc_conv2d_params* p, const winograd_work* w, size_t o, size_t t0,
                          size_t tc, float bias, const float* residual, float* yo, float* tmp) {
   const size_t O = p->out_channels, m = w->v.m, tmp_stride = fc_round_up(tc, FC_WINDOW_SLACK);
-  float lo = -INFINITY, hi = INFINITY;
-  if (p->activation == FC_ACT_RELU || p->activation == FC_ACT_RELU6) lo = 0.0f;
-  if (p->activation == FC_ACT_RELU6) hi = 6.0f;
+  const float lo = fc_act_min(p->activation), hi = fc_act_max(p->activation);
   w->v.output(tc, w->mt + o * w->pitch, O * w->pitch, bias, tmp, tmp_stride);
   for (size_t t = 0; t < tc; t++) {
     const size_t ty = (t0 + t) / w->tiles_w, tx = (t0 + t) % w->tiles_w;
