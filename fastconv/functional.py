@@ -322,14 +322,16 @@ def dense(x, weight, bias=None, activation=None):
 def _winograd_tile(out_hw):
     """"winograd4" where F(4x4, 3x3) measured faster than F(2x2, 3x3), else "winograd".
     Per image, each runs one GEMM per product (36 and 16) whose columns are the tiles (4x4 and
-    2x2 outputs), padded to the GEMM kernel's NR columns: on small images F(4x4) has few tiles
-    and pads much of them. One thread, AVX-512 (NR 32) and AVX2 (NR 16): F(4x4) was faster
+    2x2 outputs). The vector kernels run a last column tile of at most NR / 2 columns on one
+    vector, so the tiles are padded to NR / 2 there: on small images F(4x4) has few tiles and
+    pads much of them. One thread, AVX-512 (NR 32), AVX2 (NR 16) and scalar: F(4x4) was faster
     where its padded GEMM columns are at most 0.7 times F(2x2)'s (docs/kernels.md)."""
     nr = _core.gemm_tile_columns()
+    step = nr // 2 if nr >= 16 else nr  # scalar (NR 8): whole tiles matched its measurements
 
     def gemm_columns(m, products):
         tiles = -(-out_hw[0] // m) * -(-out_hw[1] // m)
-        return products * -(-tiles // nr) * nr
+        return products * -(-tiles // step) * step
 
     return "winograd4" if gemm_columns(4, 36) <= 0.7 * gemm_columns(2, 16) else "winograd"
 
@@ -339,7 +341,7 @@ def _conv_algorithm(algorithm, kernel, stride, pads, out_per_group, dilation=(1,
     """The algorithm code: an explicit choice (checked), or the "auto" heuristic. Winograd is
     only chosen automatically when ``winograd`` is set (model plans; see runtime.set_winograd),
     where it measured faster than the implicit GEMM (docs/kernels.md): at least 64 input and
-    output channels, and outputs of at least 8 x 8 (its 2 x 2 tiles waste too much below);
+    output channels, and outputs of at least 7 x 7 (ResNet's last stage; smaller ones unmeasured);
     F(4x4) or F(2x2) as ``_winograd_tile`` says.
     The implicit GEMM's fixed costs (laying out the input, copying the output) only pay off
     from K = C/groups * KH * KW >= 32; below that (an RGB 3x3 layer) im2col is faster, at
@@ -351,7 +353,7 @@ def _conv_algorithm(algorithm, kernel, stride, pads, out_per_group, dilation=(1,
         if is_pointwise:
             return _ALGORITHMS["gemm"]
         if (winograd and fits_winograd and in_channels >= 64 and out_per_group >= 64
-                and min(out_hw) >= 8):
+                and min(out_hw) >= 7):
             return _ALGORITHMS[_winograd_tile(out_hw)]
         if out_per_group < 8:
             return _ALGORITHMS["direct"]

@@ -130,9 +130,13 @@ def test_only_eligible_convolutions_take_winograd():
     for isa in ISA_LEVELS:
         with isa_cap(isa):
             assert chosen(128, 8, winograd=True) == "winograd"  # F(4x4) would have 4 tiles
+            assert chosen(128, 7, winograd=True) == "winograd"
             assert chosen(128, 56, winograd=True) == "winograd4"
     assert chosen(32, 56, winograd=True) == "implicit"  # too few channels
-    assert chosen(128, 7, winograd=True) == "implicit"  # too small an output
+    assert chosen(128, 6, winograd=True) == "implicit"  # too small an output
+    for isa in ("avx512", "avx2"):  # F(4x4)'s 16 tiles fill one vector of columns
+        with isa_cap(isa):
+            assert chosen(256, 14, winograd=True) == "winograd4"
     assert chosen(128, 56) == "implicit"  # only when asked for
 
 
