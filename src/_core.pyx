@@ -414,7 +414,7 @@ cdef class DensePlan:
 
 # Programs: runs of plan steps executed without returning to Python --------------------------
 
-from libc.stdlib cimport malloc, free
+from libc.stdlib cimport calloc, malloc, free
 from libc.string cimport memcpy
 from cpython.exc cimport PyErr_CheckSignals
 
@@ -447,11 +447,8 @@ cdef int run_op(const program_op* op, size_t batch, float** regs) noexcept nogil
     cdef fc_conv2d_params conv
     cdef fc_pool2d_params pool
     cdef size_t n
-    if op.kind == OP_ALIAS:
-        regs[op.y] = regs[op.x]
+    if op.kind == OP_ALIAS:  # its register was pointed at x's memory before the run
         return 0
-    if op.kind == OP_CONV and op.in_place:
-        regs[op.y] = regs[op.r]
     y = regs[op.y]
     if op.kind == OP_CONV:
         conv = op.conv
@@ -484,12 +481,19 @@ cdef class Program:
     ("conv", Conv2dPlan, x, residual or -1, y, in_place), ("dense", DensePlan, x, y),
     ("pool", is_max, kernel, stride, dilation, pads, count_include_pad, (C, H, W), (OH, OW), x, y),
     ("global_pool", is_max, plane, x, y), ("copy", x, y, offset), ("alias", x, y).
-    ``run(batch, arrays)`` takes one array (or None) per register: inputs and outputs must be
-    given; registers written by an alias or an in-place convolution are None and get their
-    memory from the op. Between ops the GIL is taken back, so Ctrl-C and other Python threads
-    are served as between separate calls."""
+    ``run(batch, arrays, chunk)`` takes one array (or None) per register: inputs and outputs
+    must be given; registers written by an alias or an in-place convolution are None and get
+    their memory from the op. With ``chunk`` < batch, the ops before the first dense layer (the
+    convolutional part) run on ``chunk`` samples at a time, so that a chunk's activations stay
+    in cache from one layer to the next, and the rest on the whole batch (each dense weight read
+    once). Between ops the GIL is taken back, so Ctrl-C and other Python threads are served as
+    between separate calls."""
     cdef program_op* ops
     cdef int n_ops, n_regs
+    cdef readonly int prefix  # ops before the first dense op (all when there is none)
+    # Per sample, over the prefix: multiply-accumulates of its convolutions, and floats read
+    # and written by all its ops and by the largest one (what the plan's chunk rule weighs).
+    cdef readonly double prefix_macs, prefix_floats, prefix_peak_floats
     cdef size_t* sizes   # floats per sample of each register
     cdef list keep       # the plans whose packed weights the ops point into
 
@@ -512,6 +516,24 @@ cdef class Program:
             self.sizes[i] = size
         for i, spec in enumerate(ops):
             self._set_op(&self.ops[i], spec)
+        self.prefix = next((i for i, spec in enumerate(ops) if spec[0] == "dense"), self.n_ops)
+        self._weigh_prefix()
+
+    cdef _weigh_prefix(self):
+        cdef const program_op* op
+        cdef double floats
+        self.prefix_macs = self.prefix_floats = self.prefix_peak_floats = 0
+        for i in range(self.prefix):
+            op = &self.ops[i]
+            if op.kind == OP_ALIAS:
+                continue
+            floats = op.x_sample + op.y_sample + (op.y_sample if op.r >= 0 else 0)
+            self.prefix_floats += floats
+            self.prefix_peak_floats = max(self.prefix_peak_floats, floats)
+            if op.kind == OP_CONV:
+                self.prefix_macs += (<double>op.conv.out_channels * op.conv.out_h * op.conv.out_w
+                                     * op.conv.in_channels / op.conv.groups
+                                     * op.conv.kernel_h * op.conv.kernel_w)
 
     cdef void _set_op(self, program_op* op, tuple spec) except *:
         cdef Conv2dPlan conv
@@ -580,39 +602,64 @@ cdef class Program:
             return (op.x_sample, op.y_sample if op.offset + op.x_sample <= op.y_sample else -1)
         return (op.x_sample, op.x_sample)  # OP_ALIAS
 
-    def run(self, size_t batch, list arrays):
-        """Runs every op for ``batch`` samples; ``arrays`` has one entry per register."""
+    def run(self, size_t batch, list arrays, size_t chunk=0):
+        """Runs every op for ``batch`` samples; ``arrays`` has one entry per register. ``chunk``
+        (0: the whole batch) is the number of samples the convolutional part runs at a time."""
         if len(arrays) != self.n_regs:
             raise ValueError(f"fastconv._core.Program: {self.n_regs} registers expected; "
                              f"received {len(arrays)}")
-        cdef float** regs = <float**>malloc(max(self.n_regs, 1) * sizeof(float*))
+        if chunk == 0 or chunk > batch:
+            chunk = max(batch, 1)  # an empty batch runs no chunk
+        cdef float** regs = <float**>calloc(max(2 * self.n_regs, 1), sizeof(float*))
         if regs == NULL:
             raise MemoryError("fastconv: no memory for a program's registers")
-        cdef int i, rc = 0
-        cdef cnp.ndarray a
+        cdef float** part = regs + self.n_regs  # the registers of one chunk of samples
+        cdef size_t start, r
+        cdef int i
         try:
-            for i in range(self.n_regs):
-                regs[i] = NULL
-                if arrays[i] is not None:
-                    a = arrays[i]
-                    if not (cnp.PyArray_IS_C_CONTIGUOUS(a) and cnp.PyArray_TYPE(a) == cnp.NPY_FLOAT32
-                            and <size_t>cnp.PyArray_SIZE(a) == batch * self.sizes[i]):
-                        raise ValueError(
-                            f"fastconv._core.Program: register {i} must be a C-contiguous "
-                            f"float32 array of {batch * self.sizes[i]} floats; received "
-                            f"{a.dtype} {tuple(a.shape[j] for j in range(a.ndim))}")
-                    regs[i] = <float*>cnp.PyArray_DATA(a)
-            for i in range(self.n_ops):
-                if regs[self.ops[i].x] == NULL or (self.ops[i].r >= 0 and regs[self.ops[i].r] == NULL):
-                    raise ValueError(f"fastconv._core.Program: op {i} reads a register with no array")
-                if (self.ops[i].kind != OP_ALIAS and not self.ops[i].in_place
-                        and regs[self.ops[i].y] == NULL):
-                    raise ValueError(f"fastconv._core.Program: op {i} writes a register with no array")
-                with nogil:
-                    fc_call_begin()
-                    rc = run_op(&self.ops[i], batch, regs)
-                    fc_call_end()
-                check(rc)
-                PyErr_CheckSignals()
+            self._bind(batch, arrays, regs)
+            for start in range(0, batch, chunk):
+                for r in range(<size_t>self.n_regs):
+                    part[r] = regs[r] + start * self.sizes[r] if regs[r] != NULL else NULL
+                for i in range(self.prefix):
+                    self._run_op(i, min(chunk, batch - start), part)
+            for i in range(self.prefix, self.n_ops):
+                self._run_op(i, batch, regs)
         finally:
             free(regs)
+
+    cdef _bind(self, size_t batch, list arrays, float** regs):
+        """Points each register at its array, then aliases and in-place outputs at the memory
+        of the register they share, checking every op has memory to read and write."""
+        cdef int i
+        cdef cnp.ndarray a
+        cdef program_op* op
+        for i in range(self.n_regs):
+            if arrays[i] is not None:
+                a = arrays[i]
+                if not (cnp.PyArray_IS_C_CONTIGUOUS(a) and cnp.PyArray_TYPE(a) == cnp.NPY_FLOAT32
+                        and <size_t>cnp.PyArray_SIZE(a) == batch * self.sizes[i]):
+                    raise ValueError(
+                        f"fastconv._core.Program: register {i} must be a C-contiguous "
+                        f"float32 array of {batch * self.sizes[i]} floats; received "
+                        f"{a.dtype} {tuple(a.shape[j] for j in range(a.ndim))}")
+                regs[i] = <float*>cnp.PyArray_DATA(a)
+        for i in range(self.n_ops):
+            op = &self.ops[i]
+            if regs[op.x] == NULL or (op.r >= 0 and regs[op.r] == NULL):
+                raise ValueError(f"fastconv._core.Program: op {i} reads a register with no array")
+            if op.kind == OP_ALIAS:
+                regs[op.y] = regs[op.x]
+            elif op.kind == OP_CONV and op.in_place:
+                regs[op.y] = regs[op.r]
+            elif regs[op.y] == NULL:
+                raise ValueError(f"fastconv._core.Program: op {i} writes a register with no array")
+
+    cdef _run_op(self, int i, size_t batch, float** regs):
+        cdef int rc
+        with nogil:
+            fc_call_begin()
+            rc = run_op(&self.ops[i], batch, regs)
+            fc_call_end()
+        check(rc)
+        PyErr_CheckSignals()

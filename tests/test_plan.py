@@ -291,3 +291,40 @@ def test_program_refuses_registers_that_do_not_fit_its_ops():
         program.run(2, [np.ones((2, 6), np.float32), None])
     program.run(2, [np.ones((2, 6), np.float32), y])
     np.testing.assert_array_equal(y, np.full((2, 4), 6.0, np.float32))
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3])
+def test_chunks_of_samples_compute_what_the_whole_batch_does(monkeypatch, chunk):
+    """The convolutional part run a few samples at a time (registers offset per chunk, the dense
+    tail on the whole batch), across in-place residuals, aliases, concatenations and an uneven
+    last chunk."""
+    from fastconv.plan import Segment
+    rng = np.random.default_rng(2)
+    for model, size in ((models.mobilenet_v2(input_shape=(3, 64, 64)), 64),
+                        (models.googlenet(input_shape=(3, 64, 64)), 64), (mixed_model(), 12)):
+        x = rng.standard_normal((5, 3, size, size)).astype(np.float32)
+        randomize_batchnorm(model)
+        whole = model.predict(x)
+        monkeypatch.setattr(Segment, "chunk", lambda self, batch, threads: chunk)
+        model._plan = None
+        chunked = model.predict(x)
+        for got, want in zip(*(v if isinstance(v, list) else [v] for v in (chunked, whole))):
+            np.testing.assert_array_equal(got, want)
+        monkeypatch.undo()
+
+
+def test_only_memory_bound_segments_are_cut_into_chunks():
+    """MobileNetV2 (5 MACs per byte of activations) runs in chunks of a multiple of the threads
+    whose largest op fits the cache budget; ResNet-18 (70) never; LeNet-5 only at batches far
+    past what fits."""
+    def segment(model):
+        (unit,) = model._current_plan().units
+        return unit
+
+    mobilenet = segment(models.mobilenet_v2())
+    assert [mobilenet.chunk(8, t) for t in (1, 2)] == [2, 2]
+    assert mobilenet.chunk(2, 2) == 0 and mobilenet.chunk(1, 1) == 0
+    assert segment(models.resnet18()).chunk(8, 1) == 0
+    lenet = segment(models.lenet5())
+    assert lenet.chunk(8, 1) == 0
+    assert lenet.chunk(100000, 2) % 2 == 0 and 0 < lenet.chunk(100000, 2) < 100000
