@@ -142,6 +142,34 @@ def test_pool_nan_inf_propagation(rng):
         assert_close(y, ref, 4, scale_of(x), err_msg=op)
 
 
+@pytest.mark.parametrize("width", [1, 2, 3, 8, 9, 16, 31, 32, 33, 47, 64, 65, 96, 130])
+def test_max_pool_2x2_stride_2_rows_read_in_place(rng, width):
+    """The 2x2 stride-2 path (rows read in place, vectors of output columns plus a scalar
+    tail): every width around the vector sizes, odd sizes (the last column and row unused),
+    NaN and infinities in every position of a window, bit-identical on two threads."""
+    from fastconv.runtime import get_num_threads, set_num_threads
+    x = rand(rng, (2, 3, 5, width))
+    x[0, 0, 0, ::3] = np.nan
+    x[0, 1, 1, 1::4] = np.nan
+    x[1, 2, ::2, ::5] = np.inf
+    x[1, 0, 1::2, 2::7] = -np.inf
+    expected = R.max_pool2d(x, 2, stride=2) if width >= 2 else None
+    if expected is None:
+        with pytest.raises(ValueError):
+            F.max_pool2d(x, 2, stride=2)
+        return
+    previous = get_num_threads()
+    try:
+        set_num_threads(1)
+        one = F.max_pool2d(x, 2, stride=2)
+        set_num_threads(2)
+        two = F.max_pool2d(x, 2, stride=2)
+    finally:
+        set_num_threads(previous)
+    np.testing.assert_array_equal(one, expected.astype(np.float32))
+    np.testing.assert_array_equal(two, one)
+
+
 # --------------------------------------------------------------------------- global pools
 
 @pytest.mark.parametrize("keepdims", [True, False])

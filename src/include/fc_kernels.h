@@ -53,6 +53,9 @@ typedef void (*fc_wmacc_fn)(size_t n, const float* x, const ptrdiff_t* offsets, 
                             size_t taps, const fc_window_epilogue* ep, float* y);
 typedef void (*fc_wmax_fn)(size_t n, const float* x, const ptrdiff_t* offsets, size_t taps,
                            float* y);
+/* maxpool2x2 (f32-window.c): one output row of a 2x2 stride-2 max pooling read in place,
+ *   y[i] = max(r0[2i], r0[2i + 1], r1[2i], r1[2i + 1]) for i < out_w (NaN wins). */
+typedef void (*fc_maxpool2x2_fn)(size_t out_w, const float* r0, const float* r1, float* y);
 /* Depthwise 3x3 convolution (f32-dwconv.c), stride s = 1 or 2: FC_DW_ROWS output rows per call,
  *   y[r][i] = clamp(ep->init + sum over kh, kw < 3 of w[3 * kh + kw] * X(s * r + kh, s * i + kw),
  *                   min, max)            for r < FC_DW_ROWS, i < n,
@@ -100,6 +103,7 @@ typedef struct fc_gemm_config {
 typedef struct fc_vector_config {
   fc_wmacc_fn wmacc;
   fc_wmax_fn wmax;
+  fc_maxpool2x2_fn maxpool2x2;
   fc_vcopy_fn vcopy;
   fc_winograd_input_fn winograd_input; /* F(2x2, 3x3) */
   fc_winograd_output_fn winograd_output;
@@ -137,6 +141,7 @@ FC_DECLARE_GEMV_KERNEL(avx512f)
   void fc_f32_wmacc_ukernel__##isa(size_t, const float*, const ptrdiff_t*, const float*, size_t, \
                                    const fc_window_epilogue*, float*);                           \
   void fc_f32_wmax_ukernel__##isa(size_t, const float*, const ptrdiff_t*, size_t, float*);       \
+  void fc_f32_maxpool2x2_ukernel__##isa(size_t, const float*, const float*, float*);             \
   void fc_f32_vcopy_strided_ukernel__##isa(size_t, const float*, size_t, float*);                \
   void fc_f32_winograd_input_ukernel__##isa(size_t, const float* const*, size_t, float*,        \
                                             size_t);                                             \

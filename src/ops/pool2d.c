@@ -118,7 +118,32 @@ static int pool2d(const fc_pool2d_params* p, int is_max, const float* x, float* 
   return rc;
 }
 
+/* 2x2 windows, stride 2, every window inside the input (LeNet, VGG): rows read in place by
+ * one kernel call per output row, threads splitting all planes' rows. Measured 2-4x faster
+ * than the phase-plane path, whose layout copy dominates so little arithmetic. */
+static int max_pool2x2(const fc_pool2d_params* p) {
+  return p->kernel_h == 2 && p->kernel_w == 2 && p->stride_h == 2 && p->stride_w == 2 &&
+         p->dilation_h == 1 && p->dilation_w == 1 && p->pad_top == 0 && p->pad_left == 0 &&
+         2 * p->out_h <= p->in_h && 2 * p->out_w <= p->in_w;
+}
+
+static void max_pool2x2_rows(const fc_pool2d_params* p, const float* x, float* y) {
+  const fc_maxpool2x2_fn kernel = fc_vector_config_get()->maxpool2x2;
+  const size_t rows = p->planes * p->out_h, in_plane = p->in_h * p->in_w;
+  const int threads = fc_threads_for(4.0 * (double)rows * p->out_w);
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (size_t row = 0; row < rows; row++) {
+    const size_t c = row / p->out_h, oh = row % p->out_h;
+    const float* r0 = x + c * in_plane + 2 * oh * p->in_w;
+    kernel(p->out_w, r0, r0 + p->in_w, y + row * p->out_w);
+  }
+}
+
 int fc_max_pool2d_f32(const fc_pool2d_params* p, const float* x, float* y) {
+  if (max_pool2x2(p)) {
+    max_pool2x2_rows(p, x, y);
+    return 0;
+  }
   return pool2d(p, 1, x, y);
 }
 
