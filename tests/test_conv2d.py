@@ -230,6 +230,64 @@ def test_gemm_1x1_activations(rng, activation, O):
     assert_close(in_place, expected, 42, scale)
 
 
+# Strided 1x1 layers on the GEMM algorithm (ResNet's downsample shortcuts): the columns path
+# reads a subsampled copy of each image (packed, or in place up to 32 channels); with AVX-512
+# a 7x7 or smaller output gathers its pixels as the rows of the transposed GEMM. Strides 2, 3
+# and (1, 2) / (2, 1), even and odd input sizes (an odd one leaves its last row and column out
+# at stride 2), channel counts around MR and NR, groups, a residual, batches that span the
+# transposed GEMM's images (10 7x7 images per GEMM).
+@pytest.mark.parametrize("O", [5, 16, 33, 64, 72])
+@pytest.mark.parametrize("stride,hw", [(2, (14, 14)), (2, (13, 13)), (3, (20, 22)), ((1, 2), (7, 14)),
+                                       ((2, 1), (14, 7)), (2, (56, 55)), (2, (3, 3))])
+def test_gemm_1x1_strided(rng, O, stride, hw):
+    C = 40
+    for batch, groups in [(1, 1), (3, 1), (2, 2)]:
+        x = rand(rng, (batch, C) + hw)
+        weight = rand(rng, (O * groups, C // groups, 1, 1))
+        bias = rand(rng, (O * groups,))
+        conv = F.PreparedConv2d(weight, bias, (C,) + hw, stride=stride, groups=groups,
+                                activation="relu", algorithm="gemm")
+        plain = ref_conv2d(x, weight, bias, stride=stride, groups=groups)
+        residual = rand(rng, plain.shape)
+        msg = f"O={O} stride={stride} hw={hw} batch={batch} groups={groups}"
+        assert_close(conv(x), activate(plain, "relu"), C + 1, scale_of(x, weight) + 1.0, err_msg=msg)
+        assert_close(conv(x, residual=residual), activate(plain + residual, "relu"), C + 2,
+                     scale_of(x, weight) + 2.0, err_msg=msg)
+
+
+def test_auto_takes_gemm_for_strided_1x1_without_padding():
+    w = np.ones((8, 4, 1, 1), np.float32)
+    assert F.PreparedConv2d(w, None, (4, 14, 14), stride=2).algorithm == "gemm"
+    assert F.PreparedConv2d(w, None, (4, 14, 14), stride=2, padding=1).algorithm == "implicit"
+
+
+# The transposed 1x1 path folds up to 10 7x7 images into one GEMM: batches 1 to 23 (three
+# GEMMs), on one and two threads (whole images per thread, or the GEMMs split), all bit-identical
+# to each image alone and close to the reference, with a residual written in place.
+@pytest.mark.parametrize("stride", [1, 2])
+def test_gemm_1x1_images_folded(rng, stride):
+    import fastconv
+    C, O, hw = 48, 72, 7 * stride
+    weight, bias = rand(rng, (O, C, 1, 1)), rand(rng, (O,))
+    conv = F.PreparedConv2d(weight, bias, (C, hw, hw), stride=stride, activation="relu",
+                            algorithm="gemm")
+    x = rand(rng, (23, C, hw, hw))
+    residual = rand(rng, (23, O, 7, 7))
+    alone = np.concatenate([conv(x[i:i + 1], residual=residual[i:i + 1]) for i in range(23)])
+    previous = fastconv.get_num_threads()
+    try:
+        for threads in (1, 2):
+            fastconv.set_num_threads(threads)
+            for batch in (2, 9, 10, 11, 23):
+                out = residual[:batch].copy()
+                conv(x[:batch], residual=out, out=out)
+                np.testing.assert_array_equal(out, alone[:batch], err_msg=f"{threads} {batch}")
+    finally:
+        fastconv.set_num_threads(previous)
+    expected = activate(ref_conv2d(x, weight, bias, stride=stride) + residual, "relu")
+    assert_close(alone, expected, C + 2, scale_of(x, weight) + 2.0)
+
+
 @pytest.mark.parametrize("algorithm,kernel,channels,size", [
     ("implicit", 3, 16, 9), ("im2col", 3, 16, 9), ("gemm", 1, 40, 7), ("gemm", 1, 16, 12),
     ("winograd", 3, 64, 10), ("winograd4", 3, 64, 12), ("direct", 3, 4, 9)])

@@ -7,7 +7,8 @@
  *    so no whole-image column buffer ever exists;
  *  - implicit GEMM: the input laid out once as phase planes, which the GEMM reads in place as its
  *    B operand (nothing packed per call but the weights, once);
- *  - GEMM: for a 1x1 kernel with stride 1 and no padding the input already is the B matrix;
+ *  - GEMM: for a 1x1 kernel with no padding the input already is the B matrix (at stride 1) or
+ *    its pixels are gathered into the packed panels (at a stride);
  *  - direct: each output plane is one run of the wmacc window kernel over phase planes of its
  *    input channels; best when a group has few output channels (depthwise), where a GEMM tile
  *    would be mostly empty. */
@@ -128,6 +129,22 @@ int fc_conv2d_pack_weights(const fc_conv2d_params* p, int algorithm, const float
   return 0;
 }
 
+static int is_strided(const fc_conv2d_params* p) { return p->stride_h != 1 || p->stride_w != 1; }
+
+/* Every stride-th pixel of one image's channels into contiguous out_h x out_w planes: a strided
+ * 1x1 layer's B matrix, a copy of a quarter of its input at stride 2 (cheap next to the GEMM). */
+static void subsample(const fc_conv2d_params* p, const float* x, float* dst, int threads) {
+  const fc_vector_config* vk = fc_vector_config_get();
+  const size_t in_plane = p->in_h * p->in_w, npix = p->out_h * p->out_w;
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (size_t c = 0; c < p->in_channels; c++) {
+    for (size_t oh = 0; oh < p->out_h; oh++) {
+      vk->vcopy(p->out_w, x + c * in_plane + oh * p->stride_h * p->in_w, p->stride_w,
+                dst + c * npix + oh * p->out_w);
+    }
+  }
+}
+
 /* Per image and group: Y_g (O/g x OH*OW) = act(W_g * B_g + bias [+ residual]). */
 static int conv_gemm(const fc_conv2d_params* p, int algorithm, const float* packed,
                      const float* bias, const float* residual, const float* x, float* y) {
@@ -135,10 +152,18 @@ static int conv_gemm(const fc_conv2d_params* p, int algorithm, const float* pack
   const size_t kdim = gemm_kdim(p), npix = p->out_h * p->out_w, in_plane = p->in_h * p->in_w;
   const size_t apanel = fc_packed_a_size(og, kdim, fc_gemm_config_get()->mr);
   const int threads = fc_threads_for(2.0 * og * kdim * npix);
+  /* A strided 1x1 layer reads its B matrix from a subsampled copy of each image. */
+  const int strided = algorithm == FC_CONV_GEMM && is_strided(p);
+  const size_t b_plane = strided ? npix : in_plane;
+  float* sub = NULL;
+  if (strided) {
+    sub = (float*)fc_workspace(FC_WS_LAYOUT, p->in_channels * npix * sizeof(float));
+    if (!sub) return FC_ERROR_NOMEM;
+  }
   /* A model plan may write the output over the input (the input being the fused residual); B
    * is then packed, each block before any tile of it is stored. */
   const uintptr_t x0 = (uintptr_t)x, y0 = (uintptr_t)y;
-  const int aliased = x0 < y0 + p->batch * p->out_channels * npix * sizeof(float) &&
+  const int aliased = !strided && x0 < y0 + p->batch * p->out_channels * npix * sizeof(float) &&
                       y0 < x0 + p->batch * p->in_channels * in_plane * sizeof(float);
   const int in_place = algorithm == FC_CONV_GEMM && !aliased &&
                        og <= FC_IN_PLACE_MAX_PANELS * fc_gemm_config_get()->mr;
@@ -146,13 +171,18 @@ static int conv_gemm(const fc_conv2d_params* p, int algorithm, const float* pack
   if (in_place) {
     offsets = (ptrdiff_t*)fc_workspace(FC_WS_TABLE, kdim * sizeof(ptrdiff_t));
     if (!offsets) return FC_ERROR_NOMEM;
-    for (size_t k = 0; k < kdim; k++) offsets[k] = (ptrdiff_t)(k * in_plane);
+    for (size_t k = 0; k < kdim; k++) offsets[k] = (ptrdiff_t)(k * b_plane);
   }
   int rc = 0;
   for (size_t n = 0; n < p->batch && rc == 0; n++) {
+    const float* xn = x + n * p->in_channels * in_plane;
+    if (strided) {
+      subsample(p, xn, sub, threads);
+      xn = sub;
+    }
     for (size_t g = 0; g < groups && rc == 0; g++) {
       const size_t out_offset = (n * p->out_channels + g * og) * npix;
-      const float* xg = x + (n * p->in_channels + g * cg) * in_plane;
+      const float* xg = xn + g * cg * b_plane;
       const float* bg = bias ? bias + g * og : NULL;
       if (residual && residual != y) {
         memcpy(y + out_offset, residual + out_offset, og * npix * sizeof(float));
@@ -202,28 +232,59 @@ static void store_transposed(const fc_conv2d_params* p, size_t og, const float* 
   }
 }
 
+/* Images per transposed GEMM: the pixels of several images are its rows (no padding of each
+ * image's rows to MR, and each B panel of weights is read once for all of them), up to this
+ * many rows. */
+#define FC_PIXEL_ROWS_MAX 512
+
+/* Where pixel r of `images` consecutive images (r = image * npix + oh * out_w + ow) starts in
+ * the input, relative to the first image's first channel: a strided layer reads every
+ * stride-th pixel. */
+static void pixel_row_offsets(const fc_conv2d_params* p, size_t images, ptrdiff_t* rows) {
+  const size_t in_plane = p->in_h * p->in_w;
+  size_t r = 0;
+  for (size_t n = 0; n < images; n++) {
+    for (size_t oh = 0; oh < p->out_h; oh++) {
+      for (size_t ow = 0; ow < p->out_w; ow++) {
+        rows[r++] = (ptrdiff_t)(n * p->in_channels * in_plane + oh * p->stride_h * p->in_w +
+                                ow * p->stride_w);
+      }
+    }
+  }
+}
+
 /* A 1x1 layer on a small image, transposed: Y_g^T (pixels x O/g) = X_g^T (pixels x C/g) * W_g^T.
- * The pixels are the GEMM rows (a 7x7 image is 56 rows of work instead of 64 columns), the
- * weights were packed once as B panels, X^T is packed per call; the result is transposed into
- * place. */
+ * The pixels are the GEMM rows (a 7x7 image is 56 rows of work instead of 64 columns; at batch
+ * > 1 the pixels of up to FC_PIXEL_ROWS_MAX / npix images together), the weights were packed
+ * once as B panels, X^T is gathered per call (at the layer's stride); the result is transposed
+ * into place. */
 static int conv_pixel_rows(const fc_conv2d_params* p, const float* packed, const float* bias,
                            const float* residual, const float* x, float* y) {
   const size_t groups = p->groups, og = p->out_channels / groups, cg = p->in_channels / groups;
-  const size_t npix = p->out_h * p->out_w, mr = fc_gemm_config_get()->mr;
-  const size_t wpanel = fc_dense_packed_size(cg, og);
-  const int threads = fc_threads_for(2.0 * og * cg * npix);
-  float* xt = (float*)fc_workspace(FC_WS_INPUT, fc_packed_a_size(npix, cg, mr) * sizeof(float));
-  float* yt = (float*)fc_workspace(FC_WS_OUTPUT, npix * og * sizeof(float));
-  if (!xt || !yt) return FC_ERROR_NOMEM;
+  const size_t npix = p->out_h * p->out_w, in_plane = p->in_h * p->in_w;
+  const size_t mr = fc_gemm_config_get()->mr, wpanel = fc_dense_packed_size(cg, og);
+  const size_t images = fc_min(p->batch, npix < FC_PIXEL_ROWS_MAX ? FC_PIXEL_ROWS_MAX / npix : 1);
+  float* xt = (float*)fc_workspace(FC_WS_INPUT,
+                                   fc_packed_a_size(images * npix, cg, mr) * sizeof(float));
+  float* yt = (float*)fc_workspace(FC_WS_OUTPUT, images * npix * og * sizeof(float));
+  ptrdiff_t* rows = (ptrdiff_t*)fc_workspace(FC_WS_TABLE, images * npix * sizeof(ptrdiff_t));
+  if (!xt || !yt || !rows) return FC_ERROR_NOMEM;
+  pixel_row_offsets(p, images, rows);
   int rc = 0;
-  for (size_t n = 0; n < p->batch && rc == 0; n++) {
+  for (size_t n0 = 0; n0 < p->batch && rc == 0; n0 += images) {
+    const size_t count = fc_min(images, p->batch - n0), m = count * npix;
+    const int threads = fc_threads_for(2.0 * og * cg * m);
     for (size_t g = 0; g < groups && rc == 0; g++) {
-      const size_t out_offset = (n * p->out_channels + g * og) * npix;
-      fc_pack_a(npix, cg, x + (n * p->in_channels + g * cg) * npix, 1, (ptrdiff_t)npix, mr, xt);
+      fc_pack_a_rows(m, cg, x + (n0 * p->in_channels + g * cg) * in_plane, rows,
+                     (ptrdiff_t)in_plane, mr, xt);
       const fc_b_operand operand = {NULL, NULL, packed + g * wpanel, NULL, NULL};
-      rc = fc_gemm_packed(npix, og, cg, xt, &operand, NULL, bias ? bias + g * og : NULL, 0,
+      rc = fc_gemm_packed(m, og, cg, xt, &operand, NULL, bias ? bias + g * og : NULL, 0,
                           residual ? FC_ACT_NONE : p->activation, yt, og, threads);
-      store_transposed(p, og, yt, residual ? residual + out_offset : NULL, y + out_offset, threads);
+      for (size_t i = 0; i < count; i++) {
+        const size_t out_offset = ((n0 + i) * p->out_channels + g * og) * npix;
+        store_transposed(p, og, yt + i * npix * og, residual ? residual + out_offset : NULL,
+                         y + out_offset, threads);
+      }
     }
   }
   return rc;
