@@ -288,6 +288,42 @@ def test_gemm_1x1_images_folded(rng, stride):
     assert_close(alone, expected, C + 2, scale_of(x, weight) + 2.0)
 
 
+# With AVX-512 the implicit GEMM of these layers runs transposed (their run of output columns
+# pads worse to NR = 32 columns than to MR = 8 rows, 64 or 96 channels per group) and folds up
+# to 512 rows of images (9 images of 7 x 8 run columns, less 1) into one GEMM; other ISAs take
+# the columns path. Kernel, stride, padding, input size: 7x7 outputs at stride 2 and 3, a 2x2
+# and a 3x1 kernel, a 4x4 and a 1x1 output. Batches 1 to 19 on one and two threads must give
+# each image's result alone bit for bit, close to the reference, with a residual (also written
+# in place) and groups.
+@pytest.mark.parametrize("kernel,stride,padding,size", [
+    ((3, 3), 2, 1, 14), ((3, 3), 2, 1, 13), ((3, 3), 3, 1, 21), ((2, 2), 2, 0, 14),
+    ((3, 1), 2, (1, 0), 13), ((3, 3), 2, 1, 8), ((3, 3), 2, 1, 2)])
+@pytest.mark.parametrize("O,groups", [(64, 1), (96, 1), (128, 2)])
+def test_implicit_transposed(rng, kernel, stride, padding, size, O, groups):
+    import fastconv
+    C = 20
+    weight, bias = rand(rng, (O, C // groups) + kernel), rand(rng, (O,))
+    conv = F.PreparedConv2d(weight, bias, (C, size, size), stride=stride, padding=padding,
+                            groups=groups, activation="relu", algorithm="implicit")
+    x = rand(rng, (19, C, size, size))
+    residual = rand(rng, (19,) + conv.output_shape)
+    alone = np.concatenate([conv(x[i:i + 1], residual=residual[i:i + 1]) for i in range(19)])
+    previous = fastconv.get_num_threads()
+    try:
+        for threads in (1, 2):
+            fastconv.set_num_threads(threads)
+            for batch in (2, 9, 10, 19):
+                out = residual[:batch].copy()
+                conv(x[:batch], residual=out, out=out)
+                np.testing.assert_array_equal(out, alone[:batch], err_msg=f"{threads} {batch}")
+    finally:
+        fastconv.set_num_threads(previous)
+    plain = ref_conv2d(x, weight, bias, stride=stride, padding=padding, groups=groups)
+    k = C // groups * kernel[0] * kernel[1]
+    assert_close(conv(x), activate(plain, "relu"), k + 1, scale_of(x, weight) + 1.0)
+    assert_close(alone, activate(plain + residual, "relu"), k + 2, scale_of(x, weight) + 2.0)
+
+
 @pytest.mark.parametrize("algorithm,kernel,channels,size", [
     ("implicit", 3, 16, 9), ("im2col", 3, 16, 9), ("gemm", 1, 40, 7), ("gemm", 1, 16, 12),
     ("winograd", 3, 64, 10), ("winograd4", 3, 64, 12), ("direct", 3, 4, 9)])
