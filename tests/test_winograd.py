@@ -75,7 +75,7 @@ def test_several_chunks_of_tiles_against_torch(rng):
 @pytest.mark.parametrize("algorithm,c,size", [("winograd", 1024, 7), ("winograd4", 512, 14)])
 def test_images_side_by_side_in_a_chunk(algorithm, c, size, rng):
     """Small images go several to a chunk of tiles (16 tiles each here: 16 images per F(2x2)
-    chunk of 256 columns, 14 (AVX2, scalar: 7) per F(4x4) one): batches spanning two chunks, on
+    chunk of 256 columns, 14 per F(4x4) chunk of 224): batches spanning two chunks, on
     one and two threads, give each image its result alone bit for bit, with a residual written in
     place; close to the reference."""
     wt, b = ref.rand(rng, (32, c, 3, 3)), ref.rand(rng, (32,))
