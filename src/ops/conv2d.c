@@ -7,8 +7,8 @@
  *    so no whole-image column buffer ever exists;
  *  - implicit GEMM: the input laid out once as phase planes, which the GEMM reads in place as its
  *    B operand (nothing packed per call but the weights, once);
- *  - GEMM: for a 1x1 kernel with no padding the input already is the B matrix (at stride 1) or
- *    its pixels are gathered into the packed panels (at a stride);
+ *  - GEMM: for a 1x1 kernel with no padding the input already is the B matrix (at stride 1),
+ *    or a subsampled copy of it is (at a stride);
  *  - direct: each output plane is one run of the wmacc window kernel over phase planes of its
  *    input channels; best when a group has few output channels (depthwise), where a GEMM tile
  *    would be mostly empty. */
@@ -282,7 +282,7 @@ static int rows_work_init(const fc_conv2d_params* p, size_t image_rows, size_t k
   return 0;
 }
 
-/* Images n0 .. n0 + count - 1, group g, whose pixels rows_work_pack packed as the rows of xt
+/* Images n0 .. n0 + count - 1, group g, whose pixels fc_pack_a_rows packed as the rows of xt
  * (pixel (oh, ow) at row oh * cols + ow of its image's rows): the GEMM with the weights packed
  * as B panels, then the transposed stores. */
 static int rows_gemm_store(const fc_conv2d_params* p, const rows_work* w, size_t kdim,
@@ -340,8 +340,9 @@ static int conv_pixel_rows(const fc_conv2d_params* p, const float* packed, const
  * their phase planes into packed A panels; the weights were packed once as B panels. */
 static int conv_implicit_rows(const fc_conv2d_params* p, const float* packed, const float* bias,
                               const float* residual, const float* x, float* y) {
-  const size_t cg = p->in_channels / p->groups, kdim = gemm_kdim(p), in_plane = p->in_h * p->in_w;
-  const size_t taps = p->kernel_h * p->kernel_w, mr = fc_gemm_config_get()->mr;
+  const size_t og = p->out_channels / p->groups, cg = p->in_channels / p->groups;
+  const size_t kdim = gemm_kdim(p), in_plane = p->in_h * p->in_w, taps = p->kernel_h * p->kernel_w;
+  const size_t mr = fc_gemm_config_get()->mr;
   fc_phase_layout l;
   const size_t image_rows = implicit_layout(p, &l), chan = fc_phase_planes_size(&l);
   rows_work w;
@@ -349,7 +350,9 @@ static int conv_implicit_rows(const fc_conv2d_params* p, const float* packed, co
   float* planes = (float*)fc_workspace(FC_WS_LAYOUT, w.images * cg * chan * sizeof(float));
   if (!planes) return FC_ERROR_NOMEM;
   for (size_t i = 0; i < w.images; i++) {
-    for (size_t j = 0; j < image_rows; j++) w.rows[i * image_rows + j] = (ptrdiff_t)(i * cg * chan + j);
+    for (size_t j = 0; j < image_rows; j++) {
+      w.rows[i * image_rows + j] = (ptrdiff_t)(i * cg * chan + j);
+    }
   }
   fc_phase_offsets(&l, w.cols);
   for (size_t c = 1; c < cg; c++) {
@@ -358,7 +361,7 @@ static int conv_implicit_rows(const fc_conv2d_params* p, const float* packed, co
   int rc = 0;
   for (size_t n0 = 0; n0 < p->batch && rc == 0; n0 += w.images) {
     const size_t count = fc_min(w.images, p->batch - n0);
-    const int threads = fc_threads_for(2.0 * (p->out_channels / p->groups) * kdim * count * image_rows);
+    const int threads = fc_threads_for(2.0 * og * kdim * count * image_rows);
     for (size_t g = 0; g < p->groups && rc == 0; g++) {
 #pragma omp parallel for schedule(static) num_threads(threads)
       for (size_t ic = 0; ic < count * cg; ic++) {
@@ -434,7 +437,8 @@ static int conv_implicit(const fc_conv2d_params* p, const float* packed, const f
   const size_t apanel = fc_packed_a_size(og, kdim, fc_gemm_config_get()->mr);
   implicit_work w;
   if (implicit_work_init(p, &w) != 0) return FC_ERROR_NOMEM;
-  const size_t n_cols = implicit_layout(p, &w.layout);
+  /* The run's last row needs only out_w columns. */
+  const size_t n_cols = w.layout.run - (w.layout.cols - p->out_w);
   const int threads = fc_threads_for(2.0 * og * kdim * n_cols);
   const fc_b_operand operand = {NULL, NULL, NULL, w.planes, w.offsets};
   int rc = 0;

@@ -117,32 +117,32 @@ typedef struct winograd_work {
   float* mt; /* M: products x O rows */
 } winograd_work;
 
-/* Input transform of the chunk's tiles [t0, t0 + tc) of image i for channel c, one tile row at a
- * time, into V's columns from i * tc on. The kernel's whole-vector writes past a row's end are
- * overwritten by the next image's, which the same thread transforms next. */
-static void input_chunk(const winograd_work* w, size_t C, size_t i, size_t c, size_t t0,
+/* Input transform of the chunk's tiles [t0, t0 + tc) of an image for channel c, one tile row at
+ * a time, into V's columns from image * tc on. The kernel's whole-vector writes past a row's end
+ * are overwritten by the next image's, which the same thread transforms next. */
+static void input_chunk(const winograd_work* w, size_t C, size_t image, size_t c, size_t t0,
                         size_t tc) {
   const fc_phase_layout* l = &w->layout;
-  const float* base = w->planes + (i * C + c) * w->chan;
+  const float* base = w->planes + (image * C + c) * w->chan;
   for (size_t t = t0; t < t0 + tc;) {
     const size_t ty = t / w->tiles_w, tx = t % w->tiles_w;
     const size_t n = fc_min(w->tiles_w - tx, t0 + tc - t);
     const float* phases[MAX_ALPHA * MAX_ALPHA];
     for (size_t q = 0; q < w->v.m * w->v.m; q++) phases[q] = base + q * l->phase_size + ty * l->cols + tx;
-    w->v.input(n, phases, l->cols, w->vt + c * w->pitch + i * tc + (t - t0), C * w->pitch);
+    w->v.input(n, phases, l->cols, w->vt + c * w->pitch + image * tc + (t - t0), C * w->pitch);
     t += n;
   }
 }
 
-/* Output transform of the chunk's tiles of image i for output channel o: bias, residual,
+/* Output transform of the chunk's tiles of an image for output channel o: bias, residual,
  * activation, and the m x m outputs of each tile into the plane yo (tiles past the edge
  * clipped). */
-static void output_chunk(const fc_conv2d_params* p, const winograd_work* w, size_t i, size_t o,
-                         size_t t0, size_t tc, float bias, const float* residual, float* yo,
-                         float* tmp) {
+static void output_chunk(const fc_conv2d_params* p, const winograd_work* w, size_t image,
+                         size_t o, size_t t0, size_t tc, float bias, const float* residual,
+                         float* yo, float* tmp) {
   const size_t O = p->out_channels, m = w->v.m, tmp_stride = fc_round_up(tc, FC_WINDOW_SLACK);
   const float lo = fc_act_min(p->activation), hi = fc_act_max(p->activation);
-  w->v.output(tc, w->mt + o * w->pitch + i * tc, O * w->pitch, bias, tmp, tmp_stride);
+  w->v.output(tc, w->mt + o * w->pitch + image * tc, O * w->pitch, bias, tmp, tmp_stride);
   for (size_t t = 0; t < tc; t++) {
     const size_t ty = (t0 + t) / w->tiles_w, tx = (t0 + t) % w->tiles_w;
     for (size_t i = 0; i < m && m * ty + i < p->out_h; i++) {
