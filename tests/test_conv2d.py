@@ -230,6 +230,100 @@ def test_gemm_1x1_activations(rng, activation, O):
     assert_close(in_place, expected, 42, scale)
 
 
+# Strided 1x1 layers on the GEMM algorithm (ResNet's downsample shortcuts): the columns path
+# reads a subsampled copy of each image (packed, or in place up to 32 channels); with AVX-512
+# a 7x7 or smaller output gathers its pixels as the rows of the transposed GEMM. Strides 2, 3
+# and (1, 2) / (2, 1), even and odd input sizes (an odd one leaves its last row and column out
+# at stride 2), channel counts around MR and NR, groups, a residual, batches that span the
+# transposed GEMM's images (10 7x7 images per GEMM).
+@pytest.mark.parametrize("O", [5, 16, 33, 64, 72])
+@pytest.mark.parametrize("stride,hw", [(2, (14, 14)), (2, (13, 13)), (3, (20, 22)), ((1, 2), (7, 14)),
+                                       ((2, 1), (14, 7)), (2, (56, 55)), (2, (3, 3))])
+def test_gemm_1x1_strided(rng, O, stride, hw):
+    C = 40
+    for batch, groups in [(1, 1), (3, 1), (2, 2)]:
+        x = rand(rng, (batch, C) + hw)
+        weight = rand(rng, (O * groups, C // groups, 1, 1))
+        bias = rand(rng, (O * groups,))
+        conv = F.PreparedConv2d(weight, bias, (C,) + hw, stride=stride, groups=groups,
+                                activation="relu", algorithm="gemm")
+        plain = ref_conv2d(x, weight, bias, stride=stride, groups=groups)
+        residual = rand(rng, plain.shape)
+        msg = f"O={O} stride={stride} hw={hw} batch={batch} groups={groups}"
+        assert_close(conv(x), activate(plain, "relu"), C + 1, scale_of(x, weight) + 1.0, err_msg=msg)
+        assert_close(conv(x, residual=residual), activate(plain + residual, "relu"), C + 2,
+                     scale_of(x, weight) + 2.0, err_msg=msg)
+
+
+def test_auto_takes_gemm_for_strided_1x1_without_padding():
+    w = np.ones((8, 4, 1, 1), np.float32)
+    assert F.PreparedConv2d(w, None, (4, 14, 14), stride=2).algorithm == "gemm"
+    assert F.PreparedConv2d(w, None, (4, 14, 14), stride=2, padding=1).algorithm == "implicit"
+
+
+# The transposed 1x1 path folds up to 10 7x7 images into one GEMM: batches 1 to 23 (three
+# GEMMs), on one and two threads (whole images per thread, or the GEMMs split), all bit-identical
+# to each image alone and close to the reference, with a residual written in place.
+@pytest.mark.parametrize("stride", [1, 2])
+def test_gemm_1x1_images_folded(rng, stride):
+    import fastconv
+    C, O, hw = 48, 72, 7 * stride
+    weight, bias = rand(rng, (O, C, 1, 1)), rand(rng, (O,))
+    conv = F.PreparedConv2d(weight, bias, (C, hw, hw), stride=stride, activation="relu",
+                            algorithm="gemm")
+    x = rand(rng, (23, C, hw, hw))
+    residual = rand(rng, (23, O, 7, 7))
+    alone = np.concatenate([conv(x[i:i + 1], residual=residual[i:i + 1]) for i in range(23)])
+    previous = fastconv.get_num_threads()
+    try:
+        for threads in (1, 2):
+            fastconv.set_num_threads(threads)
+            for batch in (2, 9, 10, 11, 23):
+                out = residual[:batch].copy()
+                conv(x[:batch], residual=out, out=out)
+                np.testing.assert_array_equal(out, alone[:batch], err_msg=f"{threads} {batch}")
+    finally:
+        fastconv.set_num_threads(previous)
+    expected = activate(ref_conv2d(x, weight, bias, stride=stride) + residual, "relu")
+    assert_close(alone, expected, C + 2, scale_of(x, weight) + 2.0)
+
+
+# With AVX-512 the implicit GEMM of these layers runs transposed (their run of output columns
+# pads worse to NR = 32 columns than to MR = 8 rows, 64 or 96 channels per group) and folds up
+# to 512 rows of images (9 images of 7 x 8 run columns, less 1) into one GEMM; other ISAs take
+# the columns path. Kernel, stride, padding, input size: 7x7 outputs at stride 2 and 3, a 2x2
+# and a 3x1 kernel, a 4x4 and a 1x1 output. Batches 1 to 19 on one and two threads must give
+# each image's result alone bit for bit, close to the reference, with a residual (also written
+# in place) and groups.
+@pytest.mark.parametrize("kernel,stride,padding,size", [
+    ((3, 3), 2, 1, 14), ((3, 3), 2, 1, 13), ((3, 3), 3, 1, 21), ((2, 2), 2, 0, 14),
+    ((3, 1), 2, (1, 0), 13), ((3, 3), 2, 1, 8), ((3, 3), 2, 1, 2)])
+@pytest.mark.parametrize("O,groups", [(64, 1), (96, 1), (128, 2)])
+def test_implicit_transposed(rng, kernel, stride, padding, size, O, groups):
+    import fastconv
+    C = 20
+    weight, bias = rand(rng, (O, C // groups) + kernel), rand(rng, (O,))
+    conv = F.PreparedConv2d(weight, bias, (C, size, size), stride=stride, padding=padding,
+                            groups=groups, activation="relu", algorithm="implicit")
+    x = rand(rng, (19, C, size, size))
+    residual = rand(rng, (19,) + conv.output_shape)
+    alone = np.concatenate([conv(x[i:i + 1], residual=residual[i:i + 1]) for i in range(19)])
+    previous = fastconv.get_num_threads()
+    try:
+        for threads in (1, 2):
+            fastconv.set_num_threads(threads)
+            for batch in (2, 9, 10, 19):
+                out = residual[:batch].copy()
+                conv(x[:batch], residual=out, out=out)
+                np.testing.assert_array_equal(out, alone[:batch], err_msg=f"{threads} {batch}")
+    finally:
+        fastconv.set_num_threads(previous)
+    plain = ref_conv2d(x, weight, bias, stride=stride, padding=padding, groups=groups)
+    k = C // groups * kernel[0] * kernel[1]
+    assert_close(conv(x), activate(plain, "relu"), k + 1, scale_of(x, weight) + 1.0)
+    assert_close(alone, activate(plain + residual, "relu"), k + 2, scale_of(x, weight) + 2.0)
+
+
 @pytest.mark.parametrize("algorithm,kernel,channels,size", [
     ("implicit", 3, 16, 9), ("im2col", 3, 16, 9), ("gemm", 1, 40, 7), ("gemm", 1, 16, 12),
     ("winograd", 3, 64, 10), ("winograd4", 3, 64, 12), ("direct", 3, 4, 9)])

@@ -72,6 +72,33 @@ def test_several_chunks_of_tiles_against_torch(rng):
     ref.assert_close(y, expected, 9 * 64, ref.scale_of(x, wt), c=BOUND_FACTOR["winograd4"])
 
 
+@pytest.mark.parametrize("algorithm,c,size", [("winograd", 1024, 7), ("winograd4", 512, 14)])
+def test_images_side_by_side_in_a_chunk(algorithm, c, size, rng):
+    """Small images go several to a chunk of tiles (16 tiles each here: 16 images per F(2x2)
+    chunk of 256 columns, 14 per F(4x4) chunk of 224): batches spanning two chunks, on
+    one and two threads, give each image its result alone bit for bit, with a residual written in
+    place; close to the reference."""
+    wt, b = ref.rand(rng, (32, c, 3, 3)), ref.rand(rng, (32,))
+    conv = F.PreparedConv2d(wt, b, (c, size, size), padding=1, activation="relu",
+                            algorithm=algorithm)
+    x, residual = ref.rand(rng, (17, c, size, size)), ref.rand(rng, (17, 32, size, size))
+    alone = np.concatenate([conv(x[i:i + 1], residual=residual[i:i + 1]) for i in range(17)])
+    previous = fastconv.get_num_threads()
+    try:
+        for threads in (1, 2):
+            fastconv.set_num_threads(threads)
+            for batch in (3, 17):
+                out = residual[:batch].copy()
+                conv(x[:batch], residual=out, out=out)
+                np.testing.assert_array_equal(out, alone[:batch], err_msg=f"{threads} {batch}")
+    finally:
+        fastconv.set_num_threads(previous)
+    some = [0, 15, 16]
+    expected = ref.activate(ref.conv2d(x[some], wt, b, padding=1) + residual[some], "relu")
+    ref.assert_close(alone[some], expected, 9 * c, ref.scale_of(x, wt) + 2.0,
+                     c=BOUND_FACTOR[algorithm])
+
+
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 def test_thread_count_does_not_change_the_result(algorithm, rng):
     x, wt = ref.rand(rng, (2, 64, 30, 29)), ref.rand(rng, (96, 64, 3, 3))

@@ -71,6 +71,9 @@ typedef void (*fc_pack_b_fn)(const void* ctx, size_t k0, size_t kc, size_t n0, s
 size_t fc_packed_a_size(size_t M, size_t K, size_t mr);
 void fc_pack_a(size_t M, size_t K, const float* a, ptrdiff_t rs, ptrdiff_t cs, size_t mr,
                float* dst);
+/* The same panels from an A gathered through offset tables: A[m][k] = base[rows[m] + cols[k]]. */
+void fc_pack_a_rows(size_t M, size_t K, const float* base, const ptrdiff_t* rows,
+                    const ptrdiff_t* cols, size_t mr, float* dst);
 /* The B operand of fc_gemm_packed, in one of three forms:
  *  - pack (+ ctx): a callback packing K x NR panels block by block (im2col, plain matrices);
  *  - packed: B packed once, in the layout of fc_dense_pack_weights;

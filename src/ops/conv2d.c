@@ -7,7 +7,8 @@
  *    so no whole-image column buffer ever exists;
  *  - implicit GEMM: the input laid out once as phase planes, which the GEMM reads in place as its
  *    B operand (nothing packed per call but the weights, once);
- *  - GEMM: for a 1x1 kernel with stride 1 and no padding the input already is the B matrix;
+ *  - GEMM: for a 1x1 kernel with no padding the input already is the B matrix (at stride 1),
+ *    or a subsampled copy of it is (at a stride);
  *  - direct: each output plane is one run of the wmacc window kernel over phase planes of its
  *    input channels; best when a group has few output channels (depthwise), where a GEMM tile
  *    would be mostly empty. */
@@ -74,16 +75,33 @@ static size_t gemm_kdim(const fc_conv2d_params* p) {
  * thread (AVX-512): 16 and 32 channels 70 -> 93 GFLOP/s; 64 channels slower in place. */
 #define FC_IN_PLACE_MAX_PANELS 4
 
-/* Whether a 1x1 layer runs transposed, pixels as the MR-row dimension (conv_pixel_rows): when
- * the tiles over the pixels as columns do 10 % more work than over the pixels as rows (the
- * transposes' cost, measured). Edge tiles cost whole vectors, NR / 2 columns. On AVX-512 this
- * takes 7x7 images (49 pixels: 64 columns against 56 rows; the 7x7 1x1 layers of ResNet-50,
- * GoogLeNet and MobileNetV2 measured 4-14 % faster, typically 78 -> 88 GFLOP/s), not 14x14 (208
- * columns against 200 rows) or 28x28, which measured 1-15 % slower transposed. */
-static int gemm_pixel_rows(const fc_conv2d_params* p, int algorithm) {
+/* The phase planes of an implicit GEMM (src/ops/window.c) and the GEMM columns it computes: the
+ * run less its last row's dropped columns. */
+static size_t implicit_layout(const fc_conv2d_params* p, fc_phase_layout* l) {
+  fc_phase_layout_init(l, p->in_h, p->in_w, p->out_h, p->out_w, p->kernel_h, p->kernel_w,
+                       p->stride_h, p->stride_w, p->dilation_h, p->dilation_w, p->pad_top,
+                       p->pad_left);
+  return l->run - (l->cols - p->out_w);
+}
+
+/* Whether a layer runs transposed, pixels as the MR-row dimension (conv_pixel_rows,
+ * conv_implicit_rows): when the tiles over the pixels as columns do 10 % more work than over
+ * the pixels as rows (the transposes' cost, measured). Edge tiles cost whole vectors, NR / 2
+ * columns. On AVX-512 this takes 1x1 layers on 7x7 images (49 pixels: 64 columns against 56
+ * rows; the 7x7 1x1 layers of ResNet-50, GoogLeNet and MobileNetV2 measured 4-14 % faster,
+ * typically 78 -> 88 GFLOP/s), not 14x14 (208 columns against 200 rows) or 28x28, which
+ * measured 1-15 % slower transposed; and implicit GEMMs whose run pads badly: a 3x3 stride-2
+ * layer with a 7x7 output computes 55 columns (7 rows of 8, less 1), 64 as columns, 56 as rows.
+ * Layers with few output channels keep the columns (a 1x1 one reads its input in place). */
+static int runs_transposed(const fc_conv2d_params* p, int algorithm) {
   const fc_gemm_config* cfg = fc_gemm_config_get();
-  const size_t og = p->out_channels / p->groups, npix = p->out_h * p->out_w, vec = cfg->nr / 2;
-  if (algorithm != FC_CONV_GEMM || og <= FC_IN_PLACE_MAX_PANELS * cfg->mr) return 0;
+  const size_t og = p->out_channels / p->groups, vec = cfg->nr / 2;
+  fc_phase_layout l;
+  size_t npix;
+  if (algorithm == FC_CONV_GEMM) npix = p->out_h * p->out_w;
+  else if (algorithm == FC_CONV_IMPLICIT) npix = implicit_layout(p, &l);
+  else return 0;
+  if (og <= FC_IN_PLACE_MAX_PANELS * cfg->mr) return 0;
   const double cols_work = (double)fc_round_up(og, cfg->mr) * fc_round_up(npix, vec);
   const double rows_work = (double)fc_round_up(npix, cfg->mr) * fc_round_up(og, vec);
   return rows_work * 1.1 < cols_work;
@@ -95,7 +113,7 @@ size_t fc_conv2d_packed_size(const fc_conv2d_params* p, int algorithm) {
   if (algorithm == FC_CONV_WINOGRAD || algorithm == FC_CONV_WINOGRAD4) {
     return fc_winograd_packed_size(p, winograd_tile(algorithm));
   }
-  if (gemm_pixel_rows(p, algorithm)) return p->groups * fc_dense_packed_size(gemm_kdim(p), og);
+  if (runs_transposed(p, algorithm)) return p->groups * fc_dense_packed_size(gemm_kdim(p), og);
   return p->groups * fc_packed_a_size(og, gemm_kdim(p), fc_gemm_config_get()->mr);
 }
 
@@ -113,7 +131,7 @@ int fc_conv2d_pack_weights(const fc_conv2d_params* p, int algorithm, const float
   if (algorithm == FC_CONV_WINOGRAD || algorithm == FC_CONV_WINOGRAD4) {
     return fc_winograd_pack_weights(p, winograd_tile(algorithm), w, packed);
   }
-  if (gemm_pixel_rows(p, algorithm)) {
+  if (runs_transposed(p, algorithm)) {
     /* W_g^T as B panels: the layout of a dense layer's weights (out x in). */
     const size_t wpanel = fc_dense_packed_size(kdim, og);
     for (size_t g = 0; g < p->groups; g++) {
@@ -128,6 +146,22 @@ int fc_conv2d_pack_weights(const fc_conv2d_params* p, int algorithm, const float
   return 0;
 }
 
+static int is_strided(const fc_conv2d_params* p) { return p->stride_h != 1 || p->stride_w != 1; }
+
+/* Every stride-th pixel of one image's channels into contiguous out_h x out_w planes: a strided
+ * 1x1 layer's B matrix, a copy of a quarter of its input at stride 2 (cheap next to the GEMM). */
+static void subsample(const fc_conv2d_params* p, const float* x, float* dst, int threads) {
+  const fc_vector_config* vk = fc_vector_config_get();
+  const size_t in_plane = p->in_h * p->in_w, npix = p->out_h * p->out_w;
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (size_t c = 0; c < p->in_channels; c++) {
+    for (size_t oh = 0; oh < p->out_h; oh++) {
+      vk->vcopy(p->out_w, x + c * in_plane + oh * p->stride_h * p->in_w, p->stride_w,
+                dst + c * npix + oh * p->out_w);
+    }
+  }
+}
+
 /* Per image and group: Y_g (O/g x OH*OW) = act(W_g * B_g + bias [+ residual]). */
 static int conv_gemm(const fc_conv2d_params* p, int algorithm, const float* packed,
                      const float* bias, const float* residual, const float* x, float* y) {
@@ -135,10 +169,18 @@ static int conv_gemm(const fc_conv2d_params* p, int algorithm, const float* pack
   const size_t kdim = gemm_kdim(p), npix = p->out_h * p->out_w, in_plane = p->in_h * p->in_w;
   const size_t apanel = fc_packed_a_size(og, kdim, fc_gemm_config_get()->mr);
   const int threads = fc_threads_for(2.0 * og * kdim * npix);
+  /* A strided 1x1 layer reads its B matrix from a subsampled copy of each image. */
+  const int strided = algorithm == FC_CONV_GEMM && is_strided(p);
+  const size_t b_plane = strided ? npix : in_plane;
+  float* sub = NULL;
+  if (strided) {
+    sub = (float*)fc_workspace(FC_WS_LAYOUT, p->in_channels * npix * sizeof(float));
+    if (!sub) return FC_ERROR_NOMEM;
+  }
   /* A model plan may write the output over the input (the input being the fused residual); B
    * is then packed, each block before any tile of it is stored. */
   const uintptr_t x0 = (uintptr_t)x, y0 = (uintptr_t)y;
-  const int aliased = x0 < y0 + p->batch * p->out_channels * npix * sizeof(float) &&
+  const int aliased = !strided && x0 < y0 + p->batch * p->out_channels * npix * sizeof(float) &&
                       y0 < x0 + p->batch * p->in_channels * in_plane * sizeof(float);
   const int in_place = algorithm == FC_CONV_GEMM && !aliased &&
                        og <= FC_IN_PLACE_MAX_PANELS * fc_gemm_config_get()->mr;
@@ -146,13 +188,18 @@ static int conv_gemm(const fc_conv2d_params* p, int algorithm, const float* pack
   if (in_place) {
     offsets = (ptrdiff_t*)fc_workspace(FC_WS_TABLE, kdim * sizeof(ptrdiff_t));
     if (!offsets) return FC_ERROR_NOMEM;
-    for (size_t k = 0; k < kdim; k++) offsets[k] = (ptrdiff_t)(k * in_plane);
+    for (size_t k = 0; k < kdim; k++) offsets[k] = (ptrdiff_t)(k * b_plane);
   }
   int rc = 0;
   for (size_t n = 0; n < p->batch && rc == 0; n++) {
+    const float* xn = x + n * p->in_channels * in_plane;
+    if (strided) {
+      subsample(p, xn, sub, threads);
+      xn = sub;
+    }
     for (size_t g = 0; g < groups && rc == 0; g++) {
       const size_t out_offset = (n * p->out_channels + g * og) * npix;
-      const float* xg = x + (n * p->in_channels + g * cg) * in_plane;
+      const float* xg = xn + g * cg * b_plane;
       const float* bg = bias ? bias + g * og : NULL;
       if (residual && residual != y) {
         memcpy(y + out_offset, residual + out_offset, og * npix * sizeof(float));
@@ -172,10 +219,10 @@ static int conv_gemm(const fc_conv2d_params* p, int algorithm, const float* pack
   return rc;
 }
 
-/* Y_g^T (pixels x O/g) in yt into the NCHW planes at y, adding the residual (then the
- * activation) if there is one; without it the GEMM already applied the activation. The residual
- * may be y itself: each element is read before it is written. */
-static void store_transposed(const fc_conv2d_params* p, size_t og, const float* yt,
+/* Y_g^T (pixels x O/g) in yt, pixel (oh, ow) at row oh * cols + ow, into the NCHW planes at y,
+ * adding the residual (then the activation) if there is one; without it the GEMM already applied
+ * the activation. The residual may be y itself: each element is read before it is written. */
+static void store_transposed(const fc_conv2d_params* p, size_t og, const float* yt, size_t cols,
                              const float* residual, float* y, int threads) {
   const size_t npix = p->out_h * p->out_w;
   const float lo = fc_act_min(p->activation), hi = fc_act_max(p->activation);
@@ -186,8 +233,9 @@ static void store_transposed(const fc_conv2d_params* p, size_t og, const float* 
   for (size_t o0 = 0; o0 < og; o0 += 16) {
     const size_t o1 = fc_min(og, o0 + 16);
     for (size_t i = 0; i < npix; i++) {
+      const float* src = yt + (i / p->out_w * cols + i % p->out_w) * og;
       for (size_t o = o0; o < o1; o++) {
-        float v = yt[i * og + o];
+        float v = src[o];
         if (residual) {
           v += residual[o * npix + i];
           if (v < lo) v = lo; /* comparisons keep NaN */
@@ -202,28 +250,127 @@ static void store_transposed(const fc_conv2d_params* p, size_t og, const float* 
   }
 }
 
+/* Images per transposed GEMM: the pixels of several images are its rows (no padding of each
+ * image's rows to MR, and each B panel of weights is read once for all of them), up to this
+ * many rows, and up to 1 MiB of results to transpose (batch 8, one thread: 512 -> 2048 on 7x7
+ * measured 9.8 ms one image per GEMM, 9.8 with 10, 9.3 with 2). */
+#define FC_PIXEL_ROWS_MAX 512
+#define FC_PIXEL_ROWS_OUTPUT (1u << 18) /* floats */
+
+/* The buffers of a transposed GEMM over the pixels of `images` images at a time. */
+typedef struct rows_work {
+  size_t images;      /* per GEMM */
+  size_t image_rows;  /* GEMM rows per image */
+  ptrdiff_t* rows;    /* A[m][k] = source[rows[m] + cols[k]] */
+  ptrdiff_t* cols;
+  float* xt;          /* A, packed */
+  float* yt;          /* images * image_rows x og */
+} rows_work;
+
+static int rows_work_init(const fc_conv2d_params* p, size_t image_rows, size_t kdim,
+                          rows_work* w) {
+  const size_t og = p->out_channels / p->groups, mr = fc_gemm_config_get()->mr;
+  w->image_rows = image_rows;
+  const size_t max_rows = fc_min(FC_PIXEL_ROWS_MAX, FC_PIXEL_ROWS_OUTPUT / og);
+  w->images = fc_min(p->batch, image_rows < max_rows ? max_rows / image_rows : 1);
+  const size_t m = w->images * image_rows;
+  w->rows = (ptrdiff_t*)fc_workspace(FC_WS_TABLE, (m + kdim) * sizeof(ptrdiff_t));
+  w->xt = (float*)fc_workspace(FC_WS_INPUT, fc_packed_a_size(m, kdim, mr) * sizeof(float));
+  w->yt = (float*)fc_workspace(FC_WS_OUTPUT, m * og * sizeof(float));
+  if (!w->rows || !w->xt || !w->yt) return FC_ERROR_NOMEM;
+  w->cols = w->rows + m;
+  return 0;
+}
+
+/* Images n0 .. n0 + count - 1, group g, whose pixels fc_pack_a_rows packed as the rows of xt
+ * (pixel (oh, ow) at row oh * cols + ow of its image's rows): the GEMM with the weights packed
+ * as B panels, then the transposed stores. */
+static int rows_gemm_store(const fc_conv2d_params* p, const rows_work* w, size_t kdim,
+                           size_t cols, size_t n0, size_t count, size_t g, const float* packed,
+                           const float* bias, const float* residual, float* y) {
+  const size_t og = p->out_channels / p->groups, npix = p->out_h * p->out_w;
+  const size_t m = count * w->image_rows;
+  const int threads = fc_threads_for(2.0 * og * kdim * m);
+  const fc_b_operand operand = {NULL, NULL, packed + g * fc_dense_packed_size(kdim, og), NULL,
+                                NULL};
+  const int rc = fc_gemm_packed(m, og, kdim, w->xt, &operand, NULL, bias ? bias + g * og : NULL,
+                                0, residual ? FC_ACT_NONE : p->activation, w->yt, og, threads);
+  for (size_t i = 0; i < count && rc == 0; i++) {
+    const size_t out_offset = ((n0 + i) * p->out_channels + g * og) * npix;
+    store_transposed(p, og, w->yt + i * w->image_rows * og, cols,
+                     residual ? residual + out_offset : NULL, y + out_offset, threads);
+  }
+  return rc;
+}
+
 /* A 1x1 layer on a small image, transposed: Y_g^T (pixels x O/g) = X_g^T (pixels x C/g) * W_g^T.
- * The pixels are the GEMM rows (a 7x7 image is 56 rows of work instead of 64 columns), the
- * weights were packed once as B panels, X^T is packed per call; the result is transposed into
- * place. */
+ * The pixels are the GEMM rows (a 7x7 image is 56 rows of work instead of 64 columns; at batch
+ * > 1 the pixels of several images together), the weights were packed once as B panels, X^T is
+ * gathered per call (at the layer's stride) straight from the input; the result is transposed
+ * into place. */
 static int conv_pixel_rows(const fc_conv2d_params* p, const float* packed, const float* bias,
                            const float* residual, const float* x, float* y) {
-  const size_t groups = p->groups, og = p->out_channels / groups, cg = p->in_channels / groups;
-  const size_t npix = p->out_h * p->out_w, mr = fc_gemm_config_get()->mr;
-  const size_t wpanel = fc_dense_packed_size(cg, og);
-  const int threads = fc_threads_for(2.0 * og * cg * npix);
-  float* xt = (float*)fc_workspace(FC_WS_INPUT, fc_packed_a_size(npix, cg, mr) * sizeof(float));
-  float* yt = (float*)fc_workspace(FC_WS_OUTPUT, npix * og * sizeof(float));
-  if (!xt || !yt) return FC_ERROR_NOMEM;
+  const size_t cg = p->in_channels / p->groups, npix = p->out_h * p->out_w;
+  const size_t in_plane = p->in_h * p->in_w, mr = fc_gemm_config_get()->mr;
+  rows_work w;
+  if (rows_work_init(p, npix, cg, &w) != 0) return FC_ERROR_NOMEM;
+  for (size_t i = 0, r = 0; i < w.images; i++) {
+    for (size_t oh = 0; oh < p->out_h; oh++) {
+      for (size_t ow = 0; ow < p->out_w; ow++) {
+        w.rows[r++] = (ptrdiff_t)(i * p->in_channels * in_plane + oh * p->stride_h * p->in_w +
+                                  ow * p->stride_w);
+      }
+    }
+  }
+  for (size_t c = 0; c < cg; c++) w.cols[c] = (ptrdiff_t)(c * in_plane);
   int rc = 0;
-  for (size_t n = 0; n < p->batch && rc == 0; n++) {
-    for (size_t g = 0; g < groups && rc == 0; g++) {
-      const size_t out_offset = (n * p->out_channels + g * og) * npix;
-      fc_pack_a(npix, cg, x + (n * p->in_channels + g * cg) * npix, 1, (ptrdiff_t)npix, mr, xt);
-      const fc_b_operand operand = {NULL, NULL, packed + g * wpanel, NULL, NULL};
-      rc = fc_gemm_packed(npix, og, cg, xt, &operand, NULL, bias ? bias + g * og : NULL, 0,
-                          residual ? FC_ACT_NONE : p->activation, yt, og, threads);
-      store_transposed(p, og, yt, residual ? residual + out_offset : NULL, y + out_offset, threads);
+  for (size_t n0 = 0; n0 < p->batch && rc == 0; n0 += w.images) {
+    const size_t count = fc_min(w.images, p->batch - n0);
+    for (size_t g = 0; g < p->groups && rc == 0; g++) {
+      fc_pack_a_rows(count * npix, cg, x + (n0 * p->in_channels + g * cg) * in_plane, w.rows,
+                     w.cols, mr, w.xt);
+      rc = rows_gemm_store(p, &w, cg, p->out_w, n0, count, g, packed, bias, residual, y);
+    }
+  }
+  return rc;
+}
+
+/* The implicit GEMM transposed (runs_transposed): the GEMM rows are the run's columns (output
+ * (oh, ow) at oh * cols + ow, the dropped columns included) of several images, gathered from
+ * their phase planes into packed A panels; the weights were packed once as B panels. */
+static int conv_implicit_rows(const fc_conv2d_params* p, const float* packed, const float* bias,
+                              const float* residual, const float* x, float* y) {
+  const size_t og = p->out_channels / p->groups, cg = p->in_channels / p->groups;
+  const size_t kdim = gemm_kdim(p), in_plane = p->in_h * p->in_w, taps = p->kernel_h * p->kernel_w;
+  const size_t mr = fc_gemm_config_get()->mr;
+  fc_phase_layout l;
+  const size_t image_rows = implicit_layout(p, &l), chan = fc_phase_planes_size(&l);
+  rows_work w;
+  if (rows_work_init(p, image_rows, kdim, &w) != 0) return FC_ERROR_NOMEM;
+  float* planes = (float*)fc_workspace(FC_WS_LAYOUT, w.images * cg * chan * sizeof(float));
+  if (!planes) return FC_ERROR_NOMEM;
+  for (size_t i = 0; i < w.images; i++) {
+    for (size_t j = 0; j < image_rows; j++) {
+      w.rows[i * image_rows + j] = (ptrdiff_t)(i * cg * chan + j);
+    }
+  }
+  fc_phase_offsets(&l, w.cols);
+  for (size_t c = 1; c < cg; c++) {
+    for (size_t t = 0; t < taps; t++) w.cols[c * taps + t] = w.cols[t] + (ptrdiff_t)(c * chan);
+  }
+  int rc = 0;
+  for (size_t n0 = 0; n0 < p->batch && rc == 0; n0 += w.images) {
+    const size_t count = fc_min(w.images, p->batch - n0);
+    const int threads = fc_threads_for(2.0 * og * kdim * count * image_rows);
+    for (size_t g = 0; g < p->groups && rc == 0; g++) {
+#pragma omp parallel for schedule(static) num_threads(threads)
+      for (size_t ic = 0; ic < count * cg; ic++) {
+        const size_t i = ic / cg, c = ic % cg;
+        fc_phase_fill(&l, x + ((n0 + i) * p->in_channels + g * cg + c) * in_plane, 0.0f,
+                      planes + ic * chan);
+      }
+      fc_pack_a_rows(count * image_rows, kdim, planes, w.rows, w.cols, mr, w.xt);
+      rc = rows_gemm_store(p, &w, kdim, l.cols, n0, count, g, packed, bias, residual, y);
     }
   }
   return rc;
@@ -247,9 +394,7 @@ typedef struct implicit_work {
 static int implicit_work_init(const fc_conv2d_params* p, implicit_work* w) {
   const size_t og = p->out_channels / p->groups, cg = p->in_channels / p->groups;
   const size_t taps = p->kernel_h * p->kernel_w;
-  fc_phase_layout_init(&w->layout, p->in_h, p->in_w, p->out_h, p->out_w, p->kernel_h,
-                       p->kernel_w, p->stride_h, p->stride_w, p->dilation_h, p->dilation_w,
-                       p->pad_top, p->pad_left);
+  implicit_layout(p, &w->layout);
   w->chan = fc_phase_planes_size(&w->layout);
   w->ldc = fc_round_up(w->layout.run, 16);
   w->offsets = (ptrdiff_t*)fc_workspace(FC_WS_TABLE, cg * taps * sizeof(ptrdiff_t));
@@ -389,8 +534,11 @@ static int run_algorithm(const fc_conv2d_params* p, int algorithm, const float* 
   if (algorithm == FC_CONV_WINOGRAD || algorithm == FC_CONV_WINOGRAD4) {
     return fc_winograd_run(p, winograd_tile(algorithm), packed, bias, residual, x, y);
   }
+  if (runs_transposed(p, algorithm)) {
+    if (algorithm == FC_CONV_IMPLICIT) return conv_implicit_rows(p, packed, bias, residual, x, y);
+    return conv_pixel_rows(p, packed, bias, residual, x, y);
+  }
   if (algorithm == FC_CONV_IMPLICIT) return conv_implicit(p, packed, bias, residual, x, y);
-  if (gemm_pixel_rows(p, algorithm)) return conv_pixel_rows(p, packed, bias, residual, x, y);
   return conv_gemm(p, algorithm, packed, bias, residual, x, y);
 }
 

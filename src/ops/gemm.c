@@ -52,6 +52,38 @@ void fc_pack_a(size_t M, size_t K, const float* a, ptrdiff_t rs, ptrdiff_t cs, s
   }
 }
 
+/* fc_pack_a for an A gathered through two offset tables: A[m][k] = base[rows[m] + cols[k]] (the
+ * pixels of a convolution's input as rows, across images, at a stride or in phase planes; its
+ * channels and taps as columns). A panel whose rows are evenly spaced (most of them) is copied
+ * with that constant step, which the compiler vectorises. */
+void fc_pack_a_rows(size_t M, size_t K, const float* base, const ptrdiff_t* rows,
+                    const ptrdiff_t* cols, size_t mr, float* dst) {
+  const size_t mpad = fc_round_up(M, mr);
+  for (size_t k0 = 0; k0 < K; k0 += FC_KC) {
+    const size_t kc = fc_min(FC_KC, K - k0);
+    for (size_t m0 = 0; m0 < mpad; m0 += mr) {
+      float* panel = dst + k0 * mpad + m0 * kc;
+      const size_t used = fc_min(mr, M - fc_min(M, m0));
+      const ptrdiff_t* off = rows + m0;
+      const ptrdiff_t step = used > 1 ? off[1] - off[0] : 1;
+      size_t even = used == mr;
+      for (size_t r = 1; r < used && even; r++) even = off[r] - off[r - 1] == step;
+      for (size_t kk = 0; kk < kc; kk++) {
+        const float* src = base + cols[k0 + kk];
+        float* d = panel + kk * mr;
+        if (even && step == 1) {
+          for (size_t r = 0; r < mr; r++) d[r] = src[off[0] + (ptrdiff_t)r];
+        } else if (even) {
+          for (size_t r = 0; r < mr; r++) d[r] = src[off[0] + (ptrdiff_t)r * step];
+        } else {
+          for (size_t r = 0; r < used; r++) d[r] = src[off[r]];
+          for (size_t r = used; r < mr; r++) d[r] = 0.0f;
+        }
+      }
+    }
+  }
+}
+
 typedef struct strided_b {
   const float* b;
   ptrdiff_t rs, cs;

@@ -8,7 +8,8 @@
  * vector kernel, f32-winograd.c) reads runs of tiles with contiguous loads; tiles are processed
  * in chunks: the input transform writes the matrices V_xi (C x tiles), one GEMM per product
  * gives M_xi = U_xi V_xi (O x tiles), and the output transform adds bias and residual, applies
- * the activation and stores the tiles.
+ * the activation and stores the tiles. Small images (7x7: 16 tiles of F(2x2)) go several to a
+ * chunk, side by side in V and M: the GEMMs get wide and each U_xi is read once for them all.
  * Every element is computed in a fixed order, so results do not depend on the thread count.
  * The transforms add rounding error: tests bound it against a float64 reference. */
 #include <math.h>
@@ -19,6 +20,12 @@
 
 #define CHUNK_FLOATS (1u << 22) /* V or M buffer per chunk: at most 16 MiB */
 #define MAX_ALPHA 6             /* input tile side of F(4x4, 3x3) */
+/* Images go several to a chunk up to this many tile columns. Batch 8, one thread: ResNet-50's
+ * 7x7 512-channel layers (16 F(2x2) tiles, 1 MiB of U per product) 16.8 -> 13.3 ms with 8
+ * images per chunk; its 56x56 64-channel ones (196 F(4x4) tiles) 12 -> 15 ms with all 8 in
+ * one chunk (V and M then far outgrow the caches), so they stay one image per chunk;
+ * 28x28 and 14x14 measured within noise either way. */
+#define FOLD_COLUMNS 256
 
 /* G of F(2x2, 3x3) (points 0, 1, -1, infinity) and of F(4x4, 3x3) (points 0, 2, -2, 1/2, -1/2,
  * infinity); B^T and A^T are written out in the transform kernels. */
@@ -104,32 +111,38 @@ typedef struct winograd_work {
   fc_phase_layout layout;
   size_t chan;  /* floats of phase planes per channel */
   size_t chunk, pitch, tiles_w, tiles;
-  float* planes;
+  size_t images; /* per chunk: 1, or whole images of `tiles` each */
+  float* planes; /* images x C channels */
   float* vt; /* V: products x C rows */
   float* mt; /* M: products x O rows */
 } winograd_work;
 
-/* Input transform of the chunk's tiles [t0, t0 + tc) for channel c, one tile row at a time. */
-static void input_chunk(const winograd_work* w, size_t C, size_t c, size_t t0, size_t tc) {
+/* Input transform of the chunk's tiles [t0, t0 + tc) of an image for channel c, one tile row at
+ * a time, into V's columns from image * tc on. The kernel's whole-vector writes past a row's end
+ * are overwritten by the next image's, which the same thread transforms next. */
+static void input_chunk(const winograd_work* w, size_t C, size_t image, size_t c, size_t t0,
+                        size_t tc) {
   const fc_phase_layout* l = &w->layout;
-  const float* base = w->planes + c * w->chan;
+  const float* base = w->planes + (image * C + c) * w->chan;
   for (size_t t = t0; t < t0 + tc;) {
     const size_t ty = t / w->tiles_w, tx = t % w->tiles_w;
     const size_t n = fc_min(w->tiles_w - tx, t0 + tc - t);
     const float* phases[MAX_ALPHA * MAX_ALPHA];
     for (size_t q = 0; q < w->v.m * w->v.m; q++) phases[q] = base + q * l->phase_size + ty * l->cols + tx;
-    w->v.input(n, phases, l->cols, w->vt + c * w->pitch + (t - t0), C * w->pitch);
+    w->v.input(n, phases, l->cols, w->vt + c * w->pitch + image * tc + (t - t0), C * w->pitch);
     t += n;
   }
 }
 
-/* Output transform of the chunk's tiles for output channel o: bias, residual, activation, and
- * the m x m outputs of each tile into the plane yo (tiles past the edge clipped). */
-static void output_chunk(const fc_conv2d_params* p, const winograd_work* w, size_t o, size_t t0,
-                         size_t tc, float bias, const float* residual, float* yo, float* tmp) {
+/* Output transform of the chunk's tiles of an image for output channel o: bias, residual,
+ * activation, and the m x m outputs of each tile into the plane yo (tiles past the edge
+ * clipped). */
+static void output_chunk(const fc_conv2d_params* p, const winograd_work* w, size_t image,
+                         size_t o, size_t t0, size_t tc, float bias, const float* residual,
+                         float* yo, float* tmp) {
   const size_t O = p->out_channels, m = w->v.m, tmp_stride = fc_round_up(tc, FC_WINDOW_SLACK);
   const float lo = fc_act_min(p->activation), hi = fc_act_max(p->activation);
-  w->v.output(tc, w->mt + o * w->pitch, O * w->pitch, bias, tmp, tmp_stride);
+  w->v.output(tc, w->mt + o * w->pitch + image * tc, O * w->pitch, bias, tmp, tmp_stride);
   for (size_t t = 0; t < tc; t++) {
     const size_t ty = (t0 + t) / w->tiles_w, tx = (t0 + t) % w->tiles_w;
     for (size_t i = 0; i < m && m * ty + i < p->out_h; i++) {
@@ -147,11 +160,12 @@ static void output_chunk(const fc_conv2d_params* p, const winograd_work* w, size
   }
 }
 
-/* One chunk of tiles [t0, t0 + tc) of one image: input transform, one GEMM per product, output
- * transform, each parallelised over `threads`. */
+/* One chunk: tiles [t0, t0 + tc) of each of `count` images (rn, yn: the first one's residual and
+ * output): input transform, one GEMM per product, output transform, each parallelised over
+ * `threads`. */
 static int run_chunk(const fc_conv2d_params* p, const float* packed, const float* bias,
-                     const float* rn, float* yn, const winograd_work* w, size_t t0, size_t tc,
-                     int threads) {
+                     const float* rn, float* yn, const winograd_work* w, size_t count, size_t t0,
+                     size_t tc, int threads) {
   const size_t C = p->in_channels, O = p->out_channels, plane_out = p->out_h * p->out_w;
   const size_t m = w->v.m;
   int rc = 0;
@@ -159,14 +173,16 @@ static int run_chunk(const fc_conv2d_params* p, const float* packed, const float
   {
     const unsigned fp_mode = fc_fp_enter();
 #pragma omp for schedule(static)
-    for (size_t c = 0; c < C; c++) input_chunk(w, C, c, t0, tc);
+    for (size_t c = 0; c < C; c++) {
+      for (size_t i = 0; i < count; i++) input_chunk(w, C, i, c, t0, tc);
+    }
     fc_fp_exit(fp_mode);
   }
   for (size_t xi = 0; xi < w->v.products && rc == 0; xi++) {
     const fc_matrix_src src = {w->vt + xi * C * w->pitch, w->pitch};
     const fc_b_operand operand = {fc_pack_b_matrix, &src, NULL, NULL, NULL};
-    rc = fc_gemm_packed(O, tc, C, packed + xi * u_size(p), &operand, NULL, NULL, 0, FC_ACT_NONE,
-                        w->mt + xi * O * w->pitch, w->pitch, threads);
+    rc = fc_gemm_packed(O, count * tc, C, packed + xi * u_size(p), &operand, NULL, NULL, 0,
+                        FC_ACT_NONE, w->mt + xi * O * w->pitch, w->pitch, threads);
   }
 #pragma omp parallel num_threads(threads)
   {
@@ -180,9 +196,9 @@ static int run_chunk(const fc_conv2d_params* p, const float* packed, const float
     }
 #pragma omp for schedule(static)
     for (size_t o = 0; o < O; o++) {
-      if (tmp) {
-        output_chunk(p, w, o, t0, tc, bias ? bias[o] : 0.0f, rn ? rn + o * plane_out : NULL,
-                     yn + o * plane_out, tmp);
+      for (size_t i = 0; i < count && tmp; i++) {
+        const size_t at = (i * O + o) * plane_out;
+        output_chunk(p, w, i, o, t0, tc, bias ? bias[o] : 0.0f, rn ? rn + at : NULL, yn + at, tmp);
       }
     }
     fc_fp_exit(fp_mode);
@@ -201,9 +217,13 @@ static int winograd_work_init(const fc_conv2d_params* p, size_t m, winograd_work
   w->chan = fc_phase_planes_size(&w->layout);
   /* Large chunks keep the GEMMs wide (small ones measured slower, transforms included). */
   size_t chunk = CHUNK_FLOATS / (w->v.products * (C > O ? C : O)) / nr * nr;
-  w->chunk = chunk < nr ? nr : (chunk > w->tiles ? w->tiles : chunk);
-  w->pitch = fc_round_up(w->chunk, FC_WINDOW_SLACK) + FC_WINDOW_SLACK;
-  w->planes = (float*)fc_workspace(FC_WS_LAYOUT, C * w->chan * sizeof(float));
+  chunk = chunk < nr ? nr : chunk;
+  /* Whole images per chunk when they fit, each image's tiles a run of columns. */
+  const size_t fold = fc_min(FOLD_COLUMNS, chunk);
+  w->images = fold >= 2 * w->tiles ? fc_min(p->batch, fold / w->tiles) : 1;
+  w->chunk = fc_min(chunk, w->tiles);
+  w->pitch = fc_round_up(w->images * w->chunk, FC_WINDOW_SLACK) + FC_WINDOW_SLACK;
+  w->planes = (float*)fc_workspace(FC_WS_LAYOUT, w->images * C * w->chan * sizeof(float));
   w->vt = (float*)fc_workspace(FC_WS_INPUT, w->v.products * C * w->pitch * sizeof(float));
   w->mt = (float*)fc_workspace(FC_WS_OUTPUT, w->v.products * O * w->pitch * sizeof(float));
   return w->planes && w->vt && w->mt ? 0 : FC_ERROR_NOMEM;
@@ -215,15 +235,18 @@ int fc_winograd_run(const fc_conv2d_params* p, size_t m, const float* packed, co
   const size_t plane_in = p->in_h * p->in_w, plane_out = p->out_h * p->out_w;
   winograd_work w;
   if (winograd_work_init(p, m, &w) != 0) return FC_ERROR_NOMEM;
-  const int threads = fc_threads_for(2.0 * O * C * w.v.products * w.chunk);
   int rc = 0;
-  for (size_t n = 0; n < p->batch && rc == 0; n++) {
+  for (size_t n = 0; n < p->batch && rc == 0; n += w.images) {
+    const size_t count = fc_min(w.images, p->batch - n);
+    const int threads = fc_threads_for(2.0 * O * C * w.v.products * w.chunk * count);
     const float* xn = x + n * C * plane_in;
 #pragma omp parallel for schedule(static) num_threads(threads)
-    for (size_t c = 0; c < C; c++) fc_phase_fill(&w.layout, xn + c * plane_in, 0.0f, w.planes + c * w.chan);
+    for (size_t ic = 0; ic < count * C; ic++) {
+      fc_phase_fill(&w.layout, xn + ic * plane_in, 0.0f, w.planes + ic * w.chan);
+    }
     for (size_t t0 = 0; t0 < w.tiles && rc == 0; t0 += w.chunk) {
       rc = run_chunk(p, packed, bias, residual ? residual + n * O * plane_out : NULL,
-                     y + n * O * plane_out, &w, t0, fc_min(w.chunk, w.tiles - t0), threads);
+                     y + n * O * plane_out, &w, count, t0, fc_min(w.chunk, w.tiles - t0), threads);
     }
   }
   return rc;
