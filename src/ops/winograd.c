@@ -161,46 +161,95 @@ static void output_chunk(const fc_conv2d_params* p, const winograd_work* w, size
 }
 
 /* One chunk: tiles [t0, t0 + tc) of each of `count` images (rn, yn: the first one's residual and
- * output): input transform, one GEMM per product, output transform, each parallelised over
- * `threads`. */
-static int run_chunk(const fc_conv2d_params* p, const float* packed, const float* bias,
-                     const float* rn, float* yn, const winograd_work* w, size_t count, size_t t0,
-                     size_t tc, int threads) {
-  const size_t C = p->in_channels, O = p->out_channels, plane_out = p->out_h * p->out_w;
-  const size_t m = w->v.m;
+ * output). The three stages below are worksharing loops of the enclosing parallel region (run
+ * serially outside one); each ends with the loop's barrier. */
+typedef struct winograd_chunk {
+  const fc_conv2d_params* p;
+  const winograd_work* w;
+  const float* packed;
+  const float* bias;
+  const float* rn;
+  float* yn;
+  size_t count, t0, tc;
+} winograd_chunk;
+
+static void input_stage(const winograd_chunk* k) {
+  const size_t C = k->p->in_channels;
+#pragma omp for schedule(static)
+  for (size_t c = 0; c < C; c++) {
+    for (size_t i = 0; i < k->count; i++) input_chunk(k->w, C, i, c, k->t0, k->tc);
+  }
+}
+
+/* Product xi's GEMM, M_xi = U_xi V_xi, on `threads`. */
+static int product_gemm(const winograd_chunk* k, size_t xi, int threads) {
+  const size_t C = k->p->in_channels, O = k->p->out_channels, pitch = k->w->pitch;
+  const fc_matrix_src src = {k->w->vt + xi * C * pitch, pitch};
+  const fc_b_operand operand = {fc_pack_b_matrix, &src, NULL, NULL, NULL};
+  return fc_gemm_packed(O, k->count * k->tc, C, k->packed + xi * u_size(k->p), &operand, NULL,
+                        NULL, 0, FC_ACT_NONE, k->w->mt + xi * O * pitch, pitch, threads);
+}
+
+/* Whole products per thread, each GEMM on its own thread. */
+static void gemm_stage(const winograd_chunk* k, int* rc) {
+#pragma omp for schedule(static)
+  for (size_t xi = 0; xi < k->w->v.products; xi++) {
+    const int status = product_gemm(k, xi, 1);
+    if (status != 0) {
+#pragma omp atomic write
+      *rc = status;
+    }
+  }
+}
+
+static void output_stage(const winograd_chunk* k, int* rc) {
+  const fc_conv2d_params* p = k->p;
+  const size_t O = p->out_channels, plane_out = p->out_h * p->out_w, m = k->w->v.m;
+  /* The output transform's m^2 x tc results, per thread. */
+  float* tmp = (float*)fc_workspace(FC_WS_TABLE,
+                                    m * m * fc_round_up(k->tc, FC_WINDOW_SLACK) * sizeof(float));
+  if (!tmp) {
+#pragma omp atomic write
+    *rc = FC_ERROR_NOMEM;
+  }
+#pragma omp for schedule(static)
+  for (size_t o = 0; o < O; o++) {
+    for (size_t i = 0; i < k->count && tmp; i++) {
+      const size_t at = (i * O + o) * plane_out;
+      output_chunk(p, k->w, i, o, k->t0, k->tc, k->bias ? k->bias[o] : 0.0f,
+                   k->rn ? k->rn + at : NULL, k->yn + at, tmp);
+    }
+  }
+}
+
+/* When the products (16 or 36) divide evenly among the threads, one parallel region runs the
+ * chunk and each thread computes whole products: at batch 1 a small image's GEMMs are too small
+ * to split well, and a fork/join per GEMM added up. Otherwise each GEMM is split. Either way
+ * every GEMM sums in the same order, so results do not depend on the thread count. */
+static int run_chunk(const winograd_chunk* k, int threads) {
   int rc = 0;
+  if (threads > 1 && k->w->v.products % (size_t)threads == 0) {
+#pragma omp parallel num_threads(threads)
+    {
+      const unsigned fp_mode = fc_fp_enter();
+      input_stage(k);
+      gemm_stage(k, &rc);
+      output_stage(k, &rc);
+      fc_fp_exit(fp_mode);
+    }
+    return rc;
+  }
 #pragma omp parallel num_threads(threads)
   {
     const unsigned fp_mode = fc_fp_enter();
-#pragma omp for schedule(static)
-    for (size_t c = 0; c < C; c++) {
-      for (size_t i = 0; i < count; i++) input_chunk(w, C, i, c, t0, tc);
-    }
+    input_stage(k);
     fc_fp_exit(fp_mode);
   }
-  for (size_t xi = 0; xi < w->v.products && rc == 0; xi++) {
-    const fc_matrix_src src = {w->vt + xi * C * w->pitch, w->pitch};
-    const fc_b_operand operand = {fc_pack_b_matrix, &src, NULL, NULL, NULL};
-    rc = fc_gemm_packed(O, count * tc, C, packed + xi * u_size(p), &operand, NULL, NULL, 0,
-                        FC_ACT_NONE, w->mt + xi * O * w->pitch, w->pitch, threads);
-  }
+  for (size_t xi = 0; xi < k->w->v.products && rc == 0; xi++) rc = product_gemm(k, xi, threads);
 #pragma omp parallel num_threads(threads)
   {
     const unsigned fp_mode = fc_fp_enter();
-    /* The output transform's m^2 x tc results, per thread. */
-    float* tmp = (float*)fc_workspace(FC_WS_TABLE,
-                                      m * m * fc_round_up(tc, FC_WINDOW_SLACK) * sizeof(float));
-    if (!tmp) {
-#pragma omp atomic write
-      rc = FC_ERROR_NOMEM;
-    }
-#pragma omp for schedule(static)
-    for (size_t o = 0; o < O; o++) {
-      for (size_t i = 0; i < count && tmp; i++) {
-        const size_t at = (i * O + o) * plane_out;
-        output_chunk(p, w, i, o, t0, tc, bias ? bias[o] : 0.0f, rn ? rn + at : NULL, yn + at, tmp);
-      }
-    }
+    output_stage(k, &rc);
     fc_fp_exit(fp_mode);
   }
   return rc;
@@ -245,8 +294,9 @@ int fc_winograd_run(const fc_conv2d_params* p, size_t m, const float* packed, co
       fc_phase_fill(&w.layout, xn + ic * plane_in, 0.0f, w.planes + ic * w.chan);
     }
     for (size_t t0 = 0; t0 < w.tiles && rc == 0; t0 += w.chunk) {
-      rc = run_chunk(p, packed, bias, residual ? residual + n * O * plane_out : NULL,
-                     y + n * O * plane_out, &w, count, t0, fc_min(w.chunk, w.tiles - t0), threads);
+      const winograd_chunk k = {p, &w, packed, bias, residual ? residual + n * O * plane_out : NULL,
+                                y + n * O * plane_out, count, t0, fc_min(w.chunk, w.tiles - t0)};
+      rc = run_chunk(&k, threads);
     }
   }
   return rc;
