@@ -234,7 +234,8 @@ static int conv_pixel_rows(const fc_conv2d_params* p, const float* packed, const
  * channel c's planes at tap (kh, kw)'s offset, column n is output position n of the flat run
  * (oh * cols + ow). Nothing is packed per call but A (the weights, packed once); the cost is
  * the layout copy and cols - out_w wasted columns per output row, then a copy of the valid
- * columns into y (which is where a residual is added). */
+ * columns into y (which is where a residual is added); wide outputs skip that copy, their
+ * tiles cut at each output row and stored in place (implicit_rows). */
 typedef struct implicit_work {
   fc_phase_layout layout;
   size_t chan;         /* floats of phase planes per input channel */
