@@ -351,3 +351,36 @@ def test_a_batch_split_across_threads_gives_every_image_its_one_thread_result(
     expected = activate(ref_conv2d(x, w, bias, padding=kernel // 2, groups=groups) + residual, "relu")
     assert_close(results[1], expected, channels // groups * kernel * kernel + 2,
                  scale_of(x, w) + scale_of(bias) + scale_of(residual), c=60.0)
+
+
+# The implicit GEMM stores wide outputs (64 columns and more) straight into the output rows, its
+# tiles cut at every row end (src/ops/conv2d.c implicit_rows): output widths 64, 80 (an edge
+# tile of 16 columns) and 112 (stride 2), channels around the tile rows, groups, every
+# activation, a residual apart and in place; two threads bit-identical to one.
+@pytest.mark.parametrize("activation", ["relu6", "tanh", None])
+@pytest.mark.parametrize("hw,stride,O,groups", [((3, 64), 1, 5, 1), ((4, 80), 1, 33, 1),
+                                                ((8, 224), 2, 16, 1), ((4, 80), 1, 10, 2)])
+def test_implicit_wide_rows(rng, hw, stride, O, groups, activation):
+    import fastconv
+    C = 6
+    x = rand(rng, (2, C) + hw)
+    w, bias = rand(rng, (O, C // groups, 3, 3)), rand(rng, (O,))
+    conv = F.PreparedConv2d(w, bias, x.shape[1:], stride, 1, groups=groups,
+                            activation=activation, algorithm="implicit")
+    residual = rand(rng, (2,) + conv.output_shape)
+    plain = ref_conv2d(x, w, bias, stride=stride, padding=1, groups=groups)
+    k, scale = C // groups * 9 + 2, scale_of(x, w) + scale_of(bias) + scale_of(residual)
+    results, previous = [], fastconv.get_num_threads()
+    try:
+        for threads in (1, 2):
+            fastconv.set_num_threads(threads)
+            results.append((conv(x), conv(x, residual=residual)))
+    finally:
+        fastconv.set_num_threads(previous)
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)
+    assert_close(results[0][0], activate(plain, activation), k, scale)
+    assert_close(results[0][1], activate(plain + residual, activation), k, scale)
+    in_place = residual.copy()
+    assert conv(x, residual=in_place, out=in_place) is in_place
+    assert_close(in_place, activate(plain + residual, activation), k, scale)

@@ -10,9 +10,11 @@ from fastconv.runtime import ISA_LEVELS, isa_cap
 import reference as ref
 
 ISAS = list(ISA_LEVELS)
-GEMM_SHAPES = [  # (M, N, K): tails of every tile, K below / at / above the block, N past 1024
+GEMM_SHAPES = [  # (M, N, K): tails of every tile (1 to MR - 1 rows: the AVX kernels compute
+    # 1, 2, 4 or MR of them), K below / at / above the block, N past 1024
     (1, 1, 1), (3, 7, 5), (4, 8, 256), (5, 9, 257), (6, 16, 255), (7, 17, 300), (8, 32, 512),
     (9, 33, 513), (13, 47, 31), (16, 1030, 70), (25, 65, 600),
+    (2, 40, 9), (10, 18, 33), (49, 70, 20),  # edge tiles of 2 rows; a 7x7 image as rows
 ]
 
 

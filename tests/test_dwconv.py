@@ -109,3 +109,60 @@ def test_threads_give_identical_bits(rng, stride):
     finally:
         fastconv.set_num_threads(before)
     assert np.array_equal(results[0], results[1])
+
+
+# Small planes whose output rows are as wide as the input rows (stride 1, left + right padding
+# 2, width <= 14, at most 256 outputs) run as flat runs, vectors spanning several rows with the
+# taps that leave the plane or wrap into a neighbouring row masked off (f32-dwconv.c, flat).
+# (19, 14) has 266 outputs: the row kernel again.
+FLAT_SIZES = [(1, 1), (3, 5), (7, 7), (9, 14), (14, 14), (18, 14), (19, 14), (6, 13)]
+FLAT_PADDINGS = [1, ((0, 2), (1, 1)), ((2, 0), (0, 2)), ((1, 1), (2, 0)), ((2, 2), (1, 1))]
+
+
+@pytest.mark.parametrize("isa", list(ISA_LEVELS))
+@pytest.mark.parametrize("padding", FLAT_PADDINGS, ids=str)
+@pytest.mark.parametrize("hw", FLAT_SIZES, ids=str)
+def test_flat_small_planes(rng, isa, padding, hw):
+    if not fits(hw, padding, 1):
+        pytest.skip("the 3x3 window does not fit")
+    x = rand(rng, (2, 3) + hw, -4.0, 4.0)
+    with isa_cap(isa):
+        check_depthwise(rng, x, padding=padding, activation="relu6")
+        check_depthwise(rng, x, bias=False, padding=padding, activation="sigmoid")
+
+
+@pytest.mark.parametrize("isa", list(ISA_LEVELS))
+def test_flat_nan_and_inf_do_not_wrap_into_the_next_row(rng, isa):
+    x = rand(rng, (1, 2, 7, 7))
+    x[0, 0, 2, 6] = np.nan  # a row's last column: the next row's first outputs must not see it
+    x[0, 1, 3, 0] = np.inf  # a row's first column: the previous row's last outputs
+    w = rand(rng, (2, 1, 3, 3))
+    w[np.abs(w) < 0.05] = 0.5
+    expected = ref_conv2d(x, w, padding=1, groups=2)
+    with isa_cap(isa):
+        y = F.conv2d(x, w, padding=1, groups=2, algorithm="direct")
+    assert_close(y, expected, 9, scale_of(x, w))
+
+
+@pytest.mark.parametrize("isa", list(ISA_LEVELS))
+def test_flat_residual_and_threads(rng, isa):
+    # 3 images x 400 channels of 7x7: above the one-thread size, and the two threads' shares
+    # split an image.
+    c, hw = 400, (7, 7)
+    x, w, b = rand(rng, (3, c) + hw), rand(rng, (c, 1, 3, 3)), rand(rng, (c,))
+    conv = F.PreparedConv2d(w, b, (c,) + hw, padding=1, groups=c, activation="relu6",
+                            algorithm="direct")
+    residual = rand(rng, (3,) + conv.output_shape)
+    plain = ref_conv2d(x, w, b, padding=1, groups=c)
+    results, before = [], fastconv.get_num_threads()
+    try:
+        with isa_cap(isa):
+            for threads in (1, 2):
+                fastconv.set_num_threads(threads)
+                results.append((conv(x), conv(x, residual=residual)))
+    finally:
+        fastconv.set_num_threads(before)
+    for one, two in zip(*results):
+        assert np.array_equal(one, two)
+    assert_close(results[0][0], activate(plain, "relu6"), 10, 3.0)
+    assert_close(results[0][1], activate(plain + residual, "relu6"), 11, 4.0)

@@ -78,13 +78,17 @@ void fc_pack_a_rows(size_t M, size_t K, const float* base, const ptrdiff_t* rows
  *  - pack (+ ctx): a callback packing K x NR panels block by block (im2col, plain matrices);
  *  - packed: B packed once, in the layout of fc_dense_pack_weights;
  *  - base (+ offsets): B read in place, B[k][n] = base[offsets[k] + n] (implicit GEMM over
- *    phase planes, or a plain matrix); the kernels read no column past N - 1. */
+ *    phase planes, or a plain matrix); the kernels read no column past N - 1.
+ * With base, seg > 0 splits the N columns into rows of seg columns (N a multiple of seg): column
+ * s * seg + q is read at base[offsets[k] + s * seg_b + q] and written at c[s * seg_c + q], and
+ * no tile crosses a row (an implicit GEMM storing straight into its output planes). */
 typedef struct fc_b_operand {
   fc_pack_b_fn pack;
   const void* ctx;
   const float* packed;
   const float* base;
   const ptrdiff_t* offsets;
+  size_t seg, seg_b, seg_c;
 } fc_b_operand;
 /* C = act(packedA * B + ...): see fc_gemm_f32 in fastconv.h. */
 int fc_gemm_packed(size_t M, size_t N, size_t K, const float* a_packed, const fc_b_operand* b,

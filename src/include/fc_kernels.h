@@ -66,6 +66,20 @@ typedef void (*fc_maxpool2x2_fn)(size_t out_w, const float* r0, const float* r1,
 #define FC_DW_ROWS 4
 typedef void (*fc_dwconv_fn)(size_t n, const float* const* x, size_t pad, size_t width,
                              const float* w, const fc_window_epilogue* ep, float* const* y);
+/* Depthwise 3x3 at stride 1 over `planes` consecutive small planes whose output rows are as wide
+ * as their input rows (width), each plane as one flat run of out_h * width <= FC_DW_FLAT_MAX
+ * outputs: plane p reads x + p * in_h * width, weights w + 9 * p and bias[p] (0 without bias),
+ * and writes y + p * out_h * width, exactly, clamped to [ep->min, ep->max] (NaN kept); input
+ * row ih = oh + kh - pad_top, column ow + kw - pad_left, zero outside the plane (masked loads:
+ * nothing outside a plane is read). Taps summed in (kh, kw) order after the bias, as in
+ * fc_dwconv_fn; ep->init and ep->accumulate are ignored. */
+#define FC_DW_FLAT_MAX 256
+typedef struct fc_dw_flat_geometry {
+  size_t in_h, out_h, width, pad_top, pad_left;
+} fc_dw_flat_geometry;
+typedef void (*fc_dwconv_flat_fn)(size_t planes, const fc_dw_flat_geometry* g, const float* x,
+                                  const float* w, const float* bias, const fc_window_epilogue* ep,
+                                  float* y);
 /* Winograd F(m x m, 3x3) transforms over a run of n tiles (f32-winograd.c), m = 2 or 4: the
  * input transform reads each tile's (m+2)x(m+2) input from m x m phase planes (phases[q] at the
  * run's first tile, rows `cols` apart) and writes V_xi of tile l at v[xi * xi_stride + l]; the
@@ -114,6 +128,7 @@ typedef struct fc_vector_config {
   fc_vaffine_fn vaffine;
   fc_dwconv_fn dwconv3x3s1;
   fc_dwconv_fn dwconv3x3s2;
+  fc_dwconv_flat_fn dwconv3x3s1_flat;
   const char* name;
 } fc_vector_config;
 
@@ -158,7 +173,10 @@ FC_DECLARE_GEMV_KERNEL(avx512f)
   void fc_f32_dwconv3x3s1_ukernel__##isa(size_t, const float* const*, size_t, size_t,            \
                                          const float*, const fc_window_epilogue*, float* const*); \
   void fc_f32_dwconv3x3s2_ukernel__##isa(size_t, const float* const*, size_t, size_t,            \
-                                         const float*, const fc_window_epilogue*, float* const*);
+                                         const float*, const fc_window_epilogue*, float* const*); \
+  void fc_f32_dwconv3x3s1_flat_ukernel__##isa(size_t, const fc_dw_flat_geometry*, const float*,  \
+                                              const float*, const float*,                        \
+                                              const fc_window_epilogue*, float*);
 FC_DECLARE_VECTOR_KERNELS(scalar)
 FC_DECLARE_VECTOR_KERNELS(avx2)
 FC_DECLARE_VECTOR_KERNELS(avx512f)

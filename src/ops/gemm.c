@@ -171,10 +171,22 @@ static void split(size_t total, size_t parts, size_t index, size_t* start, size_
   *end = total * (index + 1) / parts;
 }
 
+/* Where the NR-column panel j starts: logical column `col` (bias_col's index), `b_col` in B
+ * read in place, `c_col` in C, and its width. N is one row of columns, or rows of b->seg. */
+typedef struct panel_pos {
+  size_t col, b_col, c_col, cols;
+} panel_pos;
+
+static panel_pos panel_at(const fc_b_operand* b, size_t N, size_t nr, size_t j) {
+  if (!b->seg) return (panel_pos){j * nr, j * nr, j * nr, fc_min(nr, N - j * nr)};
+  const size_t per_row = fc_round_up(b->seg, nr) / nr, s = j / per_row, q = (j % per_row) * nr;
+  return (panel_pos){s * b->seg + q, s * b->seg_b + q, s * b->seg_c + q, fc_min(nr, b->seg - q)};
+}
+
 /* Panel j of the current K block (k0, kc): where the micro-kernel reads it. */
 static const float* b_panel(const fc_b_operand* b, size_t npad, size_t nr, size_t k0, size_t kc,
-                            size_t j, size_t p0, const float* bpanels) {
-  if (b->base) return b->base + j * nr;
+                            size_t j, size_t p0, const float* bpanels, const panel_pos* pos) {
+  if (b->base) return b->base + pos->b_col;
   if (b->packed) return b->packed + k0 * npad + j * kc * nr;
   return bpanels + (j - p0) * kc * nr;
 }
@@ -185,7 +197,8 @@ int fc_gemm_packed(size_t M, size_t N, size_t K, const float* a_packed, const fc
   const fc_gemm_config* cfg = fc_gemm_config_get();
   const size_t mr = cfg->mr, nr = cfg->nr;
   const size_t mpad = fc_round_up(M, mr), npad = fc_round_up(N, nr);
-  const size_t n_mpanels = mpad / mr, n_npanels = npad / nr;
+  const size_t n_mpanels = mpad / mr;
+  const size_t n_npanels = b->seg ? N / b->seg * (fc_round_up(b->seg, nr) / nr) : npad / nr;
   const size_t bsize = b->pack ? fc_min(K, FC_KC) * fc_min(npad, FC_NC) : 0;
   float* bbuf = (float*)fc_workspace(FC_WS_GEMM, (size_t)threads * bsize * sizeof(float));
   if (!bbuf) return FC_ERROR_NOMEM;
@@ -221,14 +234,14 @@ int fc_gemm_packed(size_t M, size_t N, size_t K, const float* a_packed, const fc
         for (size_t i0 = mp0; i0 < mp1; i0 += mc_panels) {
           const size_t i1 = fc_min(mp1, i0 + mc_panels);
           for (size_t j = p0; j < p1; j++) {
-            const size_t col = j * nr;
-            const float* bj = b_panel(b, npad, nr, k0, kc, j, p0, bpanels);
-            ep.bias_col = last && bias_col ? bias_col + col : NULL;
+            const panel_pos pos = panel_at(b, N, nr, j);
+            const float* bj = b_panel(b, npad, nr, k0, kc, j, p0, bpanels, &pos);
+            ep.bias_col = last && bias_col ? bias_col + pos.col : NULL;
             for (size_t i = i0; i < i1; i++) {
               const size_t m0 = i * mr;
               ep.bias_row = last && bias_row ? bias_row + m0 : NULL;
               run_tile(&job, kc, a_packed + k0 * mpad + m0 * kc, bj, b_offsets, m0,
-                       fc_min(mr, M - m0), col, fc_min(nr, N - col), &ep);
+                       fc_min(mr, M - m0), pos.c_col, pos.cols, &ep);
             }
           }
         }

@@ -151,6 +151,20 @@ int fc_avg_pool2d_f32(const fc_pool2d_params* p, const float* x, float* y) {
   return pool2d(p, 0, x, y);
 }
 
+/* The mean of a plane, summed in double (which keeps large planes, 224 x 224, exact to float
+ * precision) in eight independent sums: one chain of dependent adds was latency-bound, 42 us for
+ * MobileNetV2's 1280 planes of 7x7 on one thread. */
+static float plane_mean(const float* x, size_t n) {
+  double s[8] = {0.0};
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    for (size_t j = 0; j < 8; j++) s[j] += x[i + j];
+  }
+  for (; i < n; i++) s[i % 8] += x[i];
+  const double total = ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
+  return (float)(total / (double)n);
+}
+
 void fc_global_pool_f32(size_t planes, size_t plane_size, int is_max, const float* x, float* y) {
   const int threads = fc_threads_for((double)planes * plane_size);
 #pragma omp parallel for schedule(static) num_threads(threads)
@@ -161,9 +175,7 @@ void fc_global_pool_f32(size_t planes, size_t plane_size, int is_max, const floa
       for (size_t i = 0; i < plane_size; i++) m = (xc[i] > m || xc[i] != xc[i]) ? xc[i] : m;
       y[c] = m;
     } else {
-      double s = 0.0; /* a double sum keeps large planes (224 x 224) exact to float precision */
-      for (size_t i = 0; i < plane_size; i++) s += xc[i];
-      y[c] = (float)(s / (double)plane_size);
+      y[c] = plane_mean(xc, plane_size);
     }
   }
 }

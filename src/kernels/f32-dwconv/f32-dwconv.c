@@ -1,4 +1,5 @@
-/* Depthwise 3x3 convolution, FC_DW_ROWS output rows per call (src/ops/dwconv.c drives them).
+/* Depthwise 3x3 convolution, FC_DW_ROWS output rows per call (src/ops/dwconv.c drives them);
+ * at the end, a stride-1 kernel for small planes that takes each plane as one flat run.
  *
  * Each kernel call computes FC_DW_ROWS output rows of one plane from the input rows they read,
  * read in place: the left and right padding is never stored anywhere, the vectors that reach
@@ -199,5 +200,112 @@ void FC_NAME(fc_f32_dwconv3x3s2_ukernel)(size_t n, const float* const* x, size_t
       block_s2(i, x, (ptrdiff_t)pad, width, wv, acc, 1);
     }
     store_rows(y, i, n, acc, ep);
+  }
+}
+
+/* Stride 1 on a small plane whose output rows are as wide as its input rows: the plane as one
+ * flat run, output q = oh * width + ow, tap (kh, kw) at input q + (kh - pad_top) * width +
+ * (kw - pad_left). Whole vectors span several rows (a 7x7 plane is 4 vectors, not 7 half-empty
+ * ones); the lanes whose tap falls outside the plane (above, below, or wrapping into the
+ * neighbouring row) are masked off. The masks depend only on the geometry, so they are made
+ * once per call for all the planes of the call. */
+#if defined(__AVX512F__)
+typedef __mmask16 tap_mask;
+static inline tap_mask tap_mask_of(vi m) {
+  return _mm512_test_epi32_mask((__m512i)m, (__m512i)m);
+}
+static inline vf load_tap(const float* p, tap_mask m) { return (vf)_mm512_maskz_loadu_ps(m, p); }
+#elif defined(__AVX2__)
+typedef __m256i tap_mask;
+static inline tap_mask tap_mask_of(vi m) { return (__m256i)m; }
+static inline vf load_tap(const float* p, tap_mask m) { return (vf)_mm256_maskload_ps(p, m); }
+#else
+typedef vi tap_mask;
+static inline tap_mask tap_mask_of(vi m) { return m; }
+static inline vf load_tap(const float* p, tap_mask m) {
+  vf v = {};
+  for (size_t l = 0; l < VLEN; l++) {
+    if (m[l]) v[l] = p[l];
+  }
+  return v;
+}
+#endif
+
+/* masks[v][3 * kh + kw]: the lanes of vector v (outputs v * VLEN + l) whose tap (kh, kw) lies
+ * inside the plane. Once per call, for all its planes; row and column are counted along rather
+ * than divided out of each lane's index (that cost 3 % of a 576-channel 14x14 layer). */
+static void flat_masks(const fc_dw_flat_geometry* g, size_t nvec, tap_mask (*masks)[9]) {
+  const size_t n = g->out_h * g->width;
+  size_t oh = 0, ow = 0;
+  for (size_t v = 0; v < nvec; v++) {
+    vi m[9];
+    for (size_t t = 0; t < 9; t++) m[t] = (vi){};
+    for (size_t l = 0; l < VLEN && v * VLEN + l < n; l++) {
+      for (size_t t = 0; t < 9; t++) {
+        const ptrdiff_t ih = (ptrdiff_t)(oh + t / 3) - (ptrdiff_t)g->pad_top;
+        const ptrdiff_t iw = (ptrdiff_t)(ow + t % 3) - (ptrdiff_t)g->pad_left;
+        const int inside = ih >= 0 && ih < (ptrdiff_t)g->in_h && iw >= 0 &&
+                           iw < (ptrdiff_t)g->width;
+        m[t][l] = inside ? -1 : 0;
+      }
+      if (++ow == g->width) {
+        ow = 0;
+        oh++;
+      }
+    }
+    for (size_t t = 0; t < 9; t++) masks[v][t] = tap_mask_of(m[t]);
+  }
+}
+
+/* Vectors v0 .. v0 + count - 1 of one plane, `count` (a constant) accumulators at a time: the
+ * nine taps of one vector form a chain of dependent FMAs, which independent vectors hide. */
+static inline __attribute__((always_inline)) void flat_vectors(
+    const float* xp, float* yp, size_t v0, const size_t count, size_t nvec, vf init,
+    const vf wv[9], const ptrdiff_t offsets[9], tap_mask (*masks)[9], lane_mask tail,
+    const fc_window_epilogue* ep) {
+  vf acc[4];
+#pragma GCC unroll 4
+  for (size_t u = 0; u < count; u++) acc[u] = init;
+#pragma GCC unroll 9
+  for (size_t t = 0; t < 9; t++) {
+#pragma GCC unroll 4
+    for (size_t u = 0; u < count; u++) {
+      const size_t v = v0 + u;
+      acc[u] += wv[t] * load_tap(xp + v * VLEN + offsets[t], masks[v][t]);
+    }
+  }
+#pragma GCC unroll 4
+  for (size_t u = 0; u < count; u++) {
+    const size_t v = v0 + u;
+    const vf out = clamp(acc[u], ep->min, ep->max);
+    if (v + 1 < nvec) store(yp + v * VLEN, out);
+    else store_lanes(yp + v * VLEN, out, tail);
+  }
+}
+
+void FC_NAME(fc_f32_dwconv3x3s1_flat_ukernel)(size_t planes, const fc_dw_flat_geometry* g,
+                                              const float* x, const float* w, const float* bias,
+                                              const fc_window_epilogue* ep, float* y) {
+  const size_t n = g->out_h * g->width, nvec = (n + VLEN - 1) / VLEN;
+  const size_t in_plane = g->in_h * g->width;
+  tap_mask masks[FC_DW_FLAT_MAX / VLEN][9];
+  ptrdiff_t offsets[9];
+  for (size_t t = 0; t < 9; t++) {
+    offsets[t] = ((ptrdiff_t)(t / 3) - (ptrdiff_t)g->pad_top) * (ptrdiff_t)g->width +
+                 (ptrdiff_t)(t % 3) - (ptrdiff_t)g->pad_left;
+  }
+  flat_masks(g, nvec, masks);
+  const lane_mask tail = lanes(0, n - (nvec - 1) * VLEN);
+  for (size_t p = 0; p < planes; p++) {
+    vf wv[9];
+    for (size_t t = 0; t < 9; t++) wv[t] = (vf){} + w[9 * p + t];
+    const vf init = (vf){} + (bias ? bias[p] : 0.0f);
+    const float* xp = x + p * in_plane;
+    float* yp = y + p * n;
+    size_t v = 0;
+    for (; v + 4 <= nvec; v += 4) {
+      flat_vectors(xp, yp, v, 4, nvec, init, wv, offsets, masks, tail, ep);
+    }
+    for (; v < nvec; v++) flat_vectors(xp, yp, v, 1, nvec, init, wv, offsets, masks, tail, ep);
   }
 }

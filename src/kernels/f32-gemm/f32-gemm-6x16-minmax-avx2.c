@@ -18,13 +18,14 @@ static __m256i lanes(size_t n) {
 }
 
 /* `nv` vectors (1 or 2) of columns, selected by m0 and m1. Full tiles pass `full`, which keeps
- * masks out of their loop and stores. */
+ * masks out of their loop and stores. Only the first `mr` (a constant, rows <= mr <= MR) rows
+ * are computed: an edge tile of a few rows costs its own rows, not six. */
 FC_INLINE void tile(size_t rows, size_t kc, const float* a, const float* b,
                     const ptrdiff_t* b_offsets, float* c, size_t ldc, const fc_gemm_epilogue* ep,
-                    __m256i m0, __m256i m1, const int nv, const int full) {
+                    __m256i m0, __m256i m1, const int nv, const int full, const int mr) {
   __m256 lo[MR], hi[MR];
 #pragma GCC unroll 6
-  for (int r = 0; r < MR; r++) {
+  for (int r = 0; r < mr; r++) {
     lo[r] = _mm256_setzero_ps();
     hi[r] = _mm256_setzero_ps();
   }
@@ -39,7 +40,7 @@ FC_INLINE void tile(size_t rows, size_t kc, const float* a, const float* b,
       if (nv == 2) b1 = _mm256_maskload_ps(bk + 8, m1);
     }
 #pragma GCC unroll 6
-    for (int r = 0; r < MR; r++) {
+    for (int r = 0; r < mr; r++) {
       const __m256 ar = _mm256_broadcast_ss(a + r);
       lo[r] = _mm256_fmadd_ps(ar, b0, lo[r]);
       if (nv == 2) hi[r] = _mm256_fmadd_ps(ar, b1, hi[r]);
@@ -56,7 +57,7 @@ FC_INLINE void tile(size_t rows, size_t kc, const float* a, const float* b,
     }
   }
 #pragma GCC unroll 6
-  for (int r = 0; r < MR; r++) {
+  for (int r = 0; r < mr; r++) {
     if ((size_t)r >= rows) break;
     float* cr = c + (size_t)r * ldc;
     __m256 v0 = lo[r], v1 = hi[r];
@@ -88,13 +89,28 @@ FC_INLINE void tile(size_t rows, size_t kc, const float* a, const float* b,
   }
 }
 
+/* An edge tile of `rows` rows, computing mr = 1, 2, 4 or 6 of them. */
+FC_INLINE void edge_tile(size_t rows, size_t kc, const float* a, const float* b,
+                         const ptrdiff_t* b_offsets, float* c, size_t ldc,
+                         const fc_gemm_epilogue* ep, __m256i m0, __m256i m1, const int nv) {
+  if (rows == 1) {
+    tile(rows, kc, a, b, b_offsets, c, ldc, ep, m0, m1, nv, 0, 1);
+  } else if (rows == 2) {
+    tile(rows, kc, a, b, b_offsets, c, ldc, ep, m0, m1, nv, 0, 2);
+  } else if (rows <= 4) {
+    tile(rows, kc, a, b, b_offsets, c, ldc, ep, m0, m1, nv, 0, 4);
+  } else {
+    tile(rows, kc, a, b, b_offsets, c, ldc, ep, m0, m1, nv, 0, MR);
+  }
+}
+
 FC_GEMM_UKERNEL(fc_f32_gemm_minmax_ukernel_6x16__avx2) {
   const __m256i all = _mm256_set1_epi32(-1);
   if (rows == MR && cols == NR) {
-    tile(MR, kc, a, b, b_offsets, c, ldc, ep, all, all, 2, 1);
+    tile(MR, kc, a, b, b_offsets, c, ldc, ep, all, all, 2, 1, MR);
   } else if (cols > 8) {
-    tile(rows, kc, a, b, b_offsets, c, ldc, ep, all, lanes(cols - 8), 2, 0);
+    edge_tile(rows, kc, a, b, b_offsets, c, ldc, ep, all, lanes(cols - 8), 2);
   } else {
-    tile(rows, kc, a, b, b_offsets, c, ldc, ep, lanes(cols), all, 1, 0);
+    edge_tile(rows, kc, a, b, b_offsets, c, ldc, ep, lanes(cols), all, 1);
   }
 }

@@ -19,13 +19,15 @@ static __mmask16 lanes(size_t n) {
 }
 
 /* Rows 0..rows-1 of the tile, columns selected by m0 (and m1 for the second vector when nv = 2).
- * B rows are `NR` apart in a packed panel. With all lanes set the masks fold away. */
+ * Only the first `mr` (a constant, rows <= mr <= MR) rows are computed: an edge tile of a few
+ * rows (a 7x7 image's 49th pixel as the GEMM rows) costs its own rows, not eight. B rows are
+ * `NR` apart in a packed panel. With all lanes set the masks fold away. */
 FC_INLINE void tile_zmm(size_t kc, const float* a, const float* b, const ptrdiff_t* b_offsets,
                         float* c, size_t ldc, const fc_gemm_epilogue* ep, size_t rows,
-                        __mmask16 m0, __mmask16 m1, const int nv) {
+                        __mmask16 m0, __mmask16 m1, const int nv, const int mr) {
   __m512 lo[MR], hi[MR];
 #pragma GCC unroll 8
-  for (int r = 0; r < MR; r++) {
+  for (int r = 0; r < mr; r++) {
     lo[r] = _mm512_setzero_ps();
     hi[r] = _mm512_setzero_ps();
   }
@@ -35,7 +37,7 @@ FC_INLINE void tile_zmm(size_t kc, const float* a, const float* b, const ptrdiff
     const __m512 b0 = _mm512_maskz_loadu_ps(m0, bk);
     const __m512 b1 = nv == 2 ? _mm512_maskz_loadu_ps(m1, bk + 16) : _mm512_setzero_ps();
 #pragma GCC unroll 8
-    for (int r = 0; r < MR; r++) {
+    for (int r = 0; r < mr; r++) {
       const __m512 ar = _mm512_set1_ps(a[r]);
       lo[r] = _mm512_fmadd_ps(ar, b0, lo[r]);
       if (nv == 2) hi[r] = _mm512_fmadd_ps(ar, b1, hi[r]);
@@ -49,7 +51,7 @@ FC_INLINE void tile_zmm(size_t kc, const float* a, const float* b, const ptrdiff
   const __m512 col1 = bias_col && nv == 2 ? _mm512_maskz_loadu_ps(m1, bias_col + 16)
                                           : _mm512_setzero_ps();
 #pragma GCC unroll 8
-  for (int r = 0; r < MR; r++) {
+  for (int r = 0; r < mr; r++) {
     if ((size_t)r >= rows) break;
     float* cr = c + (size_t)r * ldc;
     __m512 v0 = lo[r], v1 = hi[r];
@@ -76,12 +78,27 @@ FC_INLINE void tile_zmm(size_t kc, const float* a, const float* b, const ptrdiff
   }
 }
 
+/* An edge tile of `rows` rows, computing mr = 1, 2, 4 or 8 of them. */
+FC_INLINE void edge_tile(size_t kc, const float* a, const float* b, const ptrdiff_t* b_offsets,
+                         float* c, size_t ldc, const fc_gemm_epilogue* ep, size_t rows,
+                         __mmask16 m0, __mmask16 m1, const int nv) {
+  if (rows == 1) {
+    tile_zmm(kc, a, b, b_offsets, c, ldc, ep, rows, m0, m1, nv, 1);
+  } else if (rows == 2) {
+    tile_zmm(kc, a, b, b_offsets, c, ldc, ep, rows, m0, m1, nv, 2);
+  } else if (rows <= 4) {
+    tile_zmm(kc, a, b, b_offsets, c, ldc, ep, rows, m0, m1, nv, 4);
+  } else {
+    tile_zmm(kc, a, b, b_offsets, c, ldc, ep, rows, m0, m1, nv, MR);
+  }
+}
+
 FC_GEMM_UKERNEL(fc_f32_gemm_minmax_ukernel_8x32__avx512f) {
   if (rows == MR && cols == NR) {
-    tile_zmm(kc, a, b, b_offsets, c, ldc, ep, MR, 0xFFFF, 0xFFFF, 2);
+    tile_zmm(kc, a, b, b_offsets, c, ldc, ep, MR, 0xFFFF, 0xFFFF, 2, MR);
   } else if (cols > 16) {
-    tile_zmm(kc, a, b, b_offsets, c, ldc, ep, rows, 0xFFFF, lanes(cols - 16), 2);
+    edge_tile(kc, a, b, b_offsets, c, ldc, ep, rows, 0xFFFF, lanes(cols - 16), 2);
   } else {
-    tile_zmm(kc, a, b, b_offsets, c, ldc, ep, rows, lanes(cols), 0, 1);
+    edge_tile(kc, a, b, b_offsets, c, ldc, ep, rows, lanes(cols), 0, 1);
   }
 }
