@@ -32,4 +32,18 @@ static inline vf load(const float* p) {
 
 static inline void store(float* p, vf v) { __builtin_memcpy(p, &v, sizeof v); }
 
+/* Columns 2i and 2i + 1 of the 2 * VLEN consecutive columns held in (lo, hi): a stride-2 split
+ * in registers (a permute of two vectors). */
+#if VLEN == 16
+#define FC_EVEN_LANES {0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30}
+#elif VLEN == 8
+#define FC_EVEN_LANES {0, 2, 4, 6, 8, 10, 12, 14}
+#else
+#define FC_EVEN_LANES {0, 2, 4, 6}
+#endif
+static inline vf even_lanes(vf lo, vf hi) { return __builtin_shuffle(lo, hi, (vi)FC_EVEN_LANES); }
+static inline vf odd_lanes(vf lo, vf hi) {
+  return __builtin_shuffle(lo, hi, (vi)FC_EVEN_LANES + 1);
+}
+
 #endif

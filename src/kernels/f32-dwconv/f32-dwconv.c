@@ -77,20 +77,6 @@ static inline int inside(ptrdiff_t start, size_t width) {
   return start >= 0 && start + VLEN <= (ptrdiff_t)width;
 }
 
-/* The even and odd lanes of the 2 * VLEN floats lo:hi. */
-#if VLEN == 16
-#define EVEN_LANES {0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30}
-#define ODD_LANES {1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31}
-#elif VLEN == 8
-#define EVEN_LANES {0, 2, 4, 6, 8, 10, 12, 14}
-#define ODD_LANES {1, 3, 5, 7, 9, 11, 13, 15}
-#else
-#define EVEN_LANES {0, 2, 4, 6}
-#define ODD_LANES {1, 3, 5, 7}
-#endif
-static inline vf even_lanes(vf lo, vf hi) { return __builtin_shuffle(lo, hi, (vi)EVEN_LANES); }
-static inline vf odd_lanes(vf lo, vf hi) { return __builtin_shuffle(lo, hi, (vi)ODD_LANES); }
-
 /* Adds input row j's three column taps to every output row r that reads it (kernel row
  * kh = j - stride * r). Called with constant j and stride, so the loops unroll away. */
 static inline void add_row(vf acc[FC_DW_ROWS], const vf wv[9], size_t j, size_t stride, vf t0,

@@ -76,15 +76,6 @@ void FC_NAME(fc_f32_wmax_ukernel)(size_t n, const float* x, const ptrdiff_t* off
   }
 }
 
-/* Even and odd lanes of the pair (lo, hi): columns 2i and 2i + 1 of 2 * VLEN consecutive ones. */
-#if VLEN == 16
-#define POOL_EVEN {0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30}
-#elif VLEN == 8
-#define POOL_EVEN {0, 2, 4, 6, 8, 10, 12, 14}
-#else
-#define POOL_EVEN {0, 2, 4, 6}
-#endif
-
 /* The max of a window's four values, NaN if any is NaN; branch-free (max, then a select). */
 static inline float max4_nan(float a, float b, float c, float d) {
   const float ab = a > b ? a : b, cd = c > d ? c : d, m = ab > cd ? ab : cd;
@@ -96,12 +87,11 @@ static inline float max4_nan(float a, float b, float c, float d) {
  * r1[2i + 1] for i < out_w (NaN wins). Reads only those 2 * out_w columns of each row, in place:
  * no layout copy, no slack. */
 void FC_NAME(fc_f32_maxpool2x2_ukernel)(size_t out_w, const float* r0, const float* r1, float* y) {
-  const vi even = POOL_EVEN, odd = even + 1;
   size_t i = 0;
   for (; i + VLEN <= out_w; i += VLEN) {
     const vf lo = max_nan(load(r0 + 2 * i), load(r1 + 2 * i));
     const vf hi = max_nan(load(r0 + 2 * i + VLEN), load(r1 + 2 * i + VLEN));
-    store(y + i, max_nan(__builtin_shuffle(lo, hi, even), __builtin_shuffle(lo, hi, odd)));
+    store(y + i, max_nan(even_lanes(lo, hi), odd_lanes(lo, hi)));
   }
   for (; i < out_w; i++) {
     y[i] = max4_nan(r0[2 * i], r0[2 * i + 1], r1[2 * i], r1[2 * i + 1]);
