@@ -146,7 +146,11 @@ core = Extension(
     sources=["src/_core.pyx"] + DRIVERS,
     include_dirs=INCLUDE + [numpy.get_include()],
     define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
-    depends=["src/include/fastconv.h", "src/include/fc_internal.h", "src/include/fc_kernels.h"],
+    # The kernel objects are linked in as extra objects: listing their sources here makes an
+    # edit to a kernel alone rebuild and relink the extension.
+    depends=["src/include/fastconv.h", "src/include/fc_internal.h", "src/include/fc_kernels.h",
+             "src/include/fc_portable_simd.h"] + VECTOR_SOURCES
+    + [source for _, sources in ISA_KERNELS.values() for source in sources],
 )
 
 setup(
