@@ -3,6 +3,7 @@ import pytest
 
 import fastconv.functional as F
 from reference import ACTIVATIONS, activate, assert_close, conv2d as ref_conv2d, rand, scale_of
+from threads import results_on_threads
 
 ALGOS = ["direct", "im2col", "implicit", "auto"]
 
@@ -361,7 +362,6 @@ def test_a_batch_split_across_threads_gives_every_image_its_one_thread_result(
 @pytest.mark.parametrize("hw,stride,O,groups", [((3, 64), 1, 5, 1), ((4, 80), 1, 33, 1),
                                                 ((8, 224), 2, 16, 1), ((4, 80), 1, 10, 2)])
 def test_implicit_wide_rows(rng, hw, stride, O, groups, activation):
-    import fastconv
     C = 6
     x = rand(rng, (2, C) + hw)
     w, bias = rand(rng, (O, C // groups, 3, 3)), rand(rng, (O,))
@@ -370,13 +370,7 @@ def test_implicit_wide_rows(rng, hw, stride, O, groups, activation):
     residual = rand(rng, (2,) + conv.output_shape)
     plain = ref_conv2d(x, w, bias, stride=stride, padding=1, groups=groups)
     k, scale = C // groups * 9 + 2, scale_of(x, w) + scale_of(bias) + scale_of(residual)
-    results, previous = [], fastconv.get_num_threads()
-    try:
-        for threads in (1, 2):
-            fastconv.set_num_threads(threads)
-            results.append((conv(x), conv(x, residual=residual)))
-    finally:
-        fastconv.set_num_threads(previous)
+    results = results_on_threads(lambda: (conv(x), conv(x, residual=residual)))
     for a, b in zip(*results):
         np.testing.assert_array_equal(a, b)
     assert_close(results[0][0], activate(plain, activation), k, scale)

@@ -7,10 +7,10 @@ bit-identical results on one and two threads."""
 import numpy as np
 import pytest
 
-import fastconv
 import fastconv.functional as F
 from fastconv.runtime import ISA_LEVELS, isa_cap
 from reference import activate, assert_close, conv2d as ref_conv2d, rand, scale_of
+from threads import results_on_threads
 
 # (H, W): tiny planes, odd and even sizes from 1 to 17, and rows spanning several vectors.
 SIZES = [(1, 1), (2, 3), (4, 4), (5, 7), (8, 9), (12, 13), (16, 15), (17, 17), (9, 33), (6, 50)]
@@ -100,15 +100,9 @@ def test_nan_and_inf_at_the_edges(rng, isa, stride):
 def test_threads_give_identical_bits(rng, stride):
     # 2 * 9 * 48 * 44 * 45 flops (stride 1): above the size that runs on one thread.
     x, w, b = rand(rng, (1, 48, 44, 45)), rand(rng, (48, 1, 3, 3)), rand(rng, (48,))
-    results, before = [], fastconv.get_num_threads()
-    try:
-        for threads in (1, 2):
-            fastconv.set_num_threads(threads)
-            results.append(F.conv2d(x, w, b, stride=stride, padding=1, groups=48,
-                                    activation="relu6", algorithm="direct"))
-    finally:
-        fastconv.set_num_threads(before)
-    assert np.array_equal(results[0], results[1])
+    one, two = results_on_threads(lambda: F.conv2d(x, w, b, stride=stride, padding=1, groups=48,
+                                                   activation="relu6", algorithm="direct"))
+    assert np.array_equal(one, two)
 
 
 # Small planes whose output rows are as wide as the input rows (stride 1, left + right padding
@@ -154,14 +148,8 @@ def test_flat_residual_and_threads(rng, isa):
                             algorithm="direct")
     residual = rand(rng, (3,) + conv.output_shape)
     plain = ref_conv2d(x, w, b, padding=1, groups=c)
-    results, before = [], fastconv.get_num_threads()
-    try:
-        with isa_cap(isa):
-            for threads in (1, 2):
-                fastconv.set_num_threads(threads)
-                results.append((conv(x), conv(x, residual=residual)))
-    finally:
-        fastconv.set_num_threads(before)
+    with isa_cap(isa):
+        results = results_on_threads(lambda: (conv(x), conv(x, residual=residual)))
     for one, two in zip(*results):
         assert np.array_equal(one, two)
     assert_close(results[0][0], activate(plain, "relu6"), 10, 3.0)

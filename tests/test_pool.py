@@ -4,6 +4,7 @@ import pytest
 import fastconv.functional as F
 import reference as R
 from reference import assert_close, rand, scale_of
+from threads import results_on_threads
 
 OPS = ["max", "avg_incl", "avg_excl"]
 
@@ -147,7 +148,6 @@ def test_max_pool_2x2_stride_2_rows_read_in_place(rng, width):
     """The 2x2 stride-2 path (rows read in place, vectors of output columns plus a scalar
     tail): every width around the vector sizes, odd sizes (the last column and row unused),
     NaN and infinities in every position of a window, bit-identical on two threads."""
-    from fastconv.runtime import get_num_threads, set_num_threads
     x = rand(rng, (2, 3, 5, width))
     x[0, 0, 0, ::3] = np.nan
     x[0, 1, 1, 1::4] = np.nan
@@ -158,14 +158,7 @@ def test_max_pool_2x2_stride_2_rows_read_in_place(rng, width):
         with pytest.raises(ValueError):
             F.max_pool2d(x, 2, stride=2)
         return
-    previous = get_num_threads()
-    try:
-        set_num_threads(1)
-        one = F.max_pool2d(x, 2, stride=2)
-        set_num_threads(2)
-        two = F.max_pool2d(x, 2, stride=2)
-    finally:
-        set_num_threads(previous)
+    one, two = results_on_threads(lambda: F.max_pool2d(x, 2, stride=2))
     np.testing.assert_array_equal(one, expected.astype(np.float32))
     np.testing.assert_array_equal(two, one)
 
