@@ -271,10 +271,7 @@ class Plan:
                     fresh=True, shape=out_shape)
         step.residual = r_id
         step.native = ("conv", plan, x_id, r_id, out_id)
-        strides = tuple(layer.strides)
-        depthwise = (layer.groups == source.sample_shape[0] and kernel.shape[2:] == (3, 3)
-                     and strides in ((1, 1), (2, 2)) and tuple(layer.dilation) == (1, 1))
-        step.conv_kernels = (conv.algorithm, depthwise, strides[0])
+        step.conv_algorithm = conv.algorithm
         return step
 
     def _algorithm(self, layer, input_shape, kernel_shape):
@@ -477,18 +474,17 @@ def _kernels(step, gemm, isa):
     """The micro-kernels a step runs (src/include/fc_kernels.h), for plan summaries."""
     kind = step.native[0] if step.native is not None else None
     if kind == "conv":
-        algorithm, depthwise, stride = step.conv_kernels
+        algorithm = step.conv_algorithm
         if algorithm in ("winograd", "winograd4"):
             return f"f32_{algorithm}_input_ukernel__{isa}, {gemm}, f32_{algorithm}_output_ukernel__{isa}"
         if algorithm != "direct":
             return gemm
-        if depthwise and not step.in_place:  # src/ops/dwconv.c: fc_dwconv3x3_applies
-            return f"f32_dwconv3x3s{stride}_ukernel__{isa}"
-        return f"f32_wmacc_ukernel__{isa}"
+        return f"f32_{step.native[1].direct_kernel(step.in_place)}_ukernel__{isa}"
     if kind == "dense":
         return f"f32_gemv_ukernel__{isa} at batch 1, else {gemm}"
     if kind == "pool":
-        return f"f32_{'wmax' if step.native[1] else 'wmacc'}_ukernel__{isa}"
+        is_max, kernel, stride, dilation, pads, _, in_chw, out_hw = step.native[1:9]
+        return f"f32_{_core.pool2d_kernel(is_max, kernel, stride, dilation, pads, in_chw[1:], out_hw)}_ukernel__{isa}"
     return {"global_pool": "a plain loop", "concat": "copies", "alias": "none: a view",
             None: "Python"}[kind]
 

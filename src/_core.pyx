@@ -54,6 +54,7 @@ cdef extern from "fastconv.h" nogil:
     int fc_conv2d_nchw_f32_packed(const fc_conv2d_params* p, int algorithm, int packed_tile,
                                   const float* packed, const float* bias, const float* residual,
                                   const float* x, float* y)
+    const char* fc_conv2d_direct_kernel(const fc_conv2d_params* p, int residual_is_output)
     size_t fc_dense_packed_size(size_t K, size_t N)
     int fc_dense_packed_tile()
     void fc_dense_pack_weights(size_t K, size_t N, const float* w, float* packed)
@@ -67,6 +68,7 @@ cdef extern from "fastconv.h" nogil:
         int count_include_pad
     int fc_max_pool2d_f32(const fc_pool2d_params* p, const float* x, float* y)
     int fc_avg_pool2d_f32(const fc_pool2d_params* p, const float* x, float* y)
+    const char* fc_pool2d_kernel(const fc_pool2d_params* p, int is_max)
     void fc_global_pool_f32(size_t planes, size_t plane_size, int is_max, const float* x, float* y)
 
     void fc_activation_f32(size_t n, int activation, const float* x, float* y)
@@ -237,6 +239,21 @@ def conv2d_nchw(cnp.ndarray x, cnp.ndarray w, object bias, cnp.ndarray y, tuple 
     check(rc)
 
 
+def pool2d_kernel(bint is_max, tuple kernel, tuple stride, tuple dilation, tuple pads,
+                  tuple in_hw, tuple out_hw):
+    """The window kernel family a pooling of these geometry runs (plan summaries)."""
+    cdef fc_pool2d_params p
+    p.planes = 1
+    p.in_h, p.in_w = in_hw
+    p.out_h, p.out_w = out_hw
+    p.kernel_h, p.kernel_w = kernel
+    p.stride_h, p.stride_w = stride
+    p.dilation_h, p.dilation_w = dilation
+    p.pad_top, p.pad_bottom, p.pad_left, p.pad_right = pads
+    p.count_include_pad = False
+    return fc_pool2d_kernel(&p, is_max).decode()
+
+
 def pool2d(cnp.ndarray x, cnp.ndarray y, bint is_max, tuple kernel, tuple stride, tuple dilation,
            tuple pads, bint count_include_pad):
     """x (planes, H, W) -> y (planes, OH, OW); pads = (top, bottom, left, right)."""
@@ -358,6 +375,10 @@ cdef class Conv2dPlan:
         self.packed = aligned_empty(fc_conv2d_packed_size(&self.p, algorithm))
         self.tile = fc_conv2d_packed_tile(algorithm)
         check(fc_conv2d_pack_weights(&self.p, algorithm, cptr(w), mptr(self.packed)))
+
+    def direct_kernel(self, bint residual_is_output=False):
+        """The kernel family the direct algorithm runs for this layer (plan summaries)."""
+        return fc_conv2d_direct_kernel(&self.p, residual_is_output).decode()
 
     def run(self, cnp.ndarray x, cnp.ndarray y, object residual=None):
         cdef fc_conv2d_params p = self.p

@@ -47,6 +47,14 @@ def test_plan_summary_names_the_kernels_of_the_table_in_force():
         assert lines[1].endswith(f"[f32_dwconv3x3s1_ukernel__{isa}]")
         assert lines[4].endswith(f"[f32_dwconv3x3s2_ukernel__{isa}]")
         assert f"f32_gemv_ukernel__{isa} at batch 1" in lines[-1]
+        # The small planes of the last stages: the flat depthwise kernel (src/ops/dwconv.c).
+        (last_depthwise,) = [line for line in lines if "features.16.conv.1.0" in line]
+        assert last_depthwise.endswith(f"[f32_dwconv3x3s1_flat_ukernel__{isa}]")
+    with isa_cap("avx2"):
+        lenet = models.lenet5().plan_summary(print_fn=None).splitlines()
+        resnet = models.resnet18().plan_summary(print_fn=None).splitlines()
+    assert lenet[1].endswith("maxpool2d pool1  [f32_maxpool2x2_ukernel__avx2]")  # 2x2 stride 2
+    assert resnet[1].endswith("maxpool2d maxpool  [f32_wmax_ukernel__avx2]")  # 3x3 stride 2
 
 
 def test_resnet_plan_folds_batchnorm_and_fuses_the_residual_add():

@@ -88,6 +88,9 @@ int fc_conv2d_pack_weights(const fc_conv2d_params* p, int algorithm, const float
 int fc_conv2d_nchw_f32_packed(const fc_conv2d_params* p, int algorithm, int packed_tile,
                               const float* packed, const float* bias, const float* residual,
                               const float* x, float* y);
+/* The kernel family the direct algorithm runs for p ("dwconv3x3s1_flat", "dwconv3x3s1",
+ * "dwconv3x3s2" or "wmacc"); residual_is_output: a residual stored in place. Plan summaries. */
+const char* fc_conv2d_direct_kernel(const fc_conv2d_params* p, int residual_is_output);
 
 /* Dense layers with weights (N x K, row-major: out x in) packed once as GEMM B panels:
  * y (M x N) = act(x (M x K) * W^T + bias [+ residual]). */
@@ -107,6 +110,8 @@ typedef struct fc_pool2d_params {
 /* x and y are stacks of planes (N*C planes in NCHW). 0, or FC_ERROR_NOMEM. */
 int fc_max_pool2d_f32(const fc_pool2d_params* p, const float* x, float* y);
 int fc_avg_pool2d_f32(const fc_pool2d_params* p, const float* x, float* y);
+/* The window kernel family a pooling runs ("maxpool2x2", "wmax" or "wmacc"): plan summaries. */
+const char* fc_pool2d_kernel(const fc_pool2d_params* p, int is_max);
 void fc_global_pool_f32(size_t planes, size_t plane_size, int is_max, const float* x, float* y);
 
 void fc_activation_f32(size_t n, int activation, const float* x, float* y);

@@ -134,6 +134,7 @@ void fc_phase_fill(const fc_phase_layout* l, const float* x, float pad, float* p
 /* Depthwise 3x3 convolution at stride 1 or 2 (src/ops/dwconv.c): the direct algorithm's path
  * when every group has one input channel. */
 int fc_dwconv3x3_applies(const fc_conv2d_params* p);
+const char* fc_dwconv3x3_kernel(const fc_conv2d_params* p); /* which kernel it runs */
 int fc_dwconv3x3_run(const fc_conv2d_params* p, const float* w, const float* bias,
                      const float* residual, const float* x, float* y);
 

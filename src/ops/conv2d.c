@@ -525,6 +525,10 @@ static void direct_plane(const fc_conv2d_params* p, const fc_vector_config* vk,
   }
 }
 
+const char* fc_conv2d_direct_kernel(const fc_conv2d_params* p, int residual_is_output) {
+  return fc_dwconv3x3_applies(p) && !residual_is_output ? fc_dwconv3x3_kernel(p) : "wmacc";
+}
+
 static int conv_direct(const fc_conv2d_params* p, const float* w, const float* bias,
                        const float* residual, const float* x, float* y) {
   /* The depthwise path writes y as it goes, so a residual that is y itself takes the general

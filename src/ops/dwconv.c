@@ -73,6 +73,11 @@ static int dw_flat_applies(const fc_conv2d_params* p) {
          p->out_w <= FC_DW_FLAT_MAX_W && p->out_h * p->out_w <= FC_DW_FLAT_MAX;
 }
 
+const char* fc_dwconv3x3_kernel(const fc_conv2d_params* p) {
+  if (dw_flat_applies(p)) return "dwconv3x3s1_flat";
+  return p->stride_h == 1 ? "dwconv3x3s1" : "dwconv3x3s2";
+}
+
 /* The flat kernel over each thread's share of the batch's planes, one call per image in it. */
 static void dw_flat_run(const fc_conv2d_params* p, const float* w, const float* bias,
                         const float* residual, const float* x, float* y) {

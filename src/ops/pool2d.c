@@ -139,6 +139,11 @@ static void max_pool2x2_rows(const fc_pool2d_params* p, const float* x, float* y
   }
 }
 
+const char* fc_pool2d_kernel(const fc_pool2d_params* p, int is_max) {
+  if (!is_max) return "wmacc";
+  return max_pool2x2(p) ? "maxpool2x2" : "wmax";
+}
+
 int fc_max_pool2d_f32(const fc_pool2d_params* p, const float* x, float* y) {
   if (max_pool2x2(p)) {
     max_pool2x2_rows(p, x, y);
