@@ -55,7 +55,7 @@ def test_padding_forms(rng, padding, stride, kernel, algorithm):
 @pytest.mark.parametrize("algorithm", ALGOS)
 @pytest.mark.parametrize("k,stride,padding", [(3, 1, 1), (3, 2, "same"), (5, 1, 2), (1, 1, 0), (2, 2, 0)])
 @pytest.mark.parametrize("C,O,groups", [(8, 8, 2), (8, 12, 4), (4, 6, 2), (8, 4, 4), (6, 6, 6), (6, 12, 6),
-                                        (16, 16, 16), (5, 10, 5), (32, 64, 32), (3, 3, 3)])
+                                        (16, 16, 16), (5, 10, 5), (32, 64, 32), (3, 3, 3), (1, 6, 1)])
 def test_groups_and_depthwise(rng, C, O, groups, k, stride, padding, algorithm):
     x = rand(rng, (2, C, 9, 11))
     w = rand(rng, (O, C // groups, k, k))

@@ -497,6 +497,7 @@ static int conv_implicit(const fc_conv2d_params* p, const float* packed, const f
 typedef struct direct_scratch {
   float* planes;
   float* run;
+  const float* filled; /* the input channel the planes hold, if any */
 } direct_scratch;
 
 static void direct_plane(const fc_conv2d_params* p, const fc_vector_config* vk,
@@ -513,7 +514,10 @@ static void direct_plane(const fc_conv2d_params* p, const fc_vector_config* vk,
     const int clamp_now = c + 1 == cg && !residual;
     const fc_window_epilogue ep = {c > 0, bias ? bias[oc] : 0.0f, clamp_now ? lo : -INFINITY,
                                    clamp_now ? hi : INFINITY};
-    fc_phase_fill(l, x + (n * p->in_channels + g * cg + c) * in_plane, 0.0f, s->planes);
+    /* Consecutive output channels of a one-channel group read the same planes: fill once. */
+    const float* channel = x + (n * p->in_channels + g * cg + c) * in_plane;
+    if (channel != s->filled) fc_phase_fill(l, channel, 0.0f, s->planes);
+    s->filled = cg == 1 ? channel : NULL;
     vk->wmacc(l->run, s->planes, offsets, w + (oc * cg + c) * taps, taps, &ep, s->run);
   }
   for (size_t oh = 0; oh < p->out_h; oh++) {
@@ -550,7 +554,8 @@ static int conv_direct(const fc_conv2d_params* p, const float* w, const float* b
     const unsigned fp_mode = fc_fp_enter();
     /* Each thread's own buffers (workspaces are per thread). */
     direct_scratch s = {(float*)fc_workspace(FC_WS_INPUT, fc_phase_planes_size(&l) * sizeof(float)),
-                        (float*)fc_workspace(FC_WS_OUTPUT, fc_run_size(&l) * sizeof(float))};
+                        (float*)fc_workspace(FC_WS_OUTPUT, fc_run_size(&l) * sizeof(float)),
+                        NULL};
     if (!s.planes || !s.run) {
 #pragma omp atomic write
       rc = FC_ERROR_NOMEM;
