@@ -84,6 +84,16 @@ static size_t implicit_layout(const fc_conv2d_params* p, fc_phase_layout* l) {
   return l->run - (l->cols - p->out_w);
 }
 
+/* The implicit GEMM's row offsets: row k = (c, kh, kw) of B is channel c's planes (`chan` floats
+ * apart) at tap (kh, kw)'s offset. */
+static void implicit_offsets(const fc_phase_layout* l, size_t cg, size_t taps, size_t chan,
+                             ptrdiff_t* offsets) {
+  fc_phase_offsets(l, offsets);
+  for (size_t c = 1; c < cg; c++) {
+    for (size_t t = 0; t < taps; t++) offsets[c * taps + t] = offsets[t] + (ptrdiff_t)(c * chan);
+  }
+}
+
 /* Whether a layer runs transposed, pixels as the MR-row dimension (conv_pixel_rows,
  * conv_implicit_rows): when the tiles over the pixels as columns do 10 % more work than over
  * the pixels as rows (the transposes' cost, measured). Edge tiles cost whole vectors, NR / 2
@@ -354,10 +364,7 @@ static int conv_implicit_rows(const fc_conv2d_params* p, const float* packed, co
       w.rows[i * image_rows + j] = (ptrdiff_t)(i * cg * chan + j);
     }
   }
-  fc_phase_offsets(&l, w.cols);
-  for (size_t c = 1; c < cg; c++) {
-    for (size_t t = 0; t < taps; t++) w.cols[c * taps + t] = w.cols[t] + (ptrdiff_t)(c * chan);
-  }
+  implicit_offsets(&l, cg, taps, chan, w.cols);
   int rc = 0;
   for (size_t n0 = 0; n0 < p->batch && rc == 0; n0 += w.images) {
     const size_t count = fc_min(w.images, p->batch - n0);
@@ -401,10 +408,7 @@ static int implicit_work_init(const fc_conv2d_params* p, int rows, implicit_work
   w->planes = (float*)fc_workspace(FC_WS_INPUT, cg * w->chan * sizeof(float));
   w->run = rows ? NULL : (float*)fc_workspace(FC_WS_OUTPUT, og * w->ldc * sizeof(float));
   if (!w->offsets || !w->planes || (!rows && !w->run)) return FC_ERROR_NOMEM;
-  fc_phase_offsets(&w->layout, w->offsets);
-  for (size_t c = 1; c < cg; c++) {
-    for (size_t t = 0; t < taps; t++) w->offsets[c * taps + t] = w->offsets[t] + (ptrdiff_t)(c * w->chan);
-  }
+  implicit_offsets(&w->layout, cg, taps, w->chan, w->offsets);
   return 0;
 }
 
@@ -439,9 +443,8 @@ static void implicit_store(const fc_conv2d_params* p, const implicit_work* w, si
  * than the run (edge tiles cost whole vectors of NR / 2 columns). */
 #define FC_IMPLICIT_ROWS_MIN_W 64
 
-static int implicit_rows(const fc_conv2d_params* p, const fc_phase_layout* l) {
+static int implicit_rows(const fc_conv2d_params* p, size_t run_cols) {
   const size_t vec = fc_gemm_config_get()->nr / 2;
-  const size_t run_cols = l->run - (l->cols - p->out_w);
   return p->out_w >= FC_IMPLICIT_ROWS_MIN_W &&
          p->out_h * (fc_round_up(p->out_w, vec) / vec) <= fc_round_up(run_cols, vec) / vec;
 }
@@ -452,11 +455,9 @@ static int conv_implicit(const fc_conv2d_params* p, const float* packed, const f
   const size_t kdim = gemm_kdim(p), in_plane = p->in_h * p->in_w, out_plane = p->out_h * p->out_w;
   const size_t apanel = fc_packed_a_size(og, kdim, fc_gemm_config_get()->mr);
   implicit_work w;
-  implicit_layout(p, &w.layout);
-  const int rows = implicit_rows(p, &w.layout);
+  const size_t n_cols = implicit_layout(p, &w.layout); /* the last row needs only out_w */
+  const int rows = implicit_rows(p, n_cols);
   if (implicit_work_init(p, rows, &w) != 0) return FC_ERROR_NOMEM;
-  /* The run's last row needs only out_w columns. */
-  const size_t n_cols = w.layout.run - (w.layout.cols - p->out_w);
   const int threads = fc_threads_for(2.0 * og * kdim * n_cols);
   fc_b_operand operand = {NULL, NULL, NULL, w.planes, w.offsets};
   if (rows) {
