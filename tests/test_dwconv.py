@@ -13,7 +13,8 @@ from reference import activate, assert_close, conv2d as ref_conv2d, rand, scale_
 from threads import results_on_threads
 
 # (H, W): tiny planes, odd and even sizes from 1 to 17, and rows spanning several vectors.
-SIZES = [(1, 1), (2, 3), (4, 4), (5, 7), (8, 9), (12, 13), (16, 15), (17, 17), (9, 33), (6, 50)]
+SIZES = [(1, 1), (2, 3), (4, 4), (5, 7), (8, 9), (12, 13), (16, 15), (17, 17), (9, 33), (6, 50),
+         (5, 70)]
 PADDINGS = [0, 1, 2, ((0, 2), (1, 0)), ((2, 1), (0, 1))]
 
 

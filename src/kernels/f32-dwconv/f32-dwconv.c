@@ -20,12 +20,24 @@
 #include <immintrin.h>
 #endif
 
-/* clamp(v, lo, hi) keeping NaN, as the GEMM epilogue does. */
+/* clamp(v, lo, hi) keeping NaN, as the GEMM epilogue does: max and min return their second
+ * operand when either is NaN. Two instructions; the compare-and-select of vector extensions
+ * took nine, as many as the FMAs of a block. */
+#if defined(__AVX512F__)
+static inline vf clamp(vf v, float lo, float hi) {
+  return (vf)_mm512_min_ps(_mm512_set1_ps(hi), _mm512_max_ps(_mm512_set1_ps(lo), (__m512)v));
+}
+#elif defined(__AVX2__)
+static inline vf clamp(vf v, float lo, float hi) {
+  return (vf)_mm256_min_ps(_mm256_set1_ps(hi), _mm256_max_ps(_mm256_set1_ps(lo), (__m256)v));
+}
+#else
 static inline vf clamp(vf v, float lo, float hi) {
   const vi below = v < lo, above = v > hi;
   v = (vf)(((vi)v & ~below) | ((vi)((vf){} + lo) & below));
   return (vf)(((vi)v & ~above) | ((vi)((vf){} + hi) & above));
 }
+#endif
 
 /* The lanes [first, end) of a vector, as the ISA's masked loads and stores want them. */
 #if defined(__AVX512F__)
@@ -65,6 +77,16 @@ static inline void store_lanes(float* p, vf v, lane_mask m) {
 }
 #endif
 
+/* (a[VLEN - 1], b[0], ..., b[VLEN - 2]): b moved up one lane, a's last lane shifted in. */
+#if VLEN == 16
+#define SHIFT_IN_LAST {15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30}
+#elif VLEN == 8
+#define SHIFT_IN_LAST {7, 8, 9, 10, 11, 12, 13, 14}
+#else
+#define SHIFT_IN_LAST {3, 4, 5, 6}
+#endif
+static inline vf shift_in_last(vf a, vf b) { return __builtin_shuffle(a, b, (vi)SHIFT_IN_LAST); }
+
 /* The lanes of a vector starting at column `start` of a row that lie in [0, width). */
 static inline lane_mask lanes_inside(ptrdiff_t start, size_t width) {
   const ptrdiff_t first = start < 0 ? -start : 0, end = (ptrdiff_t)width - start;
@@ -101,9 +123,10 @@ static inline void store_rows(float* const* y, size_t i, size_t n, vf acc[FC_DW_
                               const fc_window_epilogue* ep) {
   const int whole = i + VLEN <= n;
   const lane_mask m = lanes(0, whole ? VLEN : n - i);
+  const float lo = ep->min, hi = ep->max; /* read once: the stores might alias them */
 #pragma GCC unroll 8
   for (size_t r = 0; r < FC_DW_ROWS; r++) {
-    const vf v = clamp(acc[r], ep->min, ep->max);
+    const vf v = clamp(acc[r], lo, hi);
     if (whole) store(y[r] + i, v);
     else store_lanes(y[r] + i, v, m);
   }
@@ -130,26 +153,29 @@ static inline void block_s1(size_t i, const float* const* x, ptrdiff_t pad, size
   }
 }
 
-/* Stride 2: output column i + l, tap kw reads input column 2 * (i + l) + kw - pad. */
+/* Stride 2: output column i + l, tap kw reads input column 2 * (i + l) + kw - pad. Two loads
+ * per row from column start + 1 (start = 2 * i - pad; aligned when pad is odd and the row is)
+ * give taps 1 and 2 as their even and odd columns; tap 0 is tap 2 moved up one lane, its first
+ * lane (column start) the last lane of the previous block's tap 2, carried in `carry[j]`. Half
+ * the loads of loading taps 0 and 2 separately, which were the bottleneck. */
 static inline void block_s2(size_t i, const float* const* x, ptrdiff_t pad, size_t width,
-                            const vf wv[9], vf acc[FC_DW_ROWS], int edge) {
-  const ptrdiff_t start = 2 * (ptrdiff_t)i - pad;
-  static const ptrdiff_t offsets[4] = {0, VLEN, 2, 2 + VLEN}; /* of lo, hi, lo2, hi2 */
-  lane_mask m[4];
+                            const vf wv[9], vf acc[FC_DW_ROWS], vf carry[2 * FC_DW_ROWS + 1],
+                            int edge) {
+  const ptrdiff_t first = 2 * (ptrdiff_t)i - pad + 1;
+  lane_mask m[2];
   if (edge) {
-    for (size_t q = 0; q < 4; q++) m[q] = lanes_inside(start + offsets[q], width);
+    m[0] = lanes_inside(first, width);
+    m[1] = lanes_inside(first + VLEN, width);
   }
 #pragma GCC unroll 16
   for (size_t j = 0; j < 2 * FC_DW_ROWS + 1; j++) {
-    const float* xj = x[j] + start;
-    vf lo, hi, lo2, hi2;
-    if (edge) {
-      lo = load_lanes(xj, m[0]), hi = load_lanes(xj + VLEN, m[1]);
-      lo2 = load_lanes(xj + 2, m[2]), hi2 = load_lanes(xj + 2 + VLEN, m[3]);
-    } else {
-      lo = load(xj), hi = load(xj + VLEN), lo2 = load(xj + 2), hi2 = load(xj + 2 + VLEN);
-    }
-    add_row(acc, wv, j, 2, even_lanes(lo, hi), odd_lanes(lo, hi), even_lanes(lo2, hi2));
+    const float* xj = x[j] + first;
+    const vf lo = edge ? load_lanes(xj, m[0]) : load(xj);
+    const vf hi = edge ? load_lanes(xj + VLEN, m[1]) : load(xj + VLEN);
+    const vf t2 = odd_lanes(lo, hi);
+    const vf t0 = shift_in_last(carry[j], t2);
+    carry[j] = t2;
+    add_row(acc, wv, j, 2, t0, even_lanes(lo, hi), t2);
   }
 }
 
@@ -176,14 +202,17 @@ void FC_NAME(fc_f32_dwconv3x3s2_ukernel)(size_t n, const float* const* x, size_t
                                          const fc_window_epilogue* ep, float* const* y) {
   vf wv[9];
   for (size_t t = 0; t < 9; t++) wv[t] = (vf){} + w[t];
+  /* Before the first block, the carried lane is column -pad: padding, or column 0 if pad = 0. */
+  vf carry[2 * FC_DW_ROWS + 1];
+  for (size_t j = 0; j < 2 * FC_DW_ROWS + 1; j++) carry[j] = (vf){} + (pad ? 0.0f : x[j][0]);
   for (size_t i = 0; i < n; i += VLEN) {
     vf acc[FC_DW_ROWS];
     start_rows(acc, ep);
-    const ptrdiff_t start = 2 * (ptrdiff_t)i - (ptrdiff_t)pad;
-    if (inside(start, width) && inside(start + 2 + VLEN, width)) {
-      block_s2(i, x, (ptrdiff_t)pad, width, wv, acc, 0);
+    const ptrdiff_t first = 2 * (ptrdiff_t)i - (ptrdiff_t)pad + 1;
+    if (inside(first, width) && inside(first + VLEN, width)) {
+      block_s2(i, x, (ptrdiff_t)pad, width, wv, acc, carry, 0);
     } else {
-      block_s2(i, x, (ptrdiff_t)pad, width, wv, acc, 1);
+      block_s2(i, x, (ptrdiff_t)pad, width, wv, acc, carry, 1);
     }
     store_rows(y, i, n, acc, ep);
   }
