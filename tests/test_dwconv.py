@@ -141,9 +141,9 @@ def test_flat_nan_and_inf_do_not_wrap_into_the_next_row(rng, isa):
 
 @pytest.mark.parametrize("isa", list(ISA_LEVELS))
 def test_flat_residual_and_threads(rng, isa):
-    # 3 images x 400 channels of 7x7: above the one-thread size, and the two threads' shares
-    # split an image.
-    c, hw = 400, (7, 7)
+    # 3 images x 100 channels of 18x14 (taller than the channel-blocked kernel takes): above the
+    # one-thread size, and the two threads' shares split an image.
+    c, hw = 100, (18, 14)
     x, w, b = rand(rng, (3, c) + hw), rand(rng, (c, 1, 3, 3)), rand(rng, (c,))
     conv = F.PreparedConv2d(w, b, (c,) + hw, padding=1, groups=c, activation="relu6",
                             algorithm="direct")
@@ -153,5 +153,47 @@ def test_flat_residual_and_threads(rng, isa):
         results = results_on_threads(lambda: (conv(x), conv(x, residual=residual)))
     for one, two in zip(*results):
         assert np.array_equal(one, two)
+    assert_close(results[0][0], activate(plain, "relu6"), 10, 3.0)
+    assert_close(results[0][1], activate(plain + residual, "relu6"), 11, 4.0)
+
+
+# Planes with outputs up to 14 x 14 and at least 16 channels run channel-blocked: groups of
+# VLEN channels (16, 8, 4 lanes) transposed into a zero-padded buffer of pixels and back. 37
+# channels leave a partial group on every ISA; inputs up to 28 wide take two or more vectors
+# per row; (16, 16) at stride 2 without padding leaves a row and a column no tap reads.
+CBLOCK_SIZES = [(1, 1), (3, 5), (7, 7), (5, 13), (14, 14), (13, 9), (16, 16), (27, 28)]
+
+
+@pytest.mark.parametrize("isa", list(ISA_LEVELS))
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("padding", PADDINGS, ids=str)
+@pytest.mark.parametrize("hw", CBLOCK_SIZES, ids=str)
+def test_channel_blocked_small_planes(rng, isa, stride, padding, hw):
+    if not fits(hw, padding, stride):
+        pytest.skip("the 3x3 window does not fit")
+    x = rand(rng, (2, 37) + hw, -4.0, 4.0)
+    with isa_cap(isa):
+        check_depthwise(rng, x, stride=stride, padding=padding, activation="relu6")
+        check_depthwise(rng, x, bias=False, stride=stride, padding=padding, activation="tanh")
+
+
+@pytest.mark.parametrize("isa", list(ISA_LEVELS))
+@pytest.mark.parametrize("stride", [1, 2])
+def test_channel_blocked_nan_inf_residual_and_threads(rng, isa, stride):
+    # 3 images x 300 channels of 14x14: above the one-thread size, and the two threads' shares
+    # split an image and a group of channels.
+    c, hw = 300, (14, 14)
+    x, w, b = rand(rng, (3, c) + hw), rand(rng, (c, 1, 3, 3)), rand(rng, (c,))
+    x[0, 5, 0, 13] = np.nan
+    x[1, 17, 13, 0] = np.inf
+    w[np.abs(w) < 0.05] = 0.5
+    conv = F.PreparedConv2d(w, b, (c,) + hw, stride=stride, padding=1, groups=c,
+                            activation="relu6", algorithm="direct")
+    residual = rand(rng, (3,) + conv.output_shape)
+    plain = ref_conv2d(x, w, b, stride=stride, padding=1, groups=c)
+    with isa_cap(isa):
+        results = results_on_threads(lambda: (conv(x), conv(x, residual=residual)))
+    for one, two in zip(*results):
+        assert np.array_equal(one, two, equal_nan=True)
     assert_close(results[0][0], activate(plain, "relu6"), 10, 3.0)
     assert_close(results[0][1], activate(plain + residual, "relu6"), 11, 4.0)

@@ -80,6 +80,21 @@ typedef struct fc_dw_flat_geometry {
 typedef void (*fc_dwconv_flat_fn)(size_t planes, const fc_dw_flat_geometry* g, const float* x,
                                   const float* w, const float* bias, const fc_window_epilogue* ep,
                                   float* y);
+/* Depthwise 3x3 at stride 1 or 2 over `planes` consecutive planes, VLEN at a time with the
+ * channels as vector lanes (f32-dwconv.c): plane p reads x + p * in_h * in_w, weights w + 9 * p,
+ * bias[p] (0 without bias), and writes y + p * out_h * out_w, clamped to [ep->min, ep->max] (NaN
+ * kept); output (oh, ow) reads input (stride * oh + kh - pad_top, stride * ow + kw - pad_left),
+ * zero outside the plane. Taps summed in (kh, kw) order after the bias, as in fc_dwconv_fn.
+ * `buffer` (64-byte aligned) holds FC_DW_CBLOCK_FLOATS(g) floats. */
+typedef struct fc_dw_cblock_geometry {
+  size_t in_h, in_w, out_h, out_w, stride, pad_top, pad_left;
+} fc_dw_cblock_geometry;
+#define FC_DW_CBLOCK_FLOATS(g)                                                                     \
+  ((((g)->out_h - 1) * (g)->stride + 3) * (((g)->out_w - 1) * (g)->stride + 3) +                \
+   (g)->out_h * (g)->out_w) * 16
+typedef void (*fc_dwconv_cblock_fn)(size_t planes, const fc_dw_cblock_geometry* g,
+                                    const float* x, const float* w, const float* bias,
+                                    const fc_window_epilogue* ep, float* buffer, float* y);
 /* Winograd F(m x m, 3x3) transforms over a run of n tiles (f32-winograd.c), m = 2 or 4: the
  * input transform reads each tile's (m+2)x(m+2) input from m x m phase planes (phases[q] at the
  * run's first tile, rows `cols` apart) and writes V_xi of tile l at v[xi * xi_stride + l]; the
@@ -129,6 +144,7 @@ typedef struct fc_vector_config {
   fc_dwconv_fn dwconv3x3s1;
   fc_dwconv_fn dwconv3x3s2;
   fc_dwconv_flat_fn dwconv3x3s1_flat;
+  fc_dwconv_cblock_fn dwconv3x3_cblock;
   const char* name;
 } fc_vector_config;
 
@@ -176,7 +192,10 @@ FC_DECLARE_GEMV_KERNEL(avx512f)
                                          const float*, const fc_window_epilogue*, float* const*); \
   void fc_f32_dwconv3x3s1_flat_ukernel__##isa(size_t, const fc_dw_flat_geometry*, const float*,  \
                                               const float*, const float*,                        \
-                                              const fc_window_epilogue*, float*);
+                                              const fc_window_epilogue*, float*);              \
+  void fc_f32_dwconv3x3_cblock_ukernel__##isa(size_t, const fc_dw_cblock_geometry*, const float*, \
+                                              const float*, const float*,                        \
+                                              const fc_window_epilogue*, float*, float*);
 FC_DECLARE_VECTOR_KERNELS(scalar)
 FC_DECLARE_VECTOR_KERNELS(avx2)
 FC_DECLARE_VECTOR_KERNELS(avx512f)

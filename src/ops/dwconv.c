@@ -16,6 +16,8 @@
 /* The flat kernel is taken on planes up to this wide: measured (one thread) faster than row
  * vectors on 7x7 and 14x14 planes. */
 #define FC_DW_FLAT_MAX_W 14
+#define FC_DW_CBLOCK_MAX_W 14
+#define FC_DW_CBLOCK_MIN_CHANNELS 16
 
 int fc_dwconv3x3_applies(const fc_conv2d_params* p) {
   return p->in_channels == p->groups && p->kernel_h == 3 && p->kernel_w == 3 &&
@@ -73,7 +75,17 @@ static int dw_flat_applies(const fc_conv2d_params* p) {
          p->out_w <= FC_DW_FLAT_MAX_W && p->out_h * p->out_w <= FC_DW_FLAT_MAX;
 }
 
+/* Whether the planes run channel-blocked (fc_dwconv_cblock_fn): one output channel per input
+ * channel, enough channels to fill the vectors, and output planes up to FC_DW_CBLOCK_MAX_W x
+ * FC_DW_CBLOCK_MAX_W, where it measured faster than the row and flat kernels (their masks and
+ * partly empty vectors cost more than its transposes; on 28 x 28 outputs they cost less). */
+static int dw_cblock_applies(const fc_conv2d_params* p) {
+  return p->out_channels == p->in_channels && p->in_channels >= FC_DW_CBLOCK_MIN_CHANNELS &&
+         p->out_w <= FC_DW_CBLOCK_MAX_W && p->out_h <= FC_DW_CBLOCK_MAX_W;
+}
+
 const char* fc_dwconv3x3_kernel(const fc_conv2d_params* p) {
+  if (dw_cblock_applies(p)) return "dwconv3x3_cblock";
   if (dw_flat_applies(p)) return "dwconv3x3s1_flat";
   return p->stride_h == 1 ? "dwconv3x3s1" : "dwconv3x3s2";
 }
@@ -105,8 +117,45 @@ static void dw_flat_run(const fc_conv2d_params* p, const float* w, const float* 
   }
 }
 
+/* The channel-blocked kernel over each thread's share of the batch's planes, one call per image
+ * in it. */
+static int dw_cblock_run(const fc_conv2d_params* p, const float* w, const float* bias,
+                         const float* residual, const float* x, float* y) {
+  const fc_vector_config* vk = fc_vector_config_get();
+  const size_t channels = p->out_channels, planes = p->batch * channels;
+  const size_t in_plane = p->in_h * p->in_w, out_plane = p->out_h * p->out_w;
+  const fc_dw_cblock_geometry g = {p->in_h,     p->in_w,  p->out_h,   p->out_w,
+                                   p->stride_h, p->pad_top, p->pad_left};
+  const float lo = fc_act_min(p->activation), hi = fc_act_max(p->activation);
+  const fc_window_epilogue ep = {0, 0.0f, residual ? -INFINITY : lo, residual ? INFINITY : hi};
+  int rc = 0;
+#pragma omp parallel num_threads(fc_threads_for(2.0 * 9 * planes * out_plane))
+  {
+    const unsigned fp_mode = fc_fp_enter();
+    const size_t id = (size_t)fc_thread_id(), team = (size_t)fc_thread_count();
+    const size_t first = planes * id / team, end = planes * (id + 1) / team;
+    float* buffer = (float*)fc_workspace(FC_WS_INPUT, FC_DW_CBLOCK_FLOATS(&g) * sizeof(float));
+    if (!buffer) {
+#pragma omp atomic write
+      rc = FC_ERROR_NOMEM;
+    }
+    for (size_t q = first; buffer && q < end;) {
+      const size_t c = q % channels, count = fc_min(end - q, channels - c);
+      vk->dwconv3x3_cblock(count, &g, x + q * in_plane, w + c * 9, bias ? bias + c : NULL, &ep,
+                           buffer, y + q * out_plane);
+      for (size_t i = q; i < q + count; i++) {
+        dw_finish(p, vk, residual ? residual + i * out_plane : NULL, y + i * out_plane);
+      }
+      q += count;
+    }
+    fc_fp_exit(fp_mode);
+  }
+  return rc;
+}
+
 int fc_dwconv3x3_run(const fc_conv2d_params* p, const float* w, const float* bias,
                      const float* residual, const float* x, float* y) {
+  if (dw_cblock_applies(p)) return dw_cblock_run(p, w, bias, residual, x, y);
   if (dw_flat_applies(p)) {
     dw_flat_run(p, w, bias, residual, x, y);
     return 0;

@@ -43,7 +43,7 @@ static int detect_isa(void) { return FC_ISA_SCALAR; }
    fc_f32_vclamp_ukernel__##isa,      fc_f32_vadd_minmax_ukernel__##isa,                           \
    fc_f32_vaffine_ukernel__##isa,     fc_f32_dwconv3x3s1_ukernel__##isa,                           \
    fc_f32_dwconv3x3s2_ukernel__##isa, fc_f32_dwconv3x3s1_flat_ukernel__##isa,                      \
-   "f32_vector__" #isa}
+   fc_f32_dwconv3x3_cblock_ukernel__##isa, "f32_vector__" #isa}
 
 /* Indexed by enum fc_isa. */
 static const fc_gemm_config gemm_configs[] = {

@@ -324,3 +324,162 @@ void FC_NAME(fc_f32_dwconv3x3s1_flat_ukernel)(size_t planes, const fc_dw_flat_ge
     for (; v < nvec; v++) flat_vectors(xp, yp, v, 1, nvec, init, wv, offsets, masks, tail, ep);
   }
 }
+
+static inline size_t min_size(size_t a, size_t b) { return a < b ? a : b; }
+
+/* Channel-blocked depthwise 3x3 (stride 1 or 2) for small planes: VLEN planes at a time with the
+ * channels as the vector lanes, as NCHWc engines compute it. On a 7x7 or 14x14 plane the row
+ * and flat kernels spend most of their time on masks, permutes and partly empty vectors; here
+ * every tap is one aligned load and one FMA. The price is two transposes (VLEN x VLEN, in
+ * registers): the planes into a zero-padded buffer of pixels, and the results back out.
+ *
+ * The transpose swaps bit b of the row and lane index of every element, for each bit b in
+ * turn: rows i and i | b exchange the lanes whose bit b differs from their row's. */
+#if VLEN == 16
+#define SWAP8_LO {0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23}
+#define SWAP8_HI {8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31}
+#define SWAP4_LO {0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27}
+#define SWAP4_HI {4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31}
+#define SWAP2_LO {0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29}
+#define SWAP2_HI {2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31}
+#define SWAP1_LO {0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30}
+#define SWAP1_HI {1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31}
+#elif VLEN == 8
+#define SWAP4_LO {0, 1, 2, 3, 8, 9, 10, 11}
+#define SWAP4_HI {4, 5, 6, 7, 12, 13, 14, 15}
+#define SWAP2_LO {0, 1, 8, 9, 4, 5, 12, 13}
+#define SWAP2_HI {2, 3, 10, 11, 6, 7, 14, 15}
+#define SWAP1_LO {0, 8, 2, 10, 4, 12, 6, 14}
+#define SWAP1_HI {1, 9, 3, 11, 5, 13, 7, 15}
+#else
+#define SWAP2_LO {0, 1, 4, 5}
+#define SWAP2_HI {2, 3, 6, 7}
+#define SWAP1_LO {0, 4, 2, 6}
+#define SWAP1_HI {1, 5, 3, 7}
+#endif
+/* Unrolled, so that r stays in registers. */
+#define SWAP_BIT(r, b, LO, HI)                                                                     \
+  _Pragma("GCC unroll 16") for (size_t i = 0; i < VLEN; i++) {                                     \
+    if (i & (b)) continue;                                                                         \
+    const vf lo_ = r[i], hi_ = r[i + (b)];                                                         \
+    r[i] = __builtin_shuffle(lo_, hi_, (vi)LO);                                                    \
+    r[i + (b)] = __builtin_shuffle(lo_, hi_, (vi)HI);                                              \
+  }
+
+static inline void transpose(vf r[VLEN]) {
+#if VLEN == 16
+  SWAP_BIT(r, 8, SWAP8_LO, SWAP8_HI)
+#endif
+#if VLEN >= 8
+  SWAP_BIT(r, 4, SWAP4_LO, SWAP4_HI)
+#endif
+  SWAP_BIT(r, 2, SWAP2_LO, SWAP2_HI)
+  SWAP_BIT(r, 1, SWAP1_LO, SWAP1_HI)
+}
+
+/* Columns [iw, iw + n) (n <= VLEN) of row ih of `count` planes, one vector per pixel in
+ * r[0, n). The full group's loads are unconditional. */
+static inline void load_pixels(const float* x, size_t plane, size_t at, size_t n, size_t count,
+                               vf r[VLEN]) {
+  const lane_mask m = lanes(0, n);
+  if (count == VLEN && n == VLEN) {
+#pragma GCC unroll 16
+    for (size_t c = 0; c < VLEN; c++) r[c] = load(x + c * plane + at);
+  } else {
+#pragma GCC unroll 16
+    for (size_t c = 0; c < VLEN; c++) {
+      r[c] = c < count ? load_lanes(x + c * plane + at, m) : (vf){};
+    }
+  }
+  transpose(r);
+}
+
+/* The planes of one group into the padded pixel buffer t (hp x wp pixels): input pixel (ih, iw)
+ * at (ih + pad_top, iw + pad_left), a row's pixels stored one after the other; the pixels no
+ * tap reads (past hp or wp) are skipped. */
+static void group_in(const fc_dw_cblock_geometry* g, const float* x, size_t count, size_t hp,
+                     size_t wp, float* t) {
+  const size_t plane = g->in_h * g->in_w;
+  const size_t rows = min_size(g->in_h, hp - g->pad_top);
+  const size_t cols = min_size(g->in_w, wp - g->pad_left);
+  for (size_t ih = 0; ih < rows; ih++) {
+    float* trow = t + ((ih + g->pad_top) * wp + g->pad_left) * VLEN;
+    for (size_t iw = 0; iw < cols; iw += VLEN) {
+      const size_t n = min_size(cols - iw, VLEN);
+      vf r[VLEN];
+      load_pixels(x, plane, ih * g->in_w + iw, n, count, r);
+#pragma GCC unroll 16
+      for (size_t k = 0; k < VLEN; k++) {
+        if (k < n) store(trow + (iw + k) * VLEN, r[k]);
+      }
+    }
+  }
+}
+
+/* Output row oh, columns [ow, ow + count) (count a constant), into pixel buffer o. */
+static inline __attribute__((always_inline)) void pixels_out(
+    const float* t, size_t wp, size_t stride, size_t oh, size_t ow, const size_t count,
+    const vf wv[9], vf init, float lo, float hi, float* o) {
+  vf acc[4];
+#pragma GCC unroll 4
+  for (size_t u = 0; u < count; u++) acc[u] = init;
+#pragma GCC unroll 9
+  for (size_t k = 0; k < 9; k++) {
+    const float* row = t + ((oh * stride + k / 3) * wp + ow * stride + k % 3) * VLEN;
+#pragma GCC unroll 4
+    for (size_t u = 0; u < count; u++) acc[u] += wv[k] * load(row + u * stride * VLEN);
+  }
+#pragma GCC unroll 4
+  for (size_t u = 0; u < count; u++) store(o + u * VLEN, clamp(acc[u], lo, hi));
+}
+
+/* The output pixels [q, q + n) of the group, transposed back into its `count` planes. */
+static inline void store_pixels(const float* o, size_t q, size_t n, size_t count, size_t plane,
+                                float* y) {
+  vf r[VLEN];
+#pragma GCC unroll 16
+  for (size_t k = 0; k < VLEN; k++) r[k] = k < n ? load(o + (q + k) * VLEN) : (vf){};
+  transpose(r);
+  const lane_mask m = lanes(0, n);
+  for (size_t c = 0; c < count; c++) {
+    if (n == VLEN) store(y + c * plane + q, r[c]);
+    else store_lanes(y + c * plane + q, r[c], m);
+  }
+}
+
+void FC_NAME(fc_f32_dwconv3x3_cblock_ukernel)(size_t planes, const fc_dw_cblock_geometry* g,
+                                              const float* x, const float* w, const float* bias,
+                                              const fc_window_epilogue* ep, float* buffer,
+                                              float* y) {
+  const size_t s = g->stride, hp = (g->out_h - 1) * s + 3, wp = (g->out_w - 1) * s + 3;
+  const size_t in_plane = g->in_h * g->in_w, out_plane = g->out_h * g->out_w;
+  const float lo = ep->min, hi = ep->max;
+  float* t = buffer;
+  float* o = buffer + hp * wp * VLEN;
+  /* Padding pixels are never written: zeroed once for all the groups. */
+  for (size_t i = 0; i < hp * wp; i++) store(t + i * VLEN, (vf){});
+  for (size_t c0 = 0; c0 < planes; c0 += VLEN) {
+    const size_t count = planes - c0 < VLEN ? planes - c0 : VLEN;
+    vf wv[9], init = (vf){};
+    for (size_t k = 0; k < 9; k++) wv[k] = (vf){};
+    for (size_t c = 0; c < count; c++) {
+      for (size_t k = 0; k < 9; k++) wv[k][c] = w[9 * (c0 + c) + k];
+      init[c] = bias ? bias[c0 + c] : 0.0f;
+    }
+    group_in(g, x + c0 * in_plane, count, hp, wp, t);
+    for (size_t oh = 0; oh < g->out_h; oh++) {
+      float* orow = o + oh * g->out_w * VLEN;
+      size_t ow = 0;
+      for (; ow + 4 <= g->out_w; ow += 4) {
+        pixels_out(t, wp, s, oh, ow, 4, wv, init, lo, hi, orow + ow * VLEN);
+      }
+      for (; ow < g->out_w; ow++) {
+        pixels_out(t, wp, s, oh, ow, 1, wv, init, lo, hi, orow + ow * VLEN);
+      }
+    }
+    for (size_t q = 0; q < out_plane; q += VLEN) {
+      const size_t n = out_plane - q < VLEN ? out_plane - q : VLEN;
+      store_pixels(o, q, n, count, out_plane, y + c0 * out_plane);
+    }
+  }
+}
