@@ -47,9 +47,10 @@ def test_plan_summary_names_the_kernels_of_the_table_in_force():
         assert lines[1].endswith(f"[f32_dwconv3x3s1_ukernel__{isa}]")
         assert lines[4].endswith(f"[f32_dwconv3x3s2_ukernel__{isa}]")
         assert f"f32_gemv_ukernel__{isa} at batch 1" in lines[-1]
-        # The small planes of the last stages: the flat depthwise kernel (src/ops/dwconv.c).
+        # The small planes of the last stages: the channel-blocked depthwise kernel
+        # (src/ops/dwconv.c).
         (last_depthwise,) = [line for line in lines if "features.16.conv.1.0" in line]
-        assert last_depthwise.endswith(f"[f32_dwconv3x3s1_flat_ukernel__{isa}]")
+        assert last_depthwise.endswith(f"[f32_dwconv3x3_cblock_ukernel__{isa}]")
     with isa_cap("avx2"):
         lenet = models.lenet5().plan_summary(print_fn=None).splitlines()
         resnet = models.resnet18().plan_summary(print_fn=None).splitlines()
