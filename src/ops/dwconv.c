@@ -16,6 +16,9 @@
 /* The flat kernel is taken on planes up to this wide: measured (one thread) faster than row
  * vectors on 7x7 and 14x14 planes. */
 #define FC_DW_FLAT_MAX_W 14
+/* The channel-blocked kernel takes outputs up to this wide and tall (measured faster than the
+ * row and flat kernels on 7x7 and 14x14 outputs, slower on 28x28), given channels enough to fill
+ * AVX-512's 16 lanes; it runs before the flat kernel, which keeps the taller narrow planes. */
 #define FC_DW_CBLOCK_MAX_W 14
 #define FC_DW_CBLOCK_MIN_CHANNELS 16
 
@@ -76,9 +79,8 @@ static int dw_flat_applies(const fc_conv2d_params* p) {
 }
 
 /* Whether the planes run channel-blocked (fc_dwconv_cblock_fn): one output channel per input
- * channel, enough channels to fill the vectors, and output planes up to FC_DW_CBLOCK_MAX_W x
- * FC_DW_CBLOCK_MAX_W, where it measured faster than the row and flat kernels (their masks and
- * partly empty vectors cost more than its transposes; on 28 x 28 outputs they cost less). */
+ * channel, and the sizes above (on small planes the row and flat kernels' masks and partly
+ * empty vectors cost more than its transposes; on 28 x 28 outputs they cost less). */
 static int dw_cblock_applies(const fc_conv2d_params* p) {
   return p->out_channels == p->in_channels && p->in_channels >= FC_DW_CBLOCK_MIN_CHANNELS &&
          p->out_w <= FC_DW_CBLOCK_MAX_W && p->out_h <= FC_DW_CBLOCK_MAX_W;

@@ -377,8 +377,9 @@ static inline void transpose(vf r[VLEN]) {
   SWAP_BIT(r, 1, SWAP1_LO, SWAP1_HI)
 }
 
-/* Columns [iw, iw + n) (n <= VLEN) of row ih of `count` planes, one vector per pixel in
- * r[0, n). The full group's loads are unconditional. */
+/* The n <= VLEN floats at offset `at` of `count` planes (`plane` floats apart; zero for the
+ * missing planes of a partial group), transposed: pixel k's channels in r[k], k < n. The full
+ * group's loads are unconditional. */
 static inline void load_pixels(const float* x, size_t plane, size_t at, size_t n, size_t count,
                                vf r[VLEN]) {
   const lane_mask m = lanes(0, n);
