@@ -98,3 +98,126 @@ void FC_NAME(fc_f32_maxpool2x2_ukernel)(size_t out_w, const float* r0, const flo
   }
 }
 
+
+/* 3x3 max pooling at stride 1 and 2, FC_MAXPOOL_ROWS output rows per call, input rows read in
+ * place. Separable: the vertical max of the three input rows of an output row is taken at
+ * whole-vector column positions (a column vector), then the horizontal max of three neighbours
+ * out of two consecutive column vectors, shifted in registers (stride 1) or split into even and
+ * odd lanes (stride 2). Each column vector is computed once and carried to the next iteration,
+ * and the two output rows of a call share the loads (and at stride 1 the max) of their common
+ * input rows. Lanes left of the row or past its end are -inf, loaded with masks that never
+ * touch memory there, so narrow planes (7 to 28 columns) are whole masked vectors, not scalar
+ * loops. */
+#if defined(__AVX512F__) || defined(__AVX2__)
+#include <immintrin.h>
+#endif
+#if FC_MAXPOOL_ROWS != 2
+#error "the 3x3 max-pool kernels share the input rows of exactly two output rows"
+#endif
+
+/* The lanes l in [first, end) of the vector at p; -inf in the others, whose memory is not read. */
+#if defined(__AVX512F__)
+static inline vf load_inside(const float* p, size_t first, size_t end) {
+  const __mmask16 m = (__mmask16)(((1u << end) - 1) & ~((1u << first) - 1));
+  return (vf)_mm512_mask_loadu_ps(_mm512_set1_ps(-__builtin_inff()), m, p);
+}
+#elif defined(__AVX2__)
+static inline vf load_inside(const float* p, size_t first, size_t end) {
+  const __m256i index = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  const __m256i m = _mm256_andnot_si256(_mm256_cmpgt_epi32(_mm256_set1_epi32((int)first), index),
+                                        _mm256_cmpgt_epi32(_mm256_set1_epi32((int)end), index));
+  return (vf)_mm256_blendv_ps(_mm256_set1_ps(-__builtin_inff()), _mm256_maskload_ps(p, m),
+                              _mm256_castsi256_ps(m));
+}
+#else
+static inline vf load_inside(const float* p, size_t first, size_t end) {
+  vf v = (vf){} - __builtin_inff();
+  for (size_t l = first; l < end; l++) v[l] = p[l];
+  return v;
+}
+#endif
+
+/* The vertical maxes, for both output rows, of the columns [c, c + VLEN) of the input rows x
+ * (row r reads x[stride * r], x[stride * r + 1], x[stride * r + 2]); -inf outside [0, width). */
+static inline void column_max(const float* const* x, size_t stride, ptrdiff_t c, size_t width,
+                              vf v[FC_MAXPOOL_ROWS]) {
+  const size_t nrows = stride * (FC_MAXPOOL_ROWS - 1) + 3;
+  vf a[5];
+  if (c >= 0 && c + VLEN <= (ptrdiff_t)width) {
+    for (size_t j = 0; j < nrows; j++) a[j] = load(x[j] + c);
+  } else if (c + VLEN <= 0 || c >= (ptrdiff_t)width) {
+    for (size_t j = 0; j < nrows; j++) a[j] = (vf){} - __builtin_inff();
+  } else {
+    const size_t first = c < 0 ? (size_t)-c : 0;
+    const size_t end = c + VLEN > (ptrdiff_t)width ? (size_t)((ptrdiff_t)width - c) : VLEN;
+    for (size_t j = 0; j < nrows; j++) a[j] = load_inside(x[j] + c, first, end);
+  }
+  if (stride == 1) {
+    const vf shared = max_nan(a[1], a[2]);
+    v[0] = max_nan(a[0], shared);
+    v[1] = max_nan(shared, a[3]);
+  } else {
+    v[0] = max_nan(max_nan(a[0], a[1]), a[2]);
+    v[1] = max_nan(max_nan(a[2], a[3]), a[4]);
+  }
+}
+
+/* a shifted down by one lane (two for shift2), refilled from the first lanes of b: the
+ * columns one (two) to the right of a's. */
+#if VLEN == 16
+#define FC_SHIFT1 {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16}
+#elif VLEN == 8
+#define FC_SHIFT1 {1, 2, 3, 4, 5, 6, 7, 8}
+#else
+#define FC_SHIFT1 {1, 2, 3, 4}
+#endif
+static inline vf shift1(vf a, vf b) { return __builtin_shuffle(a, b, (vi)FC_SHIFT1); }
+static inline vf shift2(vf a, vf b) { return __builtin_shuffle(a, b, (vi)FC_SHIFT1 + 1); }
+
+/* y[i, i + VLEN) of an output row, only its first n - i lanes when the row ends inside. */
+static inline void store_row(float* y, size_t i, size_t n, vf v) {
+  if (i + VLEN <= n) {
+    store(y + i, v);
+    return;
+  }
+#if defined(__AVX512F__)
+  _mm512_mask_storeu_ps(y + i, (__mmask16)((1u << (n - i)) - 1), (__m512)v);
+#else
+  for (size_t l = 0; l < n - i; l++) y[i + l] = v[l];
+#endif
+}
+
+void FC_NAME(fc_f32_maxpool3x3s1_ukernel)(size_t n, const float* const* x, size_t pad,
+                                          size_t width, float* const* y) {
+  const ptrdiff_t c0 = -(ptrdiff_t)pad;
+  vf cur[FC_MAXPOOL_ROWS], next[FC_MAXPOOL_ROWS];
+  column_max(x, 1, c0, width, cur);
+  for (size_t i = 0; i < n; i += VLEN) {
+    column_max(x, 1, c0 + (ptrdiff_t)(i + VLEN), width, next);
+    for (size_t r = 0; r < FC_MAXPOOL_ROWS; r++) {
+      const vf m = max_nan(max_nan(cur[r], shift1(cur[r], next[r])), shift2(cur[r], next[r]));
+      store_row(y[r], i, n, m);
+      cur[r] = next[r];
+    }
+  }
+}
+
+/* Output column i + l reads columns 2 (i + l) - pad + {0, 1, 2}: the even lanes, the odd lanes
+ * and the even lanes shifted by one of the two column vectors from 2 i - pad. */
+void FC_NAME(fc_f32_maxpool3x3s2_ukernel)(size_t n, const float* const* x, size_t pad,
+                                          size_t width, float* const* y) {
+  const ptrdiff_t c0 = -(ptrdiff_t)pad;
+  vf lo[FC_MAXPOOL_ROWS], hi[FC_MAXPOOL_ROWS], next[FC_MAXPOOL_ROWS];
+  column_max(x, 2, c0, width, lo);
+  for (size_t i = 0; i < n; i += VLEN) {
+    const ptrdiff_t c = c0 + (ptrdiff_t)(2 * i);
+    column_max(x, 2, c + VLEN, width, hi);
+    column_max(x, 2, c + 2 * VLEN, width, next);
+    for (size_t r = 0; r < FC_MAXPOOL_ROWS; r++) {
+      const vf even = even_lanes(lo[r], hi[r]);
+      const vf m = max_nan(max_nan(even, odd_lanes(lo[r], hi[r])), shift1(even, next[r]));
+      store_row(y[r], i, n, m);
+      lo[r] = next[r];
+    }
+  }
+}
