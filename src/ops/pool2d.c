@@ -185,9 +185,30 @@ static void max_pool3x3_rows(const fc_pool2d_params* p, const float* x, float* y
   }
 }
 
+/* Stride 1, one row and column of padding on every side (GoogLeNet's inception branches), on
+ * planes small enough to take as flat runs: their rows leave most lanes of a vector empty. */
+static int max_pool3x3_flat(const fc_pool2d_params* p) {
+  return max_pool3x3(p) && p->stride_h == 1 && p->pad_top == 1 && p->pad_bottom == 1 &&
+         p->pad_left == 1 && p->pad_right == 1 && p->in_h * p->in_w <= FC_MAXPOOL_FLAT_MAX;
+}
+
+/* Each thread's contiguous share of the planes in one kernel call (which makes its lane masks
+ * once). */
+static void max_pool3x3_flat_run(const fc_pool2d_params* p, const float* x, float* y) {
+  const fc_maxpool3x3_flat_fn kernel = fc_vector_config_get()->maxpool3x3s1_flat;
+  const size_t plane = p->in_h * p->in_w;
+#pragma omp parallel num_threads(fc_threads_for(9.0 * (double)p->planes * plane))
+  {
+    const size_t id = (size_t)fc_thread_id(), team = (size_t)fc_thread_count();
+    const size_t first = p->planes * id / team, end = p->planes * (id + 1) / team;
+    kernel(end - first, p->in_h, p->in_w, x + first * plane, y + first * plane);
+  }
+}
+
 const char* fc_pool2d_kernel(const fc_pool2d_params* p, int is_max) {
   if (!is_max) return "wmacc";
   if (max_pool2x2(p)) return "maxpool2x2";
+  if (max_pool3x3_flat(p)) return "maxpool3x3s1_flat";
   if (max_pool3x3(p)) return p->stride_w == 1 ? "maxpool3x3s1" : "maxpool3x3s2";
   return "wmax";
 }
@@ -195,6 +216,10 @@ const char* fc_pool2d_kernel(const fc_pool2d_params* p, int is_max) {
 int fc_max_pool2d_f32(const fc_pool2d_params* p, const float* x, float* y) {
   if (max_pool2x2(p)) {
     max_pool2x2_rows(p, x, y);
+    return 0;
+  }
+  if (max_pool3x3_flat(p)) {
+    max_pool3x3_flat_run(p, x, y);
     return 0;
   }
   if (max_pool3x3(p)) {

@@ -127,6 +127,9 @@ void FC_NAME(fc_f32_maxpool2x2_ukernel)(size_t out_w, const float* r0, const flo
  * input rows. Lanes left of the row or past its end are -inf, loaded with masks that never
  * touch memory there, so narrow planes (7 to 28 columns) are whole masked vectors, not scalar
  * loops. */
+#if FC_MAXPOOL_FLAT_MAX % VLEN
+#error "FC_MAXPOOL_FLAT_MAX must be a multiple of the vector length"
+#endif
 #if FC_MAXPOOL_ROWS != 2
 #error "the 3x3 max-pool kernels share the input rows of exactly two output rows"
 #endif
@@ -189,6 +192,10 @@ static inline void column_max(const float* const* x, size_t stride, ptrdiff_t c,
 #endif
 static inline vf shift1(vf a, vf b) { return __builtin_shuffle(a, b, (vi)FC_SHIFT1); }
 static inline vf shift2(vf a, vf b) { return __builtin_shuffle(a, b, (vi)FC_SHIFT1 + 1); }
+/* The last lane of a, then lanes 0 .. VLEN - 2 of b: b's columns one to the left. */
+static inline vf shift_back1(vf a, vf b) {
+  return __builtin_shuffle(a, b, (vi)FC_SHIFT1 + (VLEN - 2));
+}
 
 /* y[i, i + VLEN) of an output row, only its first n - i lanes when the row ends inside. */
 static inline void store_row(float* y, size_t i, size_t n, vf v) {
@@ -234,6 +241,59 @@ void FC_NAME(fc_f32_maxpool3x3s2_ukernel)(size_t n, const float* const* x, size_
       const vf m = max_nan(max_nan(even, odd_lanes(lo[r], hi[r])), shift1(even, next[r]));
       store_row(y[r], i, n, m);
       lo[r] = next[r];
+    }
+  }
+}
+
+/* Stride 1 with one row and column of padding on every side, on small planes: each plane is one
+ * flat run (output q = oh * width + ow, as large as the input), so a vector spans several rows
+ * instead of leaving most lanes of one short row empty (a 7x7 plane is 4 vectors, not 7). The
+ * rows above and below are the flat run's elements width before and after (-inf outside the
+ * plane); the left and right neighbours are the vertical maxes shifted by one lane, -inf in the
+ * lanes of the first (left) and last (right) column, which would wrap into the neighbouring row.
+ * Those lane masks depend only on the width: made once per call. */
+
+/* Elements [q, q + VLEN) of a run of n floats, -inf outside it. */
+static inline vf load_span(const float* x, ptrdiff_t q, size_t n) {
+  if (q >= 0 && q + VLEN <= (ptrdiff_t)n) return load(x + q);
+  if (q + VLEN <= 0 || q >= (ptrdiff_t)n) return (vf){} - __builtin_inff();
+  const size_t first = q < 0 ? (size_t)-q : 0;
+  const size_t end = q + VLEN > (ptrdiff_t)n ? (size_t)((ptrdiff_t)n - q) : VLEN;
+  return load_inside(x + q, first, end);
+}
+
+static inline vf select_lanes(vi keep, vf a, vf b) {
+  return (vf)(((vi)a & keep) | ((vi)b & ~keep));
+}
+
+/* The vertical maxes of the flat outputs [q, q + VLEN): rows above and below, width apart. */
+static inline vf flat_column_max(const float* x, ptrdiff_t q, size_t width, size_t n) {
+  const ptrdiff_t w = (ptrdiff_t)width;
+  return max_nan(max_nan(load_span(x, q, n), load_span(x, q - w, n)), load_span(x, q + w, n));
+}
+
+void FC_NAME(fc_f32_maxpool3x3s1_flat_ukernel)(size_t planes, size_t height, size_t width,
+                                               const float* x, float* y) {
+  const size_t n = height * width, nvec = (n + VLEN - 1) / VLEN;
+  vi has_left[FC_MAXPOOL_FLAT_MAX / VLEN], has_right[FC_MAXPOOL_FLAT_MAX / VLEN];
+  size_t ow = 0;
+  for (size_t v = 0; v < nvec; v++) {
+    for (size_t l = 0; l < VLEN; l++) {
+      has_left[v][l] = ow != 0 ? -1 : 0;
+      has_right[v][l] = ow + 1 != width ? -1 : 0;
+      ow = ow + 1 == width ? 0 : ow + 1;
+    }
+  }
+  const vf none = (vf){} - __builtin_inff();
+  for (size_t p = 0; p < planes; p++, x += n, y += n) {
+    vf prev = none, cur = flat_column_max(x, 0, width, n);
+    for (size_t v = 0; v < nvec; v++) {
+      const vf next = flat_column_max(x, (ptrdiff_t)((v + 1) * VLEN), width, n);
+      const vf left = select_lanes(has_left[v], shift_back1(prev, cur), none);
+      const vf right = select_lanes(has_right[v], shift1(cur, next), none);
+      store_row(y, v * VLEN, n, max_nan(max_nan(cur, left), right));
+      prev = cur;
+      cur = next;
     }
   }
 }
