@@ -95,44 +95,7 @@ void FC_NAME(fc_f32_wmax_ukernel)(size_t n, const float* x, const ptrdiff_t* off
   }
 }
 
-/* The max of a window's four values, NaN if any is NaN; branch-free (max, then a select). */
-static inline float max4_nan(float a, float b, float c, float d) {
-  const float ab = a > b ? a : b, cd = c > d ? c : d, m = ab > cd ? ab : cd;
-  const int nan = (a != a) | (b != b) | (c != c) | (d != d);
-  return nan ? a + b + c + d : m;
-}
-
-/* One output row of a 2x2, stride-2 max pooling: y[i] = max of r0[2i], r0[2i + 1], r1[2i] and
- * r1[2i + 1] for i < out_w (NaN wins). Reads only those 2 * out_w columns of each row, in place:
- * no layout copy, no slack. */
-void FC_NAME(fc_f32_maxpool2x2_ukernel)(size_t out_w, const float* r0, const float* r1, float* y) {
-  size_t i = 0;
-  for (; i + VLEN <= out_w; i += VLEN) {
-    const vf lo = max_nan(load(r0 + 2 * i), load(r1 + 2 * i));
-    const vf hi = max_nan(load(r0 + 2 * i + VLEN), load(r1 + 2 * i + VLEN));
-    store(y + i, max_nan(even_lanes(lo, hi), odd_lanes(lo, hi)));
-  }
-  for (; i < out_w; i++) {
-    y[i] = max4_nan(r0[2 * i], r0[2 * i + 1], r1[2 * i], r1[2 * i + 1]);
-  }
-}
-
-
-/* 3x3 max pooling at stride 1 and 2, FC_MAXPOOL_ROWS output rows per call, input rows read in
- * place. Separable: the vertical max of the three input rows of an output row is taken at
- * whole-vector column positions (a column vector), then the horizontal max of three neighbours
- * out of two consecutive column vectors, shifted in registers (stride 1) or split into even and
- * odd lanes (stride 2). Each column vector is computed once and carried to the next iteration,
- * and the two output rows of a call share the loads (and at stride 1 the max) of their common
- * input rows. Lanes left of the row or past its end are -inf, loaded with masks that never
- * touch memory there, so the ends of rows, and whole narrow rows, are masked vectors rather
- * than scalar loops. */
-#if FC_MAXPOOL_FLAT_MAX % VLEN
-#error "FC_MAXPOOL_FLAT_MAX must be a multiple of the vector length"
-#endif
-#if FC_MAXPOOL_ROWS != 2
-#error "the 3x3 max-pool kernels share the input rows of exactly two output rows"
-#endif
+/* Masked loads and stores for the ends of rows read in place (the max-pool kernels below). */
 
 /* The lanes l in [first, end) of the vector at p; -inf in the others, whose memory is not read. */
 #if defined(__AVX512F__)
@@ -164,6 +127,54 @@ static inline vf load_span(const float* x, ptrdiff_t q, size_t n) {
   const size_t end = q + VLEN > (ptrdiff_t)n ? (size_t)((ptrdiff_t)n - q) : VLEN;
   return load_inside(x + q, first, end);
 }
+
+/* y[i, i + VLEN) of an output row, only its first n - i lanes when the row ends inside. */
+static inline void store_row(float* y, size_t i, size_t n, vf v) {
+  if (i + VLEN <= n) {
+    store(y + i, v);
+    return;
+  }
+#if defined(__AVX512F__)
+  _mm512_mask_storeu_ps(y + i, (__mmask16)((1u << (n - i)) - 1), (__m512)v);
+#else
+  for (size_t l = 0; l < n - i; l++) y[i + l] = v[l];
+#endif
+}
+
+/* One output row of a 2x2, stride-2 max pooling: y[i] = max of r0[2i], r0[2i + 1], r1[2i] and
+ * r1[2i + 1] for i < out_w (NaN wins). Reads only those 2 * out_w columns of each row, in place:
+ * no layout copy, no slack. The end of a row is one masked vector, not a scalar loop (GoogLeNet's
+ * 7-wide maxpool4 rows were all tail). */
+void FC_NAME(fc_f32_maxpool2x2_ukernel)(size_t out_w, const float* r0, const float* r1, float* y) {
+  size_t i = 0;
+  for (; i + VLEN <= out_w; i += VLEN) {
+    const vf lo = max_nan(load(r0 + 2 * i), load(r1 + 2 * i));
+    const vf hi = max_nan(load(r0 + 2 * i + VLEN), load(r1 + 2 * i + VLEN));
+    store(y + i, max_nan(even_lanes(lo, hi), odd_lanes(lo, hi)));
+  }
+  if (i < out_w) {
+    const size_t cols = 2 * (out_w - i);
+    const vf lo = max_nan(load_span(r0 + 2 * i, 0, cols), load_span(r1 + 2 * i, 0, cols));
+    const vf hi = max_nan(load_span(r0 + 2 * i, VLEN, cols), load_span(r1 + 2 * i, VLEN, cols));
+    store_row(y, i, out_w, max_nan(even_lanes(lo, hi), odd_lanes(lo, hi)));
+  }
+}
+
+/* 3x3 max pooling at stride 1 and 2, FC_MAXPOOL_ROWS output rows per call, input rows read in
+ * place. Separable: the vertical max of the three input rows of an output row is taken at
+ * whole-vector column positions (a column vector), then the horizontal max of three neighbours
+ * out of two consecutive column vectors, shifted in registers (stride 1) or split into even and
+ * odd lanes (stride 2). Each column vector is computed once and carried to the next iteration,
+ * and the two output rows of a call share the loads (and at stride 1 the max) of their common
+ * input rows. Lanes left of the row or past its end are -inf, loaded with masks that never
+ * touch memory there, so the ends of rows, and whole narrow rows, are masked vectors rather
+ * than scalar loops. */
+#if FC_MAXPOOL_FLAT_MAX % VLEN
+#error "FC_MAXPOOL_FLAT_MAX must be a multiple of the vector length"
+#endif
+#if FC_MAXPOOL_ROWS != 2
+#error "the 3x3 max-pool kernels share the input rows of exactly two output rows"
+#endif
 
 /* The vertical maxes, for both output rows, of the columns [c, c + VLEN) of the input rows x
  * (row r reads x[stride * r], x[stride * r + 1], x[stride * r + 2]); -inf outside [0, width).
@@ -203,19 +214,6 @@ static inline vf shift2(vf a, vf b) { return __builtin_shuffle(a, b, (vi)FC_SHIF
 /* The last lane of a, then lanes 0 .. VLEN - 2 of b: b's columns one to the left. */
 static inline vf shift_back1(vf a, vf b) {
   return __builtin_shuffle(a, b, (vi)FC_SHIFT1 + (VLEN - 2));
-}
-
-/* y[i, i + VLEN) of an output row, only its first n - i lanes when the row ends inside. */
-static inline void store_row(float* y, size_t i, size_t n, vf v) {
-  if (i + VLEN <= n) {
-    store(y + i, v);
-    return;
-  }
-#if defined(__AVX512F__)
-  _mm512_mask_storeu_ps(y + i, (__mmask16)((1u << (n - i)) - 1), (__m512)v);
-#else
-  for (size_t l = 0; l < n - i; l++) y[i + l] = v[l];
-#endif
 }
 
 void FC_NAME(fc_f32_maxpool3x3s1_ukernel)(size_t n, const float* const* x, size_t pad,
