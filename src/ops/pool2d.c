@@ -155,8 +155,9 @@ static int max_pool3x3(const fc_pool2d_params* p) {
  * window holds an input row and reaches at most one row before the input), so the max is the
  * same. Without a second output row, the second row's kernel inputs repeat the first's and it is
  * written to the first output row, with the same values. */
+#define BAND_ROWS_MAX (2 * (FC_MAXPOOL_ROWS - 1) + 3) /* input rows of a band at stride 2 */
 static void band_rows(const fc_pool2d_params* p, const float* plane, size_t oh, float* y_plane,
-                      const float* x[2 + 3], float* y[FC_MAXPOOL_ROWS]) {
+                      const float* x[BAND_ROWS_MAX], float* y[FC_MAXPOOL_ROWS]) {
   const size_t s = p->stride_h, rows = s + 3;
   const int second = oh + 1 < p->out_h;
   for (size_t j = 0; j < rows; j++) {
@@ -178,7 +179,7 @@ static void max_pool3x3_rows(const fc_pool2d_params* p, const float* x, float* y
 #pragma omp parallel for schedule(static) num_threads(threads)
   for (size_t t = 0; t < tasks; t++) {
     const size_t c = t / bands, oh = (t % bands) * FC_MAXPOOL_ROWS;
-    const float* rows[2 + 3];
+    const float* rows[BAND_ROWS_MAX];
     float* out[FC_MAXPOOL_ROWS];
     band_rows(p, x + c * in_plane, oh, y + c * out_plane, rows, out);
     kernel(p->out_w, rows, p->pad_left, p->in_w, out);
