@@ -55,7 +55,7 @@ def test_plan_summary_names_the_kernels_of_the_table_in_force():
         lenet = models.lenet5().plan_summary(print_fn=None).splitlines()
         resnet = models.resnet18().plan_summary(print_fn=None).splitlines()
     assert lenet[1].endswith("maxpool2d pool1  [f32_maxpool2x2_ukernel__avx2]")  # 2x2 stride 2
-    assert resnet[1].endswith("maxpool2d maxpool  [f32_wmax_ukernel__avx2]")  # 3x3 stride 2
+    assert resnet[1].endswith("maxpool2d maxpool  [f32_maxpool3x3s2_ukernel__avx2]")  # 3x3 stride 2
 
 
 def test_resnet_plan_folds_batchnorm_and_fuses_the_residual_add():

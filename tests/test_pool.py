@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 import fastconv.functional as F
+from fastconv import _core
 import reference as R
 from reference import assert_close, rand, scale_of
 from threads import results_on_threads
@@ -161,6 +162,59 @@ def test_max_pool_2x2_stride_2_rows_read_in_place(rng, width):
     one, two = results_on_threads(lambda: F.max_pool2d(x, 2, stride=2))
     np.testing.assert_array_equal(one, expected.astype(np.float32))
     np.testing.assert_array_equal(two, one)
+
+
+def _with_special_values(x):
+    """NaN in a corner, at the opposite corner and inside; +inf and -inf scattered; one plane
+    all -inf (its output must be -inf, not a padding artefact). Sparse, so most windows stay
+    finite and a wrong column or row still shows."""
+    h, w = x.shape[2:]
+    x[0, 0, 0, w - 1] = np.nan
+    x[1, 1, h - 1, 0] = np.nan
+    x[0, 2, h // 2, w // 2] = np.nan
+    x[1, 2, ::3, ::4] = np.inf
+    x[0, 1, :, ::5] = -np.inf
+    x[1, 0] = -np.inf
+    return x
+
+
+@pytest.mark.parametrize("width", range(1, 41))
+@pytest.mark.parametrize("ceil_mode", [False, True])
+@pytest.mark.parametrize("stride,padding", [(1, 0), (1, 1), (2, 0), (2, 1), (1, ((0, 2), (1, 0))),
+                                            (2, ((1, 0), (0, 2)))], ids=str)
+def test_max_pool_3x3_rows_read_in_place(rng, stride, padding, ceil_mode, width):
+    """The 3x3 stride-1/2 paths (rows read in place, two output rows per kernel call, masked
+    loads at the row edges; at stride 1 with padding 1 on small planes, each plane as one flat
+    run): every width from 1 to 40 (under, at and over the 4, 8 and 16 lanes), heights giving odd
+    and even output row counts, and one past the flat kernel's plane size, padding before and
+    after, ceil mode, NaN and infinities, batch 2; equal to the float64 reference and
+    bit-identical on two threads."""
+    for height in (1, 2, 3, 4, 5, 8, 1 + 1024 // width):
+        try:
+            g = F._PoolGeometry("test", (height, width), 3, stride, padding, 1, ceil_mode)
+        except ValueError:  # the window does not fit the padded plane
+            continue
+        kernel = _core.pool2d_kernel(True, g.kernel, g.stride, g.dilation, g.pads, (height, width),
+                                     g.out_hw)
+        assert kernel in {1: ("maxpool3x3s1", "maxpool3x3s1_flat"), 2: ("maxpool3x3s2",)}[stride]
+        x = _with_special_values(rand(rng, (2, 3, height, width)))
+        expected = R.max_pool2d(x, 3, stride=stride, padding=padding, ceil_mode=ceil_mode)
+        one, two = results_on_threads(
+            lambda: F.max_pool2d(x, 3, stride=stride, padding=padding, ceil_mode=ceil_mode))
+        np.testing.assert_array_equal(one, expected.astype(np.float32),
+                                      err_msg=f"height {height}")
+        np.testing.assert_array_equal(two, one)
+
+
+@pytest.mark.parametrize("hw,stride,padding,kernel", [
+    ((14, 14), 1, 1, "maxpool3x3s1_flat"), ((32, 32), 1, 1, "maxpool3x3s1_flat"),
+    ((33, 32), 1, 1, "maxpool3x3s1"), ((14, 14), 1, ((1, 1), (0, 1)), "maxpool3x3s1"),
+    ((14, 14), 2, 1, "maxpool3x3s2"), ((14, 14), 1, 2, "wmax"), ((14, 14), 3, 1, "wmax")], ids=str)
+def test_max_pool_3x3_kernel_choice(hw, stride, padding, kernel):
+    """Which 3x3 kernel a geometry takes: flat runs only for stride 1, padding 1 all round and
+    planes of at most 1024 floats; the general window kernel beyond stride 2 or padding 1."""
+    g = F._PoolGeometry("test", hw, 3, stride, padding, 1, False)
+    assert _core.pool2d_kernel(True, g.kernel, g.stride, g.dilation, g.pads, hw, g.out_hw) == kernel
 
 
 # --------------------------------------------------------------------------- global pools

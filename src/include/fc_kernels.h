@@ -56,6 +56,24 @@ typedef void (*fc_wmax_fn)(size_t n, const float* x, const ptrdiff_t* offsets, s
 /* maxpool2x2 (f32-window.c): one output row of a 2x2 stride-2 max pooling read in place,
  *   y[i] = max(r0[2i], r0[2i + 1], r1[2i], r1[2i + 1]) for i < out_w (NaN wins). */
 typedef void (*fc_maxpool2x2_fn)(size_t out_w, const float* r0, const float* r1, float* y);
+/* maxpool3x3s1, maxpool3x3s2 (f32-window.c): FC_MAXPOOL_ROWS output rows of a 3x3 max pooling at
+ * stride s = 1 or 2, read in place:
+ *   y[r][i] = max over kh, kw < 3 of X(s * r + kh, s * i + kw)   for r < FC_MAXPOOL_ROWS, i < n,
+ * from the s * (FC_MAXPOOL_ROWS - 1) + 3 input rows x[j] of `width` floats, left-padded by pad:
+ * X(j, k) = x[j][k - pad] for pad <= k < pad + width, else -inf. NaN wins. Exactly n columns of
+ * each y row are written and nothing outside x[j][0, width) is read (masked loads). */
+#define FC_MAXPOOL_ROWS 2
+typedef void (*fc_maxpool3x3_fn)(size_t n, const float* const* x, size_t pad, size_t width,
+                                 float* const* y);
+/* maxpool3x3s1_flat: 3x3 max pooling at stride 1 with one row and column of padding on every
+ * side, over `planes` consecutive planes of height x width (n = height * width <=
+ * FC_MAXPOOL_FLAT_MAX floats each, output planes as large), each plane one flat run:
+ *   y[q] = max over |dh|, |dw| <= 1 of x[q + dh * width + dw] for q = oh * width + ow < n,
+ * the taps with oh + dh or ow + dw outside the plane left out. NaN wins; exactly n floats of each
+ * output plane are written and nothing outside the input planes is read. */
+#define FC_MAXPOOL_FLAT_MAX 1024
+typedef void (*fc_maxpool3x3_flat_fn)(size_t planes, size_t height, size_t width, const float* x,
+                                      float* y);
 /* Depthwise 3x3 convolution (f32-dwconv.c), stride s = 1 or 2: FC_DW_ROWS output rows per call,
  *   y[r][i] = clamp(ep->init + sum over kh, kw < 3 of w[3 * kh + kw] * X(s * r + kh, s * i + kw),
  *                   min, max)            for r < FC_DW_ROWS, i < n,
@@ -133,6 +151,9 @@ typedef struct fc_vector_config {
   fc_wmacc_fn wmacc;
   fc_wmax_fn wmax;
   fc_maxpool2x2_fn maxpool2x2;
+  fc_maxpool3x3_fn maxpool3x3s1;
+  fc_maxpool3x3_fn maxpool3x3s2;
+  fc_maxpool3x3_flat_fn maxpool3x3s1_flat;
   fc_vcopy_fn vcopy;
   fc_winograd_input_fn winograd_input; /* F(2x2, 3x3) */
   fc_winograd_output_fn winograd_output;
@@ -173,6 +194,11 @@ FC_DECLARE_GEMV_KERNEL(avx512f)
                                    const fc_window_epilogue*, float*);                           \
   void fc_f32_wmax_ukernel__##isa(size_t, const float*, const ptrdiff_t*, size_t, float*);       \
   void fc_f32_maxpool2x2_ukernel__##isa(size_t, const float*, const float*, float*);             \
+  void fc_f32_maxpool3x3s1_ukernel__##isa(size_t, const float* const*, size_t, size_t,           \
+                                          float* const*);                                        \
+  void fc_f32_maxpool3x3s2_ukernel__##isa(size_t, const float* const*, size_t, size_t,           \
+                                          float* const*);                                        \
+  void fc_f32_maxpool3x3s1_flat_ukernel__##isa(size_t, size_t, size_t, const float*, float*);     \
   void fc_f32_vcopy_strided_ukernel__##isa(size_t, const float*, size_t, float*);                \
   void fc_f32_winograd_input_ukernel__##isa(size_t, const float* const*, size_t, float*,        \
                                             size_t);                                             \

@@ -139,14 +139,92 @@ static void max_pool2x2_rows(const fc_pool2d_params* p, const float* x, float* y
   }
 }
 
+/* 3x3 windows at stride 1 or 2 on both axes (GoogLeNet, ResNet, AlexNet), at most one column
+ * or row of padding before the input, any after it (ceil mode), and every window holding at least
+ * one input row: rows read in place by one kernel call per FC_MAXPOOL_ROWS output rows. */
+static int max_pool3x3(const fc_pool2d_params* p) {
+  const size_t s = p->stride_h;
+  return p->kernel_h == 3 && p->kernel_w == 3 && (s == 1 || s == 2) && p->stride_w == s &&
+         p->dilation_h == 1 && p->dilation_w == 1 && p->pad_top <= 1 && p->pad_left <= 1 &&
+         p->out_h > 0 && (p->out_h - 1) * s < p->in_h + p->pad_top;
+}
+
+/* The input rows of the output rows oh, oh + 1 (the band starting at oh) of a plane, row
+ * ih = s * oh + j - pad_top for j < s + 3 (the kernel's x[j]), and their output rows. A row in
+ * the padding is replaced by the nearest input row, which lies in the same window (every
+ * window holds an input row and reaches at most one row before the input), so the max is the
+ * same. Without a second output row, the second row's kernel inputs repeat the first's and it is
+ * written to the first output row, with the same values. */
+#define BAND_ROWS_MAX (2 * (FC_MAXPOOL_ROWS - 1) + 3) /* input rows of a band at stride 2 */
+static void band_rows(const fc_pool2d_params* p, const float* plane, size_t oh, float* y_plane,
+                      const float* x[BAND_ROWS_MAX], float* y[FC_MAXPOOL_ROWS]) {
+  const size_t s = p->stride_h, rows = s + 3;
+  const int second = oh + 1 < p->out_h;
+  for (size_t j = 0; j < rows; j++) {
+    ptrdiff_t ih = (ptrdiff_t)(s * oh + j) - (ptrdiff_t)p->pad_top;
+    ih = ih < 0 ? 0 : ih >= (ptrdiff_t)p->in_h ? (ptrdiff_t)p->in_h - 1 : ih;
+    x[j] = second || j < 3 ? plane + (size_t)ih * p->in_w : x[j - 3];
+  }
+  y[0] = y_plane + oh * p->out_w;
+  y[1] = second ? y[0] + p->out_w : y[0];
+}
+
+static void max_pool3x3_rows(const fc_pool2d_params* p, const float* x, float* y) {
+  const fc_vector_config* vk = fc_vector_config_get();
+  const fc_maxpool3x3_fn kernel = p->stride_w == 1 ? vk->maxpool3x3s1 : vk->maxpool3x3s2;
+  const size_t bands = (p->out_h + FC_MAXPOOL_ROWS - 1) / FC_MAXPOOL_ROWS;
+  const size_t tasks = p->planes * bands, in_plane = p->in_h * p->in_w;
+  const size_t out_plane = p->out_h * p->out_w;
+  const int threads = fc_threads_for(9.0 * (double)p->planes * out_plane);
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (size_t t = 0; t < tasks; t++) {
+    const size_t c = t / bands, oh = (t % bands) * FC_MAXPOOL_ROWS;
+    const float* rows[BAND_ROWS_MAX];
+    float* out[FC_MAXPOOL_ROWS];
+    band_rows(p, x + c * in_plane, oh, y + c * out_plane, rows, out);
+    kernel(p->out_w, rows, p->pad_left, p->in_w, out);
+  }
+}
+
+/* Stride 1, one row and column of padding on every side (GoogLeNet's inception branches), on
+ * planes small enough to take as flat runs: their rows leave most lanes of a vector empty. */
+static int max_pool3x3_flat(const fc_pool2d_params* p) {
+  return max_pool3x3(p) && p->stride_h == 1 && p->pad_top == 1 && p->pad_bottom == 1 &&
+         p->pad_left == 1 && p->pad_right == 1 && p->in_h * p->in_w <= FC_MAXPOOL_FLAT_MAX;
+}
+
+/* Each thread's contiguous share of the planes in one kernel call (which makes its lane masks
+ * once). */
+static void max_pool3x3_flat_run(const fc_pool2d_params* p, const float* x, float* y) {
+  const fc_maxpool3x3_flat_fn kernel = fc_vector_config_get()->maxpool3x3s1_flat;
+  const size_t plane = p->in_h * p->in_w;
+#pragma omp parallel num_threads(fc_threads_for(9.0 * (double)p->planes * plane))
+  {
+    const size_t id = (size_t)fc_thread_id(), team = (size_t)fc_thread_count();
+    const size_t first = p->planes * id / team, end = p->planes * (id + 1) / team;
+    kernel(end - first, p->in_h, p->in_w, x + first * plane, y + first * plane);
+  }
+}
+
 const char* fc_pool2d_kernel(const fc_pool2d_params* p, int is_max) {
   if (!is_max) return "wmacc";
-  return max_pool2x2(p) ? "maxpool2x2" : "wmax";
+  if (max_pool2x2(p)) return "maxpool2x2";
+  if (max_pool3x3_flat(p)) return "maxpool3x3s1_flat";
+  if (max_pool3x3(p)) return p->stride_w == 1 ? "maxpool3x3s1" : "maxpool3x3s2";
+  return "wmax";
 }
 
 int fc_max_pool2d_f32(const fc_pool2d_params* p, const float* x, float* y) {
   if (max_pool2x2(p)) {
     max_pool2x2_rows(p, x, y);
+    return 0;
+  }
+  if (max_pool3x3_flat(p)) {
+    max_pool3x3_flat_run(p, x, y);
+    return 0;
+  }
+  if (max_pool3x3(p)) {
+    max_pool3x3_rows(p, x, y);
     return 0;
   }
   return pool2d(p, 1, x, y);
