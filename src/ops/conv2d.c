@@ -72,8 +72,18 @@ static size_t gemm_kdim(const fc_conv2d_params* p) {
 
 /* A 1x1 layer with at most this many MR-row panels of output channels reads its input in place
  * instead of packing it: each packed B panel would serve only a few tiles. Measured on one
- * thread (AVX-512): 16 and 32 channels 70 -> 93 GFLOP/s; 64 channels slower in place. */
+ * thread (AVX-512): 16 and 32 channels 70 -> 93 GFLOP/s. */
 #define FC_IN_PLACE_MAX_PANELS 4
+
+/* The output channels up to which a 1x1 layer reads its input in place. On AVX-512 (NR = 32)
+ * packing costs more than it saves up to 128 channels: measured on one thread, CPU time, layers
+ * of one shape with distinct weights called in turn, 64 channels 4-10 % faster in place (ResNet-50
+ * 256 -> 64 on 56x56 1.07 -> 0.98 ms), 96-128 channels 2-6 % (512 -> 128 on 28x28 0.99 -> 0.93),
+ * 192 mixed (+-3 %), 256 slower (64 -> 256 on 56x56 8 %). AVX2 ran 64-96 channels up to 20 %
+ * slower in place (512 -> 96 on 28x28) and keeps the four panels. */
+static size_t in_place_max_channels(const fc_gemm_config* cfg) {
+  return cfg->nr >= 32 ? 128 : FC_IN_PLACE_MAX_PANELS * cfg->mr;
+}
 
 /* The phase planes of an implicit GEMM (src/ops/window.c) and the GEMM columns it computes: the
  * run less its last row's dropped columns. */
@@ -193,7 +203,7 @@ static int conv_gemm(const fc_conv2d_params* p, int algorithm, const float* pack
   const int aliased = !strided && x0 < y0 + p->batch * p->out_channels * npix * sizeof(float) &&
                       y0 < x0 + p->batch * p->in_channels * in_plane * sizeof(float);
   const int in_place = algorithm == FC_CONV_GEMM && !aliased &&
-                       og <= FC_IN_PLACE_MAX_PANELS * fc_gemm_config_get()->mr;
+                       og <= in_place_max_channels(fc_gemm_config_get());
   ptrdiff_t* offsets = NULL; /* B row k is input channel k */
   if (in_place) {
     offsets = (ptrdiff_t*)fc_workspace(FC_WS_TABLE, kdim * sizeof(ptrdiff_t));
