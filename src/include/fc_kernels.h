@@ -107,13 +107,14 @@ typedef void (*fc_gemv_ukernel_fn)(size_t kc, const float* a, size_t a_stride, c
 #define FC_GEMV_PANELS 4
 
 /* The narrow edge of C, transposed (the rows are the vector lanes): C[0:rows, 0:cols] = the A
- * panels at a and a + a_stride (the second read only when rows > MR) * a packed B panel (row k
- * at b + k * b_stride, its first round_up(cols, 4) columns read, zero past cols), then the
- * epilogue; 1 <= rows <= 2 * MR, 1 <= cols <= narrow_cols. Each element is summed as the tile
- * kernel sums it: the results are the same. */
+ * panels at a and a + a_stride (the second read only when rows > MR) * B (row k at
+ * b + k * b_stride, or at b + b_offsets[k] when read in place; only its first cols columns are
+ * read), then the epilogue; 1 <= rows <= 2 * MR, 1 <= cols <= narrow_cols. Each element is summed
+ * as the tile kernel sums it: the results are the same. */
 typedef void (*fc_gemm_narrow_fn)(size_t rows, size_t cols, size_t kc, const float* a,
-                                  size_t a_stride, const float* b, size_t b_stride, float* c,
-                                  size_t ldc, const fc_gemm_epilogue* ep);
+                                  size_t a_stride, const float* b, size_t b_stride,
+                                  const ptrdiff_t* b_offsets, float* c, size_t ldc,
+                                  const fc_gemm_epilogue* ep);
 
 typedef struct fc_gemm_config {
   fc_gemm_ukernel_fn fn;
@@ -156,8 +157,8 @@ FC_GEMM_UKERNEL(fc_f32_gemm_minmax_ukernel_6x16__avx2);
 FC_GEMM_UKERNEL(fc_f32_gemm_minmax_ukernel_8x32__avx512f);
 void fc_f32_gemm_narrow_ukernel_16x8__avx512f(size_t rows, size_t cols, size_t kc,
                                               const float* a, size_t a_stride, const float* b,
-                                              size_t b_stride, float* c, size_t ldc,
-                                              const fc_gemm_epilogue* ep);
+                                              size_t b_stride, const ptrdiff_t* b_offsets,
+                                              float* c, size_t ldc, const fc_gemm_epilogue* ep);
 #define FC_DECLARE_GEMV_KERNEL(isa)                                                                \
   void fc_f32_gemv_ukernel__##isa(size_t, const float*, size_t, const float*, size_t, size_t,    \
                                   float*);

@@ -111,20 +111,24 @@ FC_GEMM_UKERNEL(fc_f32_gemm_minmax_ukernel_8x32__avx512f) {
  * fused a * b + sum, in k order from zero, as in the tile kernel: the results are bit-identical.
  * Zen 4 runs two ymm FMAs per cycle, the same lanes per cycle as one zmm FMA. */
 FC_INLINE void narrow_tile(size_t kc, const float* a, size_t a_stride, const float* b,
-                           size_t b_stride, float* c, size_t ldc, const fc_gemm_epilogue* ep,
-                           size_t rows, size_t cols, const int np, const int nc) {
+                           size_t b_stride, const ptrdiff_t* b_offsets, float* c, size_t ldc,
+                           const fc_gemm_epilogue* ep, size_t rows, size_t cols, const int np,
+                           const int nc) {
   __m256 acc[2][8];
+  size_t col[8]; /* columns past `cols` (computed, never stored) read the last one again */
 #pragma GCC unroll 8
   for (int j = 0; j < nc; j++) {
     acc[0][j] = _mm256_setzero_ps();
     acc[1][j] = _mm256_setzero_ps();
+    col[j] = (size_t)j < cols ? (size_t)j : cols - 1;
   }
   for (size_t k = 0; k < kc; k++) {
+    const float* bk = b_offsets ? b + b_offsets[k] : b + k * b_stride;
     const __m256 a0 = _mm256_loadu_ps(a + k * MR);
     const __m256 a1 = np == 2 ? _mm256_loadu_ps(a + a_stride + k * MR) : _mm256_setzero_ps();
 #pragma GCC unroll 8
     for (int j = 0; j < nc; j++) {
-      const __m256 bj = _mm256_broadcast_ss(b + k * b_stride + j);
+      const __m256 bj = _mm256_broadcast_ss(bk + col[j]);
       acc[0][j] = _mm256_fmadd_ps(a0, bj, acc[0][j]);
       if (np == 2) acc[1][j] = _mm256_fmadd_ps(a1, bj, acc[1][j]);
     }
@@ -151,17 +155,17 @@ FC_INLINE void narrow_tile(size_t kc, const float* a, size_t a_stride, const flo
 
 void fc_f32_gemm_narrow_ukernel_16x8__avx512f(size_t rows, size_t cols, size_t kc,
                                               const float* a, size_t a_stride, const float* b,
-                                              size_t b_stride, float* c, size_t ldc,
-                                              const fc_gemm_epilogue* ep) {
+                                              size_t b_stride, const ptrdiff_t* b_offsets,
+                                              float* c, size_t ldc, const fc_gemm_epilogue* ep) {
   if (rows > MR) {
     if (cols <= 4) {
-      narrow_tile(kc, a, a_stride, b, b_stride, c, ldc, ep, rows, cols, 2, 4);
+      narrow_tile(kc, a, a_stride, b, b_stride, b_offsets, c, ldc, ep, rows, cols, 2, 4);
     } else {
-      narrow_tile(kc, a, a_stride, b, b_stride, c, ldc, ep, rows, cols, 2, 8);
+      narrow_tile(kc, a, a_stride, b, b_stride, b_offsets, c, ldc, ep, rows, cols, 2, 8);
     }
   } else if (cols <= 4) {
-    narrow_tile(kc, a, a_stride, b, b_stride, c, ldc, ep, rows, cols, 1, 4);
+    narrow_tile(kc, a, a_stride, b, b_stride, b_offsets, c, ldc, ep, rows, cols, 1, 4);
   } else {
-    narrow_tile(kc, a, a_stride, b, b_stride, c, ldc, ep, rows, cols, 1, 8);
+    narrow_tile(kc, a, a_stride, b, b_stride, b_offsets, c, ldc, ep, rows, cols, 1, 8);
   }
 }
