@@ -122,7 +122,7 @@ typedef struct fc_gemm_config {
   size_t mr;
   size_t nr;
   const char* name;
-  fc_gemm_narrow_fn narrow; /* NULL where the tile kernel's edge is as fast */
+  fc_gemm_narrow_fn narrow; /* NULL: edge panels go through fn (AVX2, scalar) */
   size_t narrow_cols;
 } fc_gemm_config;
 
