@@ -157,15 +157,22 @@ void fc_f32_gemm_narrow_ukernel_16x8__avx512f(size_t rows, size_t cols, size_t k
                                               const float* a, size_t a_stride, const float* b,
                                               size_t b_stride, const ptrdiff_t* b_offsets,
                                               float* c, size_t ldc, const fc_gemm_epilogue* ep) {
-  if (rows > MR) {
-    if (cols <= 4) {
-      narrow_tile(kc, a, a_stride, b, b_stride, b_offsets, c, ldc, ep, rows, cols, 2, 4);
-    } else {
-      narrow_tile(kc, a, a_stride, b, b_stride, b_offsets, c, ldc, ep, rows, cols, 2, 8);
-    }
-  } else if (cols <= 4) {
+  if (cols <= 4 && rows > MR) {
+    narrow_tile(kc, a, a_stride, b, b_stride, b_offsets, c, ldc, ep, rows, cols, 2, 4);
+    return;
+  }
+  if (cols <= 4) {
     narrow_tile(kc, a, a_stride, b, b_stride, b_offsets, c, ldc, ep, rows, cols, 1, 4);
-  } else {
-    narrow_tile(kc, a, a_stride, b, b_stride, b_offsets, c, ldc, ep, rows, cols, 1, 8);
+    return;
+  }
+  /* 5-8 columns: one A panel at a time, as two panels would need 16 accumulators besides the
+   * loads (only 16 ymm registers without AVX512VL: GCC spilled them). */
+  narrow_tile(kc, a, a_stride, b, b_stride, b_offsets, c, ldc, ep, rows < MR ? rows : MR, cols, 1,
+              8);
+  if (rows > MR) {
+    fc_gemm_epilogue lower = *ep;
+    if (lower.bias_row) lower.bias_row += MR;
+    narrow_tile(kc, a + a_stride, a_stride, b, b_stride, b_offsets, c + MR * ldc, ldc, &lower,
+                rows - MR, cols, 1, 8);
   }
 }
