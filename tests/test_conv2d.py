@@ -194,14 +194,16 @@ def test_nan_propagation_1x1(rng, algorithm):
     assert_close(y, ref, 5, scale_of(x, w))
 
 
-# 1x1 GEMM edges: output channels around MR = 4/6/8 and the in-place limit (4 row panels), pixel
-# counts around NR = 8/16/32 and the 16-column edge piece, K around the K block (256); plus the
-# residual, which makes the kernels load C (masked on edge tiles). With AVX-512, 64 and 72
-# channels on 1x1, 1x7 and 7x7 images run transposed (pixels as GEMM rows).
-@pytest.mark.parametrize("O", [1, 5, 7, 8, 9, 16, 23, 24, 25, 31, 32, 33, 40, 64, 72])
+# 1x1 GEMM edges: output channels around MR = 4/6/8 and the in-place limits (4 row panels, 128
+# channels on AVX-512), pixel counts around NR = 8/16/32, the 16-column edge piece and the
+# narrow edge of 1-8 columns past 32 (33, 36, 40, 65), K around the K block (256); plus the
+# residual, which makes the kernels load C (masked on edge tiles). With AVX-512, 64 channels and
+# more on 1x1, 1x7 and 7x7 images run transposed (pixels as GEMM rows).
+@pytest.mark.parametrize("O", [1, 5, 7, 8, 9, 16, 23, 24, 25, 31, 32, 33, 40, 64, 72, 128, 129])
 @pytest.mark.parametrize("C", [3, 255, 257])
 def test_gemm_1x1_edges_and_residual(rng, O, C):
-    for h, w in [(1, 1), (1, 7), (3, 3), (1, 16), (1, 17), (5, 5), (3, 11), (7, 7), (5, 13), (4, 16)]:
+    for h, w in [(1, 1), (1, 7), (3, 3), (1, 16), (1, 17), (5, 5), (3, 11), (7, 7), (5, 13),
+                 (4, 16), (6, 6), (2, 20)]:
         x = rand(rng, (1, C, h, w))
         weight = rand(rng, (O, C, 1, 1))
         bias = rand(rng, (O,))
@@ -232,12 +234,12 @@ def test_gemm_1x1_activations(rng, activation, O):
 
 
 # Strided 1x1 layers on the GEMM algorithm (ResNet's downsample shortcuts): the columns path
-# reads a subsampled copy of each image (packed, or in place up to 32 channels); with AVX-512
-# a 7x7 or smaller output gathers its pixels as the rows of the transposed GEMM. Strides 2, 3
-# and (1, 2) / (2, 1), even and odd input sizes (an odd one leaves its last row and column out
-# at stride 2), channel counts around MR and NR, groups, a residual, batches that span the
-# transposed GEMM's images (10 7x7 images per GEMM).
-@pytest.mark.parametrize("O", [5, 16, 33, 64, 72])
+# reads a subsampled copy of each image (packed, or in place up to 32 channels, 128 on
+# AVX-512); with AVX-512 a 7x7 or smaller output gathers its pixels as the rows of the
+# transposed GEMM. Strides 2, 3 and (1, 2) / (2, 1), even and odd input sizes (an odd one leaves
+# its last row and column out at stride 2), channel counts around MR and NR, groups, a residual,
+# batches that span the transposed GEMM's images (10 7x7 images per GEMM).
+@pytest.mark.parametrize("O", [5, 16, 33, 64, 72, 136])
 @pytest.mark.parametrize("stride,hw", [(2, (14, 14)), (2, (13, 13)), (3, (20, 22)), ((1, 2), (7, 14)),
                                        ((2, 1), (14, 7)), (2, (56, 55)), (2, (3, 3))])
 def test_gemm_1x1_strided(rng, O, stride, hw):

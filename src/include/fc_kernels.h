@@ -139,12 +139,24 @@ typedef void (*fc_gemv_ukernel_fn)(size_t kc, const float* a, size_t a_stride, c
                                    size_t panel_stride, size_t panels, float* sums);
 #define FC_GEMV_PANELS 4
 
+/* The narrow edge of C, transposed (the rows are the vector lanes): C[0:rows, 0:cols] = the A
+ * panels at a and a + a_stride (the second read only when rows > MR) * B (row k at
+ * b + k * b_stride, or at b + b_offsets[k] when read in place; only its first cols columns are
+ * read), then the epilogue; 1 <= rows <= 2 * MR, 1 <= cols <= narrow_cols. Each element is summed
+ * as the tile kernel sums it: the results are the same. */
+typedef void (*fc_gemm_narrow_fn)(size_t rows, size_t cols, size_t kc, const float* a,
+                                  size_t a_stride, const float* b, size_t b_stride,
+                                  const ptrdiff_t* b_offsets, float* c, size_t ldc,
+                                  const fc_gemm_epilogue* ep);
+
 typedef struct fc_gemm_config {
   fc_gemm_ukernel_fn fn;
   fc_gemv_ukernel_fn gemv; /* its NR is 2 x the ISA's vector width: the same as fn's */
   size_t mr;
   size_t nr;
   const char* name;
+  fc_gemm_narrow_fn narrow; /* NULL: edge panels go through fn (AVX2, scalar) */
+  size_t narrow_cols;
 } fc_gemm_config;
 
 typedef struct fc_vector_config {
@@ -180,6 +192,10 @@ const fc_vector_config* fc_vector_config_get(void);
 FC_GEMM_UKERNEL(fc_f32_gemm_minmax_ukernel_4x8__scalar);
 FC_GEMM_UKERNEL(fc_f32_gemm_minmax_ukernel_6x16__avx2);
 FC_GEMM_UKERNEL(fc_f32_gemm_minmax_ukernel_8x32__avx512f);
+void fc_f32_gemm_narrow_ukernel_16x8__avx512f(size_t rows, size_t cols, size_t kc,
+                                              const float* a, size_t a_stride, const float* b,
+                                              size_t b_stride, const ptrdiff_t* b_offsets,
+                                              float* c, size_t ldc, const fc_gemm_epilogue* ep);
 #define FC_DECLARE_GEMV_KERNEL(isa)                                                                \
   void fc_f32_gemv_ukernel__##isa(size_t, const float*, size_t, const float*, size_t, size_t,    \
                                   float*);

@@ -217,6 +217,30 @@ static void block_tile(const block* s, size_t i, size_t j) {
            pos.c_col, pos.cols, s->ep);
 }
 
+/* Whether panel j is left to the narrow kernel (block_narrow) instead of tile by tile. */
+static int block_is_narrow(const block* s, size_t j) {
+  const fc_gemm_config* cfg = s->job->cfg;
+  return cfg->narrow && panel_at(s->b, s->N, cfg->nr, j).cols <= cfg->narrow_cols;
+}
+
+/* Panel j against A panels i0 and i1 (i1 = i0 or i0 + 1) through the narrow kernel. */
+static void block_narrow(const block* s, size_t i0, size_t i1, size_t j) {
+  const size_t mr = s->job->cfg->mr, m0 = i0 * mr, rows = fc_min((i1 - i0 + 1) * mr, s->M - m0);
+  const panel_pos pos = panel_at(s->b, s->N, s->job->cfg->nr, j);
+  const float* bj = b_panel(s->b, s->npad, s->job->cfg->nr, s->k0, s->kc, j, s->p0, s->bpanels,
+                            &pos);
+  s->ep->bias_row = s->job->last && s->bias_row ? s->bias_row + m0 : NULL;
+  s->ep->bias_col = s->job->last && s->bias_col ? s->bias_col + pos.col : NULL;
+  float* c = s->job->c + m0 * s->job->c_rs + pos.c_col;
+  const size_t b_stride = s->b->packed ? s->job->cfg->nr : pos.cols; /* see the packing */
+  s->job->cfg->narrow(rows, pos.cols, s->kc, s->a + m0 * s->kc, mr * s->kc, bj, b_stride,
+                      s->b_offsets, c, s->job->c_rs, s->ep);
+  const int act = s->job->activation;
+  if (s->job->last && (act == FC_ACT_TANH || act == FC_ACT_SIGMOID)) {
+    for (size_t r = 0; r < rows; r++) fc_activation_row(pos.cols, act, c + r * s->job->c_rs);
+  }
+}
+
 /* NR-column panels per column block: as many as fit FC_B_BLOCK at the block's depth kc. */
 static size_t column_block_panels(size_t kc, size_t nr) {
   const size_t fit = FC_B_BLOCK / (kc * nr * sizeof(float));
@@ -259,20 +283,36 @@ int fc_gemm_packed(size_t M, size_t N, size_t K, const float* a_packed, const fc
         fc_gemm_epilogue ep = {accumulate || k0 > 0, NULL, NULL, last ? lo : -INFINITY,
                                last ? hi : INFINITY};
         for (size_t j = p0; j < p1 && b->pack; j++) {
-          const size_t col = j * nr;
-          b->pack(b->ctx, k0, kc, col, fc_min(nr, N - col), nr, bpanels + (j - p0) * kc * nr);
+          const size_t col = j * nr, used = fc_min(nr, N - col);
+          /* A narrow panel is packed compact, its rows `used` floats apart (4 KiB at kc = 256
+           * for 4 columns, against 32 KiB whose every cache line would serve 16 bytes). */
+          const int narrow = cfg->narrow && used <= cfg->narrow_cols;
+          b->pack(b->ctx, k0, kc, col, used, narrow ? used : nr, bpanels + (j - p0) * kc * nr);
         }
         const block blk = {&job, &ep, a_packed + k0 * mpad, b, b->base ? b->offsets + k0 : NULL,
                            bpanels, bias_row, bias_col, M, N, npad, k0, kc, p0};
         if (b->base) {
           for (size_t i0 = mp0; i0 < mp1; i0 += FC_MC / mr) {
+            const size_t i1 = fc_min(mp1, i0 + FC_MC / mr);
             for (size_t j = p0; j < p1; j++) {
-              for (size_t i = i0; i < fc_min(mp1, i0 + FC_MC / mr); i++) block_tile(&blk, i, j);
+              if (!block_is_narrow(&blk, j)) {
+                for (size_t i = i0; i < i1; i++) block_tile(&blk, i, j);
+              } else {
+                for (size_t i = i0; i < i1; i += 2) block_narrow(&blk, i, fc_min(i + 1, i1 - 1), j);
+              }
             }
           }
         } else {
+          /* A narrow panel runs for two rows of tiles at once: on the second, or on a last one. */
           for (size_t i = mp0; i < mp1; i++) {
-            for (size_t j = p0; j < p1; j++) block_tile(&blk, i, j);
+            const size_t pair = (i - mp0) % 2 ? i - 1 : i;
+            for (size_t j = p0; j < p1; j++) {
+              if (!block_is_narrow(&blk, j)) {
+                block_tile(&blk, i, j);
+              } else if (pair < i || i + 1 == mp1) {
+                block_narrow(&blk, pair, i, j);
+              }
+            }
           }
         }
       }

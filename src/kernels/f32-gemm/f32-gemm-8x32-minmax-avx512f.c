@@ -102,3 +102,77 @@ FC_GEMM_UKERNEL(fc_f32_gemm_minmax_ukernel_8x32__avx512f) {
     edge_tile(kc, a, b, b_offsets, c, ldc, ep, rows, lanes(cols), 0, 1);
   }
 }
+
+/* fc_f32_gemm_narrow_ukernel_16x8__avx512f: the last few columns of C (up to 8, where the pixels
+ * of an image are not a multiple of 32: 196 = 6 x 32 + 4 on 14x14) for two A panels at once,
+ * transposed: the rows are the lanes. Per k: one 8-wide load of each A panel, a broadcast of each
+ * B column, an FMA of each pair, so 4 columns cost 8 ymm FMAs per k for 16 rows where the 8x32
+ * tile spends 16 zmm FMAs (two panels of one 16-lane vector) on them. Each element is the same
+ * fused a * b + sum, in k order from zero, as in the tile kernel: the results are bit-identical.
+ * Zen 4 runs two ymm FMAs per cycle, the same lanes per cycle as one zmm FMA. */
+FC_INLINE void narrow_tile(size_t kc, const float* a, size_t a_stride, const float* b,
+                           size_t b_stride, const ptrdiff_t* b_offsets, float* c, size_t ldc,
+                           const fc_gemm_epilogue* ep, size_t rows, size_t cols, const int np,
+                           const int nc) {
+  __m256 acc[2][8];
+  size_t col[8]; /* columns past `cols` (computed, never stored) read the last one again */
+#pragma GCC unroll 8
+  for (int j = 0; j < nc; j++) {
+    acc[0][j] = _mm256_setzero_ps();
+    acc[1][j] = _mm256_setzero_ps();
+    col[j] = (size_t)j < cols ? (size_t)j : cols - 1;
+  }
+  for (size_t k = 0; k < kc; k++) {
+    const float* bk = b_offsets ? b + b_offsets[k] : b + k * b_stride;
+    const __m256 a0 = _mm256_loadu_ps(a + k * MR);
+    const __m256 a1 = np == 2 ? _mm256_loadu_ps(a + a_stride + k * MR) : _mm256_setzero_ps();
+#pragma GCC unroll 8
+    for (int j = 0; j < nc; j++) {
+      const __m256 bj = _mm256_broadcast_ss(bk + col[j]);
+      acc[0][j] = _mm256_fmadd_ps(a0, bj, acc[0][j]);
+      if (np == 2) acc[1][j] = _mm256_fmadd_ps(a1, bj, acc[1][j]);
+    }
+  }
+  /* The epilogue element by element, in the tile kernel's order (C, row bias, column bias, the
+   * clamp that keeps NaN): C's columns are strided here, and these are few elements. */
+  float sums[MR] __attribute__((aligned(32)));
+  for (int p = 0; p < np; p++) {
+    const size_t r0 = (size_t)p * MR, n = rows - r0 < MR ? rows - r0 : MR;
+    for (size_t j = 0; j < cols; j++) {
+      _mm256_store_ps(sums, acc[p][j]);
+      for (size_t r = 0; r < n; r++) {
+        float* cr = c + (r0 + r) * ldc + j;
+        float v = sums[r];
+        if (ep->accumulate) v = *cr + v;
+        if (ep->bias_row) v = v + ep->bias_row[r0 + r];
+        if (ep->bias_col) v = v + ep->bias_col[j];
+        v = ep->min > v ? ep->min : v;
+        *cr = ep->max < v ? ep->max : v;
+      }
+    }
+  }
+}
+
+void fc_f32_gemm_narrow_ukernel_16x8__avx512f(size_t rows, size_t cols, size_t kc,
+                                              const float* a, size_t a_stride, const float* b,
+                                              size_t b_stride, const ptrdiff_t* b_offsets,
+                                              float* c, size_t ldc, const fc_gemm_epilogue* ep) {
+  if (cols <= 4 && rows > MR) {
+    narrow_tile(kc, a, a_stride, b, b_stride, b_offsets, c, ldc, ep, rows, cols, 2, 4);
+    return;
+  }
+  if (cols <= 4) {
+    narrow_tile(kc, a, a_stride, b, b_stride, b_offsets, c, ldc, ep, rows, cols, 1, 4);
+    return;
+  }
+  /* 5-8 columns: one A panel at a time, as two panels would need 16 accumulators besides the
+   * loads (only 16 ymm registers without AVX512VL: GCC spilled them). */
+  narrow_tile(kc, a, a_stride, b, b_stride, b_offsets, c, ldc, ep, rows < MR ? rows : MR, cols, 1,
+              8);
+  if (rows > MR) {
+    fc_gemm_epilogue lower = *ep;
+    if (lower.bias_row) lower.bias_row += MR;
+    narrow_tile(kc, a + a_stride, a_stride, b, b_stride, b_offsets, c + MR * ldc, ldc, &lower,
+                rows - MR, cols, 1, 8);
+  }
+}
