@@ -410,8 +410,10 @@ class Model:
             expected = "(batch, " + ", ".join(map(str, tensor.sample_shape)) + ")"
             raise ValueError(f"{self.label}: input '{tensor.layer.name}' expects arrays shaped "
                              f"{expected} ({self.data_format}); received shape {array.shape}")
-        F.check_memory(self.label, f"input '{tensor.layer.name}' as float32", array.shape)
-        return np.ascontiguousarray(array, dtype=np.float32)
+        if array.dtype != np.float32 or not array.flags.c_contiguous:  # only then is it copied
+            F.check_memory(self.label, f"input '{tensor.layer.name}' as float32", array.shape)
+            array = np.ascontiguousarray(array, dtype=np.float32)
+        return array
 
     # Inspection --------------------------------------------------------------------------------
 
