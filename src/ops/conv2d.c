@@ -485,14 +485,21 @@ static void implicit_store(const fc_conv2d_params* p, const implicit_work* w, si
  * rows and copying the valid columns out. Measured on one thread (AVX-512 and AVX2): faster on
  * wide images (MobileNetV2's stem 5-10 %, GoogLeNet's 7x7 stem 3-17 %, VGG's 224-wide layers 5
  * and 29 %), 4-15 % slower on 56-wide and narrower ones, where the rows' edge tiles waste more
- * than the copy costs. Taken from 64 columns on, and only when the rows need no more vectors
- * than the run (edge tiles cost whole vectors of NR / 2 columns). */
+ * than the copy costs. Taken only when the rows need no more vectors than the run (edge tiles
+ * cost whole vectors of NR / 2 columns), and then from 64 columns on, or on narrower images when
+ * the rows need no more tiles either and K is small, so that the copy is a sizable part of the
+ * work: LeNet-5's conv1 (K = 25, 28-wide output: 28 tiles of 28 columns instead of 28 of 32)
+ * measured 35 -> 31 us at batch 8 on one thread, GoogLeNet's 5x5 layers on 28x28 (K = 400-800,
+ * the same tile counts) 2-4 % slower in rows. The K limit between is not measured finely. */
 #define FC_IMPLICIT_ROWS_MIN_W 64
+#define FC_IMPLICIT_ROWS_NARROW_MAX_K 64
 
 static int implicit_rows(const fc_conv2d_params* p, size_t run_cols) {
-  const size_t vec = fc_gemm_config_get()->nr / 2;
-  return p->out_w >= FC_IMPLICIT_ROWS_MIN_W &&
-         p->out_h * (fc_round_up(p->out_w, vec) / vec) <= fc_round_up(run_cols, vec) / vec;
+  const size_t nr = fc_gemm_config_get()->nr, vec = nr / 2;
+  if (p->out_h * (fc_round_up(p->out_w, vec) / vec) > fc_round_up(run_cols, vec) / vec) return 0;
+  if (p->out_w >= FC_IMPLICIT_ROWS_MIN_W) return 1;
+  return gemm_kdim(p) < FC_IMPLICIT_ROWS_NARROW_MAX_K &&
+         p->out_h * (fc_round_up(p->out_w, nr) / nr) <= fc_round_up(run_cols, nr) / nr;
 }
 
 static int conv_implicit(const fc_conv2d_params* p, const float* packed, const float* bias,
