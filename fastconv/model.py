@@ -395,6 +395,8 @@ class Model:
                          f"{type(x).__name__}")
 
     def _input_arrays(self, x):
+        if type(x) is np.ndarray and len(self.inputs) == 1:  # the common case, without the lists
+            return [self._input_array(x, self.inputs[0])]
         arrays = [self._input_array(a, t) for a, t in zip(self._input_items(x), self.inputs)]
         if len({a.shape[0] for a in arrays}) > 1:
             raise ValueError(f"{self.label}: all inputs must have the same batch size; received "
