@@ -173,7 +173,7 @@ static void subsample_channel(void* ctx, size_t c) {
   const size_t in_plane = p->in_h * p->in_w, npix = p->out_h * p->out_w;
   for (size_t oh = 0; oh < p->out_h; oh++) {
     j->vk->vcopy(p->out_w, j->x + c * in_plane + oh * p->stride_h * p->in_w, p->stride_w,
-              j->dst + c * npix + oh * p->out_w);
+                 j->dst + c * npix + oh * p->out_w);
   }
 }
 
@@ -600,7 +600,8 @@ typedef struct direct_job {
 static void direct_share(void* ctx, size_t id, size_t count) {
   direct_job* j = (direct_job*)ctx;
   const fc_vector_config* vk = fc_vector_config_get();
-  direct_scratch s = {(float*)fc_workspace(FC_WS_INPUT, fc_phase_planes_size(j->layout) * sizeof(float)),
+  const size_t planes_bytes = fc_phase_planes_size(j->layout) * sizeof(float);
+  direct_scratch s = {(float*)fc_workspace(FC_WS_INPUT, planes_bytes),
                       (float*)fc_workspace(FC_WS_OUTPUT, fc_run_size(j->layout) * sizeof(float)),
                       NULL};
   if (!s.planes || !s.run) {
@@ -612,7 +613,8 @@ static void direct_share(void* ctx, size_t id, size_t count) {
   fc_share(j->p->batch * j->p->out_channels, id, count, &begin, &end);
   const unsigned fp_mode = fc_fp_enter();
   for (size_t plane = begin; plane < end; plane++) {
-    direct_plane(j->p, vk, j->layout, j->offsets, j->x, j->w, j->bias, j->residual, j->y, plane, &s);
+    direct_plane(j->p, vk, j->layout, j->offsets, j->x, j->w, j->bias, j->residual, j->y, plane,
+                 &s);
   }
   fc_fp_exit(fp_mode);
 }

@@ -165,12 +165,6 @@ static void thread_grid(size_t team, size_t n_mpanels, size_t n_npanels, size_t*
   }
 }
 
-/* The part [start, end) of `total` items that share `index` of `parts` gets. */
-static void split(size_t total, size_t parts, size_t index, size_t* start, size_t* end) {
-  *start = total * index / parts;
-  *end = total * (index + 1) / parts;
-}
-
 /* Where the NR-column panel j starts: logical column `col` (bias_col's index), `b_col` in B
  * read in place, `c_col` in C, and its width. N is one row of columns, or rows of b->seg. */
 typedef struct panel_pos {
@@ -217,8 +211,8 @@ static void gemm_share(void* ctx, size_t id, size_t team) {
   thread_grid(team, g->n_mpanels, g->n_npanels, &tm, &tn);
   float* bpanels = g->bbuf + id * g->bsize;
   size_t mp0, mp1, np0, np1;
-  split(g->n_mpanels, tm, id % tm, &mp0, &mp1);
-  split(g->n_npanels, tn, id / tm, &np0, &np1);
+  fc_share(g->n_mpanels, id % tm, tm, &mp0, &mp1);
+  fc_share(g->n_npanels, id / tm, tn, &np0, &np1);
   if (id >= tm * tn) np1 = np0; /* a thread left over by the grid */
   for (size_t p0 = np0; p0 < np1; p0 += FC_NC / nr) {
     const size_t p1 = fc_min(np1, p0 + FC_NC / nr);
