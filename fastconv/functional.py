@@ -346,7 +346,11 @@ def _conv_algorithm(algorithm, kernel, stride, pads, out_per_group, dilation=(1,
     The implicit GEMM's fixed costs (laying out the input, copying the output) only pay off
     from K = C/groups * KH * KW >= 32; below that (an RGB 3x3 layer) im2col is faster, at
     stride 1 only: at stride 2 im2col's strided gathers cost more (MobileNetV2's stem measured
-    0.29 ms implicit, 0.47 ms im2col)."""
+    0.29 ms implicit, 0.47 ms im2col).
+    The direct algorithm is taken for groups of one output channel (depthwise), and of up to 3
+    reading one input channel; from 2 output channels reading several, or 4 reading one, the
+    implicit GEMM measured faster (LeNet-5's conv1, 1 -> 6 channels 5x5: 35 against 45 us at
+    batch 8 on one thread; docs/kernels.md)."""
     # Any stride: a strided 1x1 layer's GEMM gathers every stride-th pixel (src/ops/conv2d.c).
     is_pointwise = kernel == (1, 1) and pads == ((0, 0), (0, 0))
     fits_winograd = kernel == (3, 3) and stride == (1, 1) and dilation == (1, 1) and groups == 1
@@ -356,8 +360,10 @@ def _conv_algorithm(algorithm, kernel, stride, pads, out_per_group, dilation=(1,
         if (winograd and fits_winograd and in_channels >= 64 and out_per_group >= 64
                 and min(out_hw) >= 7):
             return _ALGORITHMS[_winograd_tile(out_hw)]
-        if out_per_group < 8:
+        if out_per_group == 1 or (out_per_group < 4 and in_channels == groups):
             return _ALGORITHMS["direct"]
+        if out_per_group < 8:  # thin: im2col's GEMM tiles would be mostly empty too
+            return _ALGORITHMS["implicit"]
         small_k = in_channels // groups * kernel[0] * kernel[1] < 32
         return _ALGORITHMS["im2col" if small_k and stride == (1, 1) else "implicit"]
     if not isinstance(algorithm, str) or algorithm not in _ALGORITHMS:

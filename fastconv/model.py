@@ -395,6 +395,8 @@ class Model:
                          f"{type(x).__name__}")
 
     def _input_arrays(self, x):
+        if type(x) is np.ndarray and len(self.inputs) == 1:  # the common case, without the lists
+            return [self._input_array(x, self.inputs[0])]
         arrays = [self._input_array(a, t) for a, t in zip(self._input_items(x), self.inputs)]
         if len({a.shape[0] for a in arrays}) > 1:
             raise ValueError(f"{self.label}: all inputs must have the same batch size; received "
@@ -410,8 +412,10 @@ class Model:
             expected = "(batch, " + ", ".join(map(str, tensor.sample_shape)) + ")"
             raise ValueError(f"{self.label}: input '{tensor.layer.name}' expects arrays shaped "
                              f"{expected} ({self.data_format}); received shape {array.shape}")
-        F.check_memory(self.label, f"input '{tensor.layer.name}' as float32", array.shape)
-        return np.ascontiguousarray(array, dtype=np.float32)
+        if array.dtype != np.float32 or not array.flags.c_contiguous:  # only then is it copied
+            F.check_memory(self.label, f"input '{tensor.layer.name}' as float32", array.shape)
+            array = np.ascontiguousarray(array, dtype=np.float32)
+        return array
 
     # Inspection --------------------------------------------------------------------------------
 

@@ -75,9 +75,11 @@ class Plan:
         self._model = model
         self._position = {node: i for i, node in enumerate(model._nodes)}
         self._consumers = _consumers(model._nodes)
-        self._outputs = {self._position[t] for t in model.outputs}
-        self._inputs = {self._position[t] for t in model.inputs}
-        self._weights = [(layer, layer.weights) for layer in model.layers]
+        self._input_ids = [self._position[t] for t in model.inputs]
+        self._output_ids = [self._position[t] for t in model.outputs]
+        self._outputs, self._inputs = set(self._output_ids), set(self._input_ids)
+        # The layers with weights (a layer without any has nothing the plan could go stale on).
+        self._weights = [(layer, layer.weights) for layer in model.layers if layer.weights]
         self._winograd = runtime.winograd_enabled()
         self._algorithms = dict(model._algorithms)  # the per-layer choices forced by the user
         self._tuning = tuning.generation()
@@ -107,10 +109,12 @@ class Plan:
         """False once any layer's weights were replaced, or the Winograd setting, a forced
         algorithm or the tuning cache changed, since the plan was made (the cache file as it was
         at most ``tuning_age`` seconds ago)."""
+        for layer, weights in self._weights:  # a loop: a generator costs more per predict
+            if layer.weights is not weights:
+                return False
         return (self._winograd == runtime.winograd_enabled()
                 and self._algorithms == self._model._algorithms
-                and self._tuning == tuning.generation(tuning_age)
-                and all(layer.weights is weights for layer, weights in self._weights))
+                and self._tuning == tuning.generation(tuning_age))
 
     def arena(self, batch):
         """The calling thread's output buffer of each step (None where the step allocates)
@@ -133,7 +137,7 @@ class Plan:
     def run(self, arrays):
         """Runs the plan: each native segment in one call of its program, the other steps one
         by one."""
-        values = dict(zip((self._position[t] for t in self._model.inputs), arrays))
+        values = dict(zip(self._input_ids, arrays))
         batch = arrays[0].shape[0]
         outs = self.arena(batch)
         for unit in self.units:
@@ -147,7 +151,7 @@ class Plan:
         # An output that may be a view of an arena buffer (a Flatten after a pooling) is copied:
         # the caller keeps it while the next run reuses the buffer.
         return [values[i].copy() if i in self._copied_outputs else values[i]
-                for i in (self._position[t] for t in self._model.outputs)]
+                for i in self._output_ids]
 
     def _segments(self):
         """The plan's units in order: a Segment for each run of steps that have a native op, the
@@ -456,7 +460,7 @@ class Segment:
         arrays = [None] * self.size
         for r, node_id in self.inputs:
             arrays[r] = np.ascontiguousarray(values[node_id], dtype=np.float32)
-        chunk = self.chunk(batch, runtime.get_num_threads())
+        chunk = self.chunk(batch, runtime.get_num_threads()) if self._fits else 0
         for r, index, shape in self.fills:
             out = outs[index]
             if out is None or (chunk and r in self._escaping):

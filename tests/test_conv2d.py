@@ -380,3 +380,26 @@ def test_implicit_wide_rows(rng, hw, stride, O, groups, activation):
     in_place = residual.copy()
     assert conv(x, residual=in_place, out=in_place) is in_place
     assert_close(in_place, activate(plain + residual, activation), k, scale)
+
+
+# Narrow outputs take the same row stores when the rows need no more tiles than the flat run and
+# K is small (implicit_rows): LeNet-5's conv1 geometry, 5x5 without padding on 32 columns (28
+# outputs per row, on every ISA as many tiles as the run), one and two input channels, output
+# channels below and past a tile's rows; a residual apart and in place; two threads bit-identical.
+@pytest.mark.parametrize("C,O,activation", [(1, 6, "relu"), (2, 11, "tanh")])
+def test_implicit_narrow_rows(rng, C, O, activation):
+    x = rand(rng, (3, C, 30, 32))
+    w, bias = rand(rng, (O, C, 5, 5)), rand(rng, (O,))
+    conv = F.PreparedConv2d(w, bias, x.shape[1:], 1, 0, activation=activation,
+                            algorithm="implicit")
+    residual = rand(rng, (3,) + conv.output_shape)
+    plain = ref_conv2d(x, w, bias)
+    k, scale = C * 25 + 2, scale_of(x, w) + scale_of(bias) + scale_of(residual)
+    results = results_on_threads(lambda: (conv(x), conv(x, residual=residual)))
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)
+    assert_close(results[0][0], activate(plain, activation), k, scale)
+    assert_close(results[0][1], activate(plain + residual, activation), k, scale)
+    in_place = residual.copy()
+    assert conv(x, residual=in_place, out=in_place) is in_place
+    assert_close(in_place, activate(plain + residual, activation), k, scale)

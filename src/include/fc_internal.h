@@ -15,6 +15,24 @@ int fc_thread_id(void);
 /* The number of threads in the current parallel region (1 outside one or without OpenMP). */
 int fc_thread_count(void);
 
+/* Parallel work without an OpenMP region when it runs on one thread: even a one-thread region
+ * costs 0.4-0.7 us and a futex system call (its team's barrier), measured, which for LeNet-5's
+ * ~30 regions per batch-8 predict was ~10 % of its one-thread time. Bodies split their work by
+ * (id, count) and must not use `omp for`: orphaned, it would bind to an enclosing team (a
+ * convolution splitting images, run_images), whose threads would then share one image's loop.
+ * fc_run_team calls body(ctx, id, count) on each thread of a team of `threads`, or once on the
+ * calling thread as (0, 1). */
+typedef void (*fc_team_fn)(void* ctx, size_t id, size_t count);
+void fc_run_team(int threads, fc_team_fn body, void* ctx);
+/* task(ctx, i) for every i in [0, n), the threads taking contiguous shares (fc_share). */
+typedef void (*fc_task_fn)(void* ctx, size_t i);
+void fc_parallel_for(int threads, size_t n, fc_task_fn task, void* ctx);
+/* The contiguous share [*begin, *end) of `total` items that member `id` of `count` takes. */
+static inline void fc_share(size_t total, size_t id, size_t count, size_t* begin, size_t* end) {
+  *begin = total * id / count;
+  *end = total * (id + 1) / count;
+}
+
 /* Denormal flushing for the calling thread (src/runtime/fpmode.c): fc_fp_enter sets it if
  * enabled and returns the previous mode, which fc_fp_exit restores. Every thread of a parallel
  * region that does floating-point work brackets it with the pair. */

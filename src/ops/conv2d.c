@@ -174,16 +174,26 @@ static int is_strided(const fc_conv2d_params* p) { return p->stride_h != 1 || p-
 
 /* Every stride-th pixel of one image's channels into contiguous out_h x out_w planes: a strided
  * 1x1 layer's B matrix, a copy of a quarter of its input at stride 2 (cheap next to the GEMM). */
-static void subsample(const fc_conv2d_params* p, const float* x, float* dst, int threads) {
-  const fc_vector_config* vk = fc_vector_config_get();
+typedef struct subsample_job {
+  const fc_conv2d_params* p;
+  const fc_vector_config* vk;
+  const float* x;
+  float* dst;
+} subsample_job;
+
+static void subsample_channel(void* ctx, size_t c) {
+  const subsample_job* j = (const subsample_job*)ctx;
+  const fc_conv2d_params* p = j->p;
   const size_t in_plane = p->in_h * p->in_w, npix = p->out_h * p->out_w;
-#pragma omp parallel for schedule(static) num_threads(threads)
-  for (size_t c = 0; c < p->in_channels; c++) {
-    for (size_t oh = 0; oh < p->out_h; oh++) {
-      vk->vcopy(p->out_w, x + c * in_plane + oh * p->stride_h * p->in_w, p->stride_w,
-                dst + c * npix + oh * p->out_w);
-    }
+  for (size_t oh = 0; oh < p->out_h; oh++) {
+    j->vk->vcopy(p->out_w, j->x + c * in_plane + oh * p->stride_h * p->in_w, p->stride_w,
+                 j->dst + c * npix + oh * p->out_w);
   }
+}
+
+static void subsample(const fc_conv2d_params* p, const float* x, float* dst, int threads) {
+  subsample_job job = {p, fc_vector_config_get(), x, dst};
+  fc_parallel_for(threads, p->in_channels, subsample_channel, &job);
 }
 
 /* Per image and group: Y_g (O/g x OH*OW) = act(W_g * B_g + bias [+ residual]). */
@@ -246,32 +256,43 @@ static int conv_gemm(const fc_conv2d_params* p, int algorithm, const float* pack
 /* Y_g^T (pixels x O/g) in yt, pixel (oh, ow) at row oh * cols + ow, into the NCHW planes at y,
  * adding the residual (then the activation) if there is one; without it the GEMM already applied
  * the activation. The residual may be y itself: each element is read before it is written. */
-static void store_transposed(const fc_conv2d_params* p, size_t og, const float* yt, size_t cols,
-                             const float* residual, float* y, int threads) {
-  const size_t npix = p->out_h * p->out_w;
+typedef struct transposed_job {
+  const fc_conv2d_params* p;
+  size_t og, cols;
+  const float* yt;
+  const float* residual;
+  float* y;
+} transposed_job;
+
+/* 16 channels at a time: each pixel's 16 values are one cache line of yt, and the 16 output
+ * rows are written in order (reading yt column by column thrashed L1 when og * 4 bytes is a
+ * multiple of 4 KiB). */
+static void store_channels16(void* ctx, size_t block) {
+  const transposed_job* j = (const transposed_job*)ctx;
+  const fc_conv2d_params* p = j->p;
+  const size_t npix = p->out_h * p->out_w, o0 = block * 16, o1 = fc_min(j->og, o0 + 16);
   const float lo = fc_act_min(p->activation), hi = fc_act_max(p->activation);
-  /* 16 channels at a time: each pixel's 16 values are one cache line of yt, and the 16 output
-   * rows are written in order (reading yt column by column thrashed L1 when og * 4 bytes is a
-   * multiple of 4 KiB). */
-#pragma omp parallel for schedule(static) num_threads(threads)
-  for (size_t o0 = 0; o0 < og; o0 += 16) {
-    const size_t o1 = fc_min(og, o0 + 16);
-    for (size_t i = 0; i < npix; i++) {
-      const float* src = yt + (i / p->out_w * cols + i % p->out_w) * og;
-      for (size_t o = o0; o < o1; o++) {
-        float v = src[o];
-        if (residual) {
-          v += residual[o * npix + i];
-          if (v < lo) v = lo; /* comparisons keep NaN */
-          if (v > hi) v = hi;
-        }
-        y[o * npix + i] = v;
+  for (size_t i = 0; i < npix; i++) {
+    const float* src = j->yt + (i / p->out_w * j->cols + i % p->out_w) * j->og;
+    for (size_t o = o0; o < o1; o++) {
+      float v = src[o];
+      if (j->residual) {
+        v += j->residual[o * npix + i];
+        if (v < lo) v = lo; /* comparisons keep NaN */
+        if (v > hi) v = hi;
       }
-    }
-    for (size_t o = o0; o < o1 && residual; o++) {
-      fc_activation_row(npix, p->activation, y + o * npix);
+      j->y[o * npix + i] = v;
     }
   }
+  for (size_t o = o0; o < o1 && j->residual; o++) {
+    fc_activation_row(npix, p->activation, j->y + o * npix);
+  }
+}
+
+static void store_transposed(const fc_conv2d_params* p, size_t og, const float* yt, size_t cols,
+                             const float* residual, float* y, int threads) {
+  transposed_job job = {p, og, cols, yt, residual, y};
+  fc_parallel_for(threads, (og + 15) / 16, store_channels16, &job);
 }
 
 /* Images per transposed GEMM: the pixels of several images are its rows (no padding of each
@@ -359,6 +380,23 @@ static int conv_pixel_rows(const fc_conv2d_params* p, const float* packed, const
   return rc;
 }
 
+/* Input channels of consecutive images laid out as phase planes: item i is channel i % cg of
+ * image i / cg, read from x (the group's first channel in the first image), written at
+ * planes + i * chan. */
+typedef struct fill_job {
+  const fc_phase_layout* layout;
+  const float* x;
+  size_t cg, image, in_plane; /* channels per image; floats per image and per channel */
+  float* planes;
+  size_t chan;
+} fill_job;
+
+static void fill_channel(void* ctx, size_t i) {
+  const fill_job* j = (const fill_job*)ctx;
+  fc_phase_fill(j->layout, j->x + i / j->cg * j->image + i % j->cg * j->in_plane, 0.0f,
+                j->planes + i * j->chan);
+}
+
 /* The implicit GEMM transposed (runs_transposed): the GEMM rows are the run's columns (output
  * (oh, ow) at oh * cols + ow, the dropped columns included) of several images, gathered from
  * their phase planes into packed A panels; the weights were packed once as B panels. */
@@ -384,12 +422,9 @@ static int conv_implicit_rows(const fc_conv2d_params* p, const float* packed, co
     const size_t count = fc_min(w.images, p->batch - n0);
     const int threads = fc_threads_for(2.0 * og * kdim * count * image_rows);
     for (size_t g = 0; g < p->groups && rc == 0; g++) {
-#pragma omp parallel for schedule(static) num_threads(threads)
-      for (size_t ic = 0; ic < count * cg; ic++) {
-        const size_t i = ic / cg, c = ic % cg;
-        fc_phase_fill(&l, x + ((n0 + i) * p->in_channels + g * cg + c) * in_plane, 0.0f,
-                      planes + ic * chan);
-      }
+      fill_job fill = {&l, x + (n0 * p->in_channels + g * cg) * in_plane, cg,
+                       p->in_channels * in_plane, in_plane, planes, chan};
+      fc_parallel_for(threads, count * cg, fill_channel, &fill);
       fc_pack_a_rows(count * image_rows, kdim, planes, w.rows, w.cols, mr, w.xt);
       rc = rows_gemm_store(p, &w, kdim, l.cols, n0, count, g, packed, bias, residual, y);
     }
@@ -428,24 +463,35 @@ static int implicit_work_init(const fc_conv2d_params* p, int rows, implicit_work
 
 /* The valid columns of the run matrix into the og output planes at y, adding the residual (and
  * then the activation) if there is one. */
-static void implicit_store(const fc_conv2d_params* p, const implicit_work* w, size_t og,
-                           const float* residual, float* y, int threads) {
-  const fc_vector_config* vk = fc_vector_config_get();
+typedef struct implicit_store_job {
+  const fc_conv2d_params* p;
+  const fc_vector_config* vk;
+  const implicit_work* w;
+  const float* residual;
+  float* y;
+} implicit_store_job;
+
+static void implicit_store_channel(void* ctx, size_t o) {
+  const implicit_store_job* j = (const implicit_store_job*)ctx;
+  const fc_conv2d_params* p = j->p;
   const size_t out_plane = p->out_h * p->out_w;
   const float lo = fc_act_min(p->activation), hi = fc_act_max(p->activation);
-#pragma omp parallel for schedule(static) num_threads(threads)
-  for (size_t o = 0; o < og; o++) {
-    for (size_t oh = 0; oh < p->out_h; oh++) {
-      const float* src = w->run + o * w->ldc + oh * w->layout.cols;
-      float* dst = y + o * out_plane + oh * p->out_w;
-      if (!residual) {
-        memcpy(dst, src, p->out_w * sizeof(float));
-        continue;
-      }
-      vk->vadd(p->out_w, src, residual + o * out_plane + oh * p->out_w, dst, lo, hi);
-      fc_activation_row(p->out_w, p->activation, dst);
+  for (size_t oh = 0; oh < p->out_h; oh++) {
+    const float* src = j->w->run + o * j->w->ldc + oh * j->w->layout.cols;
+    float* dst = j->y + o * out_plane + oh * p->out_w;
+    if (!j->residual) {
+      memcpy(dst, src, p->out_w * sizeof(float));
+      continue;
     }
+    j->vk->vadd(p->out_w, src, j->residual + o * out_plane + oh * p->out_w, dst, lo, hi);
+    fc_activation_row(p->out_w, p->activation, dst);
   }
+}
+
+static void implicit_store(const fc_conv2d_params* p, const implicit_work* w, size_t og,
+                           const float* residual, float* y, int threads) {
+  implicit_store_job job = {p, fc_vector_config_get(), w, residual, y};
+  fc_parallel_for(threads, og, implicit_store_channel, &job);
 }
 
 /* Whether the implicit GEMM stores straight into the output planes, its columns cut into rows
@@ -453,14 +499,21 @@ static void implicit_store(const fc_conv2d_params* p, const implicit_work* w, si
  * rows and copying the valid columns out. Measured on one thread (AVX-512 and AVX2): faster on
  * wide images (MobileNetV2's stem 5-10 %, GoogLeNet's 7x7 stem 3-17 %, VGG's 224-wide layers 5
  * and 29 %), 4-15 % slower on 56-wide and narrower ones, where the rows' edge tiles waste more
- * than the copy costs. Taken from 64 columns on, and only when the rows need no more vectors
- * than the run (edge tiles cost whole vectors of NR / 2 columns). */
+ * than the copy costs. Taken only when the rows need no more vectors than the run (edge tiles
+ * cost whole vectors of NR / 2 columns), and then from 64 columns on, or on narrower images when
+ * the rows need no more tiles either and K is small, so that the copy is a sizable part of the
+ * work: LeNet-5's conv1 (K = 25, 28-wide output: 28 tiles of 28 columns instead of 28 of 32)
+ * measured 35 -> 31 us at batch 8 on one thread, GoogLeNet's 5x5 layers on 28x28 (K = 400-800,
+ * the same tile counts) 2-4 % slower in rows. The K limit between is not measured finely. */
 #define FC_IMPLICIT_ROWS_MIN_W 64
+#define FC_IMPLICIT_ROWS_NARROW_MAX_K 64
 
 static int implicit_rows(const fc_conv2d_params* p, size_t run_cols) {
-  const size_t vec = fc_gemm_config_get()->nr / 2;
-  return p->out_w >= FC_IMPLICIT_ROWS_MIN_W &&
-         p->out_h * (fc_round_up(p->out_w, vec) / vec) <= fc_round_up(run_cols, vec) / vec;
+  const size_t nr = fc_gemm_config_get()->nr, vec = nr / 2;
+  if (p->out_h * (fc_round_up(p->out_w, vec) / vec) > fc_round_up(run_cols, vec) / vec) return 0;
+  if (p->out_w >= FC_IMPLICIT_ROWS_MIN_W) return 1;
+  return gemm_kdim(p) < FC_IMPLICIT_ROWS_NARROW_MAX_K &&
+         p->out_h * (fc_round_up(p->out_w, nr) / nr) <= fc_round_up(run_cols, nr) / nr;
 }
 
 static int conv_implicit(const fc_conv2d_params* p, const float* packed, const float* bias,
@@ -484,8 +537,8 @@ static int conv_implicit(const fc_conv2d_params* p, const float* packed, const f
     for (size_t g = 0; g < groups && rc == 0; g++) {
       const float* xg = x + (n * p->in_channels + g * cg) * in_plane;
       const size_t out_offset = (n * p->out_channels + g * og) * out_plane;
-#pragma omp parallel for schedule(static) num_threads(threads)
-      for (size_t c = 0; c < cg; c++) fc_phase_fill(&w.layout, xg + c * in_plane, 0.0f, w.planes + c * w.chan);
+      fill_job fill = {&w.layout, xg, cg, 0, in_plane, w.planes, w.chan};
+      fc_parallel_for(threads, cg, fill_channel, &fill);
       if (rows) {
         /* After the fill: y may be the input itself (a model plan's in-place residual). */
         if (residual && residual != y) {
@@ -548,41 +601,55 @@ const char* fc_conv2d_direct_kernel(const fc_conv2d_params* p, int residual_is_o
   return fc_dwconv3x3_applies(p) && !residual_is_output ? fc_dwconv3x3_kernel(p) : "wmacc";
 }
 
+typedef struct direct_job {
+  const fc_conv2d_params* p;
+  const fc_phase_layout* layout;
+  const ptrdiff_t* offsets;
+  const float *x, *w, *bias, *residual;
+  float* y;
+  int rc;
+} direct_job;
+
+/* One thread's share of the output planes, with its own buffers (workspaces are per thread). */
+static void direct_share(void* ctx, size_t id, size_t count) {
+  direct_job* j = (direct_job*)ctx;
+  const fc_vector_config* vk = fc_vector_config_get();
+  const size_t planes_bytes = fc_phase_planes_size(j->layout) * sizeof(float);
+  direct_scratch s = {(float*)fc_workspace(FC_WS_INPUT, planes_bytes),
+                      (float*)fc_workspace(FC_WS_OUTPUT, fc_run_size(j->layout) * sizeof(float)),
+                      NULL};
+  if (!s.planes || !s.run) {
+#pragma omp atomic write
+    j->rc = FC_ERROR_NOMEM;
+    return;
+  }
+  size_t begin, end;
+  fc_share(j->p->batch * j->p->out_channels, id, count, &begin, &end);
+  const unsigned fp_mode = fc_fp_enter();
+  for (size_t plane = begin; plane < end; plane++) {
+    direct_plane(j->p, vk, j->layout, j->offsets, j->x, j->w, j->bias, j->residual, j->y, plane,
+                 &s);
+  }
+  fc_fp_exit(fp_mode);
+}
+
 static int conv_direct(const fc_conv2d_params* p, const float* w, const float* bias,
                        const float* residual, const float* x, float* y) {
   /* The depthwise path writes y as it goes, so a residual that is y itself takes the general
    * path, which adds it from a copy. */
   if (fc_dwconv3x3_applies(p) && residual != y) return fc_dwconv3x3_run(p, w, bias, residual, x, y);
-  const fc_vector_config* vk = fc_vector_config_get();
   const size_t taps = p->kernel_h * p->kernel_w, planes = p->batch * p->out_channels;
   fc_phase_layout l;
   fc_phase_layout_init(&l, p->in_h, p->in_w, p->out_h, p->out_w, p->kernel_h, p->kernel_w,
                        p->stride_h, p->stride_w, p->dilation_h, p->dilation_w, p->pad_top,
                        p->pad_left);
-  ptrdiff_t* offsets = (ptrdiff_t*)fc_alloc(taps * sizeof(ptrdiff_t));
+  ptrdiff_t* offsets = (ptrdiff_t*)fc_workspace(FC_WS_TABLE, taps * sizeof(ptrdiff_t));
   if (!offsets) return FC_ERROR_NOMEM;
   fc_phase_offsets(&l, offsets);
   const double flops = 2.0 * planes * p->out_h * p->out_w * (p->in_channels / p->groups) * taps;
-  int rc = 0;
-#pragma omp parallel num_threads(fc_threads_for(flops))
-  {
-    const unsigned fp_mode = fc_fp_enter();
-    /* Each thread's own buffers (workspaces are per thread). */
-    direct_scratch s = {(float*)fc_workspace(FC_WS_INPUT, fc_phase_planes_size(&l) * sizeof(float)),
-                        (float*)fc_workspace(FC_WS_OUTPUT, fc_run_size(&l) * sizeof(float)),
-                        NULL};
-    if (!s.planes || !s.run) {
-#pragma omp atomic write
-      rc = FC_ERROR_NOMEM;
-    }
-#pragma omp for schedule(static)
-    for (size_t plane = 0; plane < planes; plane++) {
-      if (s.planes && s.run) direct_plane(p, vk, &l, offsets, x, w, bias, residual, y, plane, &s);
-    }
-    fc_fp_exit(fp_mode);
-  }
-  fc_free(offsets);
-  return rc;
+  direct_job job = {p, &l, offsets, x, w, bias, residual, y, 0};
+  fc_run_team(fc_threads_for(flops), direct_share, &job);
+  return job.rc;
 }
 
 static int run_algorithm(const fc_conv2d_params* p, int algorithm, const float* packed,

@@ -168,12 +168,6 @@ static void thread_grid(size_t team, size_t n_mpanels, size_t n_npanels, size_t*
   }
 }
 
-/* The part [start, end) of `total` items that share `index` of `parts` gets. */
-static void split(size_t total, size_t parts, size_t index, size_t* start, size_t* end) {
-  *start = total * index / parts;
-  *end = total * (index + 1) / parts;
-}
-
 /* Where the NR-column panel j starts: logical column `col` (bias_col's index), `b_col` in B
  * read in place, `c_col` in C, and its width. N is one row of columns, or rows of b->seg. */
 typedef struct panel_pos {
@@ -247,78 +241,100 @@ static size_t column_block_panels(size_t kc, size_t nr) {
   return fit < 1 ? 1 : fc_min(FC_NC / nr, fit);
 }
 
+/* The arguments of fc_gemm_packed, shared by its team. */
+typedef struct gemm_job {
+  size_t M, N, K, mpad, npad, n_mpanels, n_npanels, block_panels, bsize;
+  const float* a_packed;
+  const fc_b_operand* b;
+  const float *bias_row, *bias_col;
+  int accumulate, activation;
+  float* c;
+  size_t c_rs;
+  float* bbuf;
+} gemm_job;
+
+/* The tiles of A panels [mp0, mp1) against the block's B panels [p0, p1). */
+static void block_run(const block* blk, size_t mp0, size_t mp1, size_t p0, size_t p1) {
+  if (blk->b->base) {
+    for (size_t i0 = mp0; i0 < mp1; i0 += FC_MC / blk->job->cfg->mr) {
+      const size_t i1 = fc_min(mp1, i0 + FC_MC / blk->job->cfg->mr);
+      for (size_t j = p0; j < p1; j++) {
+        if (!block_is_narrow(blk, j)) {
+          for (size_t i = i0; i < i1; i++) block_tile(blk, i, j);
+        } else {
+          for (size_t i = i0; i < i1; i += 2) block_narrow(blk, i, fc_min(i + 1, i1 - 1), j);
+        }
+      }
+    }
+    return;
+  }
+  /* A narrow panel runs for two rows of tiles at once: on the second, or on a last one. */
+  for (size_t i = mp0; i < mp1; i++) {
+    const size_t pair = (i - mp0) % 2 ? i - 1 : i;
+    for (size_t j = p0; j < p1; j++) {
+      if (!block_is_narrow(blk, j)) {
+        block_tile(blk, i, j);
+      } else if (pair < i || i + 1 == mp1) {
+        block_narrow(blk, pair, i, j);
+      }
+    }
+  }
+}
+
+/* One thread's tiles of C. No thread ever waits for another. The runtime may give fewer threads
+ * than asked for, so the grid is made from the team actually running. */
+static void gemm_share(void* ctx, size_t id, size_t team) {
+  const gemm_job* g = (const gemm_job*)ctx;
+  const fc_gemm_config* cfg = fc_gemm_config_get();
+  const size_t nr = cfg->nr, K = g->K;
+  const fc_b_operand* b = g->b;
+  const float lo = fc_act_min(g->activation), hi = fc_act_max(g->activation);
+  const unsigned fp_mode = fc_fp_enter();
+  size_t tm, tn;
+  thread_grid(team, g->n_mpanels, g->n_npanels, &tm, &tn);
+  float* bpanels = g->bbuf + id * g->bsize;
+  size_t mp0, mp1, np0, np1;
+  fc_share(g->n_mpanels, id % tm, tm, &mp0, &mp1);
+  fc_share(g->n_npanels, id / tm, tn, &np0, &np1);
+  if (id >= tm * tn) np1 = np0; /* a thread left over by the grid */
+  for (size_t p0 = np0; p0 < np1; p0 += g->block_panels) {
+    const size_t p1 = fc_min(np1, p0 + g->block_panels);
+    for (size_t k0 = 0; k0 < K; k0 += FC_KC) {
+      const size_t kc = fc_min(FC_KC, K - k0);
+      const int last = k0 + kc == K;
+      const tile_job job = {cfg, g->c, g->c_rs, g->activation, last};
+      fc_gemm_epilogue ep = {g->accumulate || k0 > 0, NULL, NULL, last ? lo : -INFINITY,
+                             last ? hi : INFINITY};
+      for (size_t j = p0; j < p1 && b->pack; j++) {
+        const size_t col = j * nr, used = fc_min(nr, g->N - col);
+        /* A narrow panel is packed compact, its rows `used` floats apart (4 KiB at kc = 256
+         * for 4 columns, against 32 KiB whose every cache line would serve 16 bytes). */
+        const int narrow = cfg->narrow && used <= cfg->narrow_cols;
+        b->pack(b->ctx, k0, kc, col, used, narrow ? used : nr, bpanels + (j - p0) * kc * nr);
+      }
+      const block blk = {&job, &ep, g->a_packed + k0 * g->mpad, b,
+                         b->base ? b->offsets + k0 : NULL, bpanels, g->bias_row, g->bias_col,
+                         g->M, g->N, g->npad, k0, kc, p0};
+      block_run(&blk, mp0, mp1, p0, p1);
+    }
+  }
+  fc_fp_exit(fp_mode);
+}
+
 int fc_gemm_packed(size_t M, size_t N, size_t K, const float* a_packed, const fc_b_operand* b,
                    const float* bias_row, const float* bias_col, int accumulate, int activation,
                    float* c, size_t c_rs, int threads) {
   const fc_gemm_config* cfg = fc_gemm_config_get();
   const size_t mr = cfg->mr, nr = cfg->nr;
   const size_t mpad = fc_round_up(M, mr), npad = fc_round_up(N, nr);
-  const size_t n_mpanels = mpad / mr;
   const size_t n_npanels = b->seg ? N / b->seg * (fc_round_up(b->seg, nr) / nr) : npad / nr;
   const size_t block_panels = column_block_panels(fc_min(K, FC_KC), nr);
   const size_t bsize = b->pack ? fc_min(K, FC_KC) * fc_min(npad, block_panels * nr) : 0;
   float* bbuf = (float*)fc_workspace(FC_WS_GEMM, (size_t)threads * bsize * sizeof(float));
   if (!bbuf) return FC_ERROR_NOMEM;
-  const float lo = fc_act_min(activation), hi = fc_act_max(activation);
-
-#pragma omp parallel num_threads(threads)
-  {
-    /* No thread ever waits for another. The runtime may give fewer threads than asked for, so
-     * the grid is made from the team actually running. */
-    const size_t id = (size_t)fc_thread_id(), team = (size_t)fc_thread_count();
-    const unsigned fp_mode = fc_fp_enter();
-    size_t tm, tn;
-    thread_grid(team, n_mpanels, n_npanels, &tm, &tn);
-    float* bpanels = bbuf + id * bsize;
-    size_t mp0, mp1, np0, np1;
-    split(n_mpanels, tm, id % tm, &mp0, &mp1);
-    split(n_npanels, tn, id / tm, &np0, &np1);
-    if (id >= tm * tn) np1 = np0; /* a thread left over by the grid */
-    for (size_t p0 = np0; p0 < np1; p0 += block_panels) {
-      const size_t p1 = fc_min(np1, p0 + block_panels);
-      for (size_t k0 = 0; k0 < K; k0 += FC_KC) {
-        const size_t kc = fc_min(FC_KC, K - k0);
-        const int last = k0 + kc == K;
-        const tile_job job = {cfg, c, c_rs, activation, last};
-        fc_gemm_epilogue ep = {accumulate || k0 > 0, NULL, NULL, last ? lo : -INFINITY,
-                               last ? hi : INFINITY};
-        for (size_t j = p0; j < p1 && b->pack; j++) {
-          const size_t col = j * nr, used = fc_min(nr, N - col);
-          /* A narrow panel is packed compact, its rows `used` floats apart (4 KiB at kc = 256
-           * for 4 columns, against 32 KiB whose every cache line would serve 16 bytes). */
-          const int narrow = cfg->narrow && used <= cfg->narrow_cols;
-          b->pack(b->ctx, k0, kc, col, used, narrow ? used : nr, bpanels + (j - p0) * kc * nr);
-        }
-        const block blk = {&job, &ep, a_packed + k0 * mpad, b, b->base ? b->offsets + k0 : NULL,
-                           bpanels, bias_row, bias_col, M, N, npad, k0, kc, p0};
-        if (b->base) {
-          for (size_t i0 = mp0; i0 < mp1; i0 += FC_MC / mr) {
-            const size_t i1 = fc_min(mp1, i0 + FC_MC / mr);
-            for (size_t j = p0; j < p1; j++) {
-              if (!block_is_narrow(&blk, j)) {
-                for (size_t i = i0; i < i1; i++) block_tile(&blk, i, j);
-              } else {
-                for (size_t i = i0; i < i1; i += 2) block_narrow(&blk, i, fc_min(i + 1, i1 - 1), j);
-              }
-            }
-          }
-        } else {
-          /* A narrow panel runs for two rows of tiles at once: on the second, or on a last one. */
-          for (size_t i = mp0; i < mp1; i++) {
-            const size_t pair = (i - mp0) % 2 ? i - 1 : i;
-            for (size_t j = p0; j < p1; j++) {
-              if (!block_is_narrow(&blk, j)) {
-                block_tile(&blk, i, j);
-              } else if (pair < i || i + 1 == mp1) {
-                block_narrow(&blk, pair, i, j);
-              }
-            }
-          }
-        }
-      }
-    }
-    fc_fp_exit(fp_mode);
-  }
+  gemm_job job = {M, N, K, mpad, npad, mpad / mr, n_npanels, block_panels, bsize, a_packed, b,
+                  bias_row, bias_col, accumulate, activation, c, c_rs, bbuf};
+  fc_run_team(threads, gemm_share, &job);
   return 0;
 }
 
@@ -372,29 +388,42 @@ static void gemv_store(size_t n, const float* sums, int accumulate, const float*
 
 /* A dense layer at batch 1: y = act(x W^T + bias) through the one-row kernel, each thread
  * taking whole groups of FC_GEMV_PANELS panels (K is never split, as in fc_gemm_packed). */
+typedef struct dense_row_job {
+  size_t N, K;
+  const float* packed;
+  const float* bias;
+  int activation;
+  const float* x;
+  float* y;
+} dense_row_job;
+
+static void dense_row_share(void* ctx, size_t id, size_t count) {
+  const dense_row_job* d = (const dense_row_job*)ctx;
+  const fc_gemm_config* cfg = fc_gemm_config_get();
+  const size_t nr = cfg->nr, npad = fc_round_up(d->N, nr), group = FC_GEMV_PANELS * nr;
+  const float lo = fc_act_min(d->activation), hi = fc_act_max(d->activation);
+  float sums[FC_GEMV_PANELS * 32] __attribute__((aligned(64)));
+  size_t g0, g1;
+  fc_share((npad + group - 1) / group, id, count, &g0, &g1);
+  const unsigned fp_mode = fc_fp_enter();
+  for (size_t col = g0 * group; col < g1 * group; col += group) {
+    const size_t panels = fc_min(FC_GEMV_PANELS, (npad - col) / nr), n = fc_min(group, d->N - col);
+    for (size_t k0 = 0; k0 < d->K; k0 += FC_KC) {
+      const size_t kc = fc_min(FC_KC, d->K - k0);
+      const int last = k0 + kc == d->K;
+      cfg->gemv(kc, d->x + k0, 1, d->packed + k0 * npad + col * kc, kc * nr, panels, sums);
+      gemv_store(n, sums, k0 > 0, last && d->bias ? d->bias + col : NULL, last ? lo : -INFINITY,
+                 last ? hi : INFINITY, d->y + col);
+    }
+    fc_activation_row(n, d->activation, d->y + col);
+  }
+  fc_fp_exit(fp_mode);
+}
+
 static void dense_row(size_t N, size_t K, const float* packed, const float* bias, int activation,
                       const float* x, float* y) {
-  const fc_gemm_config* cfg = fc_gemm_config_get();
-  const size_t nr = cfg->nr, npad = fc_round_up(N, nr), group = FC_GEMV_PANELS * nr;
-  const float lo = fc_act_min(activation), hi = fc_act_max(activation);
-#pragma omp parallel num_threads(fc_threads_for(2.0 * N * K))
-  {
-    const unsigned fp_mode = fc_fp_enter();
-    float sums[FC_GEMV_PANELS * 32] __attribute__((aligned(64)));
-#pragma omp for schedule(static)
-    for (size_t col = 0; col < npad; col += group) {
-      const size_t panels = fc_min(FC_GEMV_PANELS, (npad - col) / nr), n = fc_min(group, N - col);
-      for (size_t k0 = 0; k0 < K; k0 += FC_KC) {
-        const size_t kc = fc_min(FC_KC, K - k0);
-        const int last = k0 + kc == K;
-        cfg->gemv(kc, x + k0, 1, packed + k0 * npad + col * kc, kc * nr, panels, sums);
-        gemv_store(n, sums, k0 > 0, last && bias ? bias + col : NULL, last ? lo : -INFINITY,
-                   last ? hi : INFINITY, y + col);
-      }
-      fc_activation_row(n, activation, y + col);
-    }
-    fc_fp_exit(fp_mode);
-  }
+  dense_row_job job = {N, K, packed, bias, activation, x, y};
+  fc_run_team(fc_threads_for(2.0 * N * K), dense_row_share, &job);
 }
 
 int fc_dense_f32_packed(size_t M, size_t N, size_t K, int packed_tile, const float* packed,

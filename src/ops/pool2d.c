@@ -127,16 +127,25 @@ static int max_pool2x2(const fc_pool2d_params* p) {
          2 * p->out_h <= p->in_h && 2 * p->out_w <= p->in_w;
 }
 
+typedef struct pool_rows_job {
+  const fc_pool2d_params* p;
+  fc_maxpool2x2_fn kernel;
+  const float* x;
+  float* y;
+} pool_rows_job;
+
+static void max_pool2x2_row(void* ctx, size_t row) {
+  const pool_rows_job* j = (const pool_rows_job*)ctx;
+  const fc_pool2d_params* p = j->p;
+  const size_t c = row / p->out_h, oh = row % p->out_h;
+  const float* r0 = j->x + c * p->in_h * p->in_w + 2 * oh * p->in_w;
+  j->kernel(p->out_w, r0, r0 + p->in_w, j->y + row * p->out_w);
+}
+
 static void max_pool2x2_rows(const fc_pool2d_params* p, const float* x, float* y) {
-  const fc_maxpool2x2_fn kernel = fc_vector_config_get()->maxpool2x2;
-  const size_t rows = p->planes * p->out_h, in_plane = p->in_h * p->in_w;
-  const int threads = fc_threads_for(4.0 * (double)rows * p->out_w);
-#pragma omp parallel for schedule(static) num_threads(threads)
-  for (size_t row = 0; row < rows; row++) {
-    const size_t c = row / p->out_h, oh = row % p->out_h;
-    const float* r0 = x + c * in_plane + 2 * oh * p->in_w;
-    kernel(p->out_w, r0, r0 + p->in_w, y + row * p->out_w);
-  }
+  const size_t rows = p->planes * p->out_h;
+  pool_rows_job job = {p, fc_vector_config_get()->maxpool2x2, x, y};
+  fc_parallel_for(fc_threads_for(4.0 * (double)rows * p->out_w), rows, max_pool2x2_row, &job);
 }
 
 /* 3x3 windows at stride 1 or 2 on both axes (GoogLeNet, ResNet, AlexNet), at most one column

@@ -92,6 +92,33 @@ int fc_thread_count(void) {
 #endif
 }
 
+void fc_run_team(int threads, fc_team_fn body, void* ctx) {
+  if (threads <= 1) {
+    body(ctx, 0, 1);
+    return;
+  }
+#pragma omp parallel num_threads(threads)
+  body(ctx, (size_t)fc_thread_id(), (size_t)fc_thread_count());
+}
+
+typedef struct loop_job {
+  size_t n;
+  fc_task_fn task;
+  void* ctx;
+} loop_job;
+
+static void loop_share(void* job, size_t id, size_t count) {
+  const loop_job* j = (const loop_job*)job;
+  size_t begin, end;
+  fc_share(j->n, id, count, &begin, &end);
+  for (size_t i = begin; i < end; i++) j->task(j->ctx, i);
+}
+
+void fc_parallel_for(int threads, size_t n, fc_task_fn task, void* ctx) {
+  loop_job job = {n, task, ctx};
+  fc_run_team(threads, loop_share, &job);
+}
+
 /* Calls in flight: how many threads are inside an operator call right now. The bindings count
  * every call they make with the GIL released, which lets tests prove that several Python threads
  * compute at once; a test may also hold calls at their entry until it has seen them there. */
