@@ -356,6 +356,19 @@ def test_a_batch_split_across_threads_gives_every_image_its_one_thread_result(
                  scale_of(x, w) + scale_of(bias) + scale_of(residual), c=60.0)
 
 
+def check_row_stores(conv, x, residual, plain, activation, k, scale):
+    """conv(x) without and with a residual (apart and in place) against the float64 `plain`
+    convolution, and bit-identical on one and two threads."""
+    results = results_on_threads(lambda: (conv(x), conv(x, residual=residual)))
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)
+    assert_close(results[0][0], activate(plain, activation), k, scale)
+    assert_close(results[0][1], activate(plain + residual, activation), k, scale)
+    in_place = residual.copy()
+    assert conv(x, residual=in_place, out=in_place) is in_place
+    assert_close(in_place, activate(plain + residual, activation), k, scale)
+
+
 # The implicit GEMM stores wide outputs (64 columns and more) straight into the output rows, its
 # tiles cut at every row end (src/ops/conv2d.c implicit_rows): output widths 64, 80 (an edge
 # tile of 16 columns) and 112 (stride 2), channels around the tile rows, groups, every
@@ -372,14 +385,7 @@ def test_implicit_wide_rows(rng, hw, stride, O, groups, activation):
     residual = rand(rng, (2,) + conv.output_shape)
     plain = ref_conv2d(x, w, bias, stride=stride, padding=1, groups=groups)
     k, scale = C // groups * 9 + 2, scale_of(x, w) + scale_of(bias) + scale_of(residual)
-    results = results_on_threads(lambda: (conv(x), conv(x, residual=residual)))
-    for a, b in zip(*results):
-        np.testing.assert_array_equal(a, b)
-    assert_close(results[0][0], activate(plain, activation), k, scale)
-    assert_close(results[0][1], activate(plain + residual, activation), k, scale)
-    in_place = residual.copy()
-    assert conv(x, residual=in_place, out=in_place) is in_place
-    assert_close(in_place, activate(plain + residual, activation), k, scale)
+    check_row_stores(conv, x, residual, plain, activation, k, scale)
 
 
 # Narrow outputs take the same row stores when the rows need no more tiles than the flat run and
@@ -395,11 +401,4 @@ def test_implicit_narrow_rows(rng, C, O, activation):
     residual = rand(rng, (3,) + conv.output_shape)
     plain = ref_conv2d(x, w, bias)
     k, scale = C * 25 + 2, scale_of(x, w) + scale_of(bias) + scale_of(residual)
-    results = results_on_threads(lambda: (conv(x), conv(x, residual=residual)))
-    for a, b in zip(*results):
-        np.testing.assert_array_equal(a, b)
-    assert_close(results[0][0], activate(plain, activation), k, scale)
-    assert_close(results[0][1], activate(plain + residual, activation), k, scale)
-    in_place = residual.copy()
-    assert conv(x, residual=in_place, out=in_place) is in_place
-    assert_close(in_place, activate(plain + residual, activation), k, scale)
+    check_row_stores(conv, x, residual, plain, activation, k, scale)
