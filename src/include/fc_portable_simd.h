@@ -46,4 +46,20 @@ static inline vf odd_lanes(vf lo, vf hi) {
   return __builtin_shuffle(lo, hi, (vi)FC_EVEN_LANES + 1);
 }
 
+/* Neighbouring columns from two consecutive vectors a, b of a row: shift1 / shift2 are the
+ * columns one / two to the right of a's (a moved down, b's first lanes shifted in), and
+ * shift_in_last the columns one to the left of b's (a's last lane, then b's first VLEN - 1). */
+#if VLEN == 16
+#define FC_SHIFT1 {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16}
+#elif VLEN == 8
+#define FC_SHIFT1 {1, 2, 3, 4, 5, 6, 7, 8}
+#else
+#define FC_SHIFT1 {1, 2, 3, 4}
+#endif
+static inline vf shift1(vf a, vf b) { return __builtin_shuffle(a, b, (vi)FC_SHIFT1); }
+static inline vf shift2(vf a, vf b) { return __builtin_shuffle(a, b, (vi)FC_SHIFT1 + 1); }
+static inline vf shift_in_last(vf a, vf b) {
+  return __builtin_shuffle(a, b, (vi)FC_SHIFT1 + (VLEN - 2));
+}
+
 #endif

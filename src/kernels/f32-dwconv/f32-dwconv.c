@@ -77,16 +77,6 @@ static inline void store_lanes(float* p, vf v, lane_mask m) {
 }
 #endif
 
-/* (a[VLEN - 1], b[0], ..., b[VLEN - 2]): b moved up one lane, a's last lane shifted in. */
-#if VLEN == 16
-#define SHIFT_IN_LAST {15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30}
-#elif VLEN == 8
-#define SHIFT_IN_LAST {7, 8, 9, 10, 11, 12, 13, 14}
-#else
-#define SHIFT_IN_LAST {3, 4, 5, 6}
-#endif
-static inline vf shift_in_last(vf a, vf b) { return __builtin_shuffle(a, b, (vi)SHIFT_IN_LAST); }
-
 /* The lanes of a vector starting at column `start` of a row that lie in [0, width). */
 static inline lane_mask lanes_inside(ptrdiff_t start, size_t width) {
   const ptrdiff_t first = start < 0 ? -start : 0, end = (ptrdiff_t)width - start;

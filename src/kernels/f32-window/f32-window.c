@@ -200,21 +200,6 @@ static inline __attribute__((always_inline)) void column_max(const float* const*
   }
 }
 
-/* a shifted down by one lane (two for shift2), refilled from the first lanes of b: the
- * columns one (two) to the right of a's. */
-#if VLEN == 16
-#define FC_SHIFT1 {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16}
-#elif VLEN == 8
-#define FC_SHIFT1 {1, 2, 3, 4, 5, 6, 7, 8}
-#else
-#define FC_SHIFT1 {1, 2, 3, 4}
-#endif
-static inline vf shift1(vf a, vf b) { return __builtin_shuffle(a, b, (vi)FC_SHIFT1); }
-static inline vf shift2(vf a, vf b) { return __builtin_shuffle(a, b, (vi)FC_SHIFT1 + 1); }
-/* The last lane of a, then lanes 0 .. VLEN - 2 of b: b's columns one to the left. */
-static inline vf shift_back1(vf a, vf b) {
-  return __builtin_shuffle(a, b, (vi)FC_SHIFT1 + (VLEN - 2));
-}
 
 void FC_NAME(fc_f32_maxpool3x3s1_ukernel)(size_t n, const float* const* x, size_t pad,
                                           size_t width, float* const* y) {
@@ -293,7 +278,7 @@ void FC_NAME(fc_f32_maxpool3x3s1_flat_ukernel)(size_t planes, size_t height, siz
     vf prev = none, cur = flat_column_max(x, 0, width, n);
     for (size_t v = 0; v < nvec; v++) {
       const vf next = flat_column_max(x, (ptrdiff_t)((v + 1) * VLEN), width, n);
-      const vf left = select_lanes(has_left[v], shift_back1(prev, cur), none);
+      const vf left = select_lanes(has_left[v], shift_in_last(prev, cur), none);
       const vf right = select_lanes(has_right[v], shift1(cur, next), none);
       store_row(y, v * VLEN, n, max_nan(max_nan(cur, left), right));
       prev = cur;
