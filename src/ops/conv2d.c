@@ -689,7 +689,8 @@ static int run_images(const fc_conv2d_params* p, int team, int algorithm, const 
 #pragma omp parallel num_threads(team)
   {
     const size_t id = (size_t)fc_thread_id(), count = (size_t)fc_thread_count();
-    const size_t n0 = p->batch * id / count, n1 = p->batch * (id + 1) / count;
+    size_t n0, n1;
+    fc_share(p->batch, id, count, &n0, &n1);
     if (n1 > n0) {
       fc_conv2d_params part = *p;
       part.batch = n1 - n0;

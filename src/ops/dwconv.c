@@ -105,7 +105,8 @@ static void dw_flat_run(const fc_conv2d_params* p, const float* w, const float* 
   {
     const unsigned fp_mode = fc_fp_enter();
     const size_t id = (size_t)fc_thread_id(), team = (size_t)fc_thread_count();
-    const size_t first = planes * id / team, end = planes * (id + 1) / team;
+    size_t first, end;
+    fc_share(planes, id, team, &first, &end);
     for (size_t q = first; q < end;) {
       const size_t c = q % channels, count = fc_min(end - q, channels - c);
       vk->dwconv3x3s1_flat(count, &g, x + q * in_plane, w + c * 9, bias ? bias + c : NULL, &ep,
@@ -135,7 +136,8 @@ static int dw_cblock_run(const fc_conv2d_params* p, const float* w, const float*
   {
     const unsigned fp_mode = fc_fp_enter();
     const size_t id = (size_t)fc_thread_id(), team = (size_t)fc_thread_count();
-    const size_t first = planes * id / team, end = planes * (id + 1) / team;
+    size_t first, end;
+    fc_share(planes, id, team, &first, &end);
     float* buffer = (float*)fc_workspace(FC_WS_INPUT, FC_DW_CBLOCK_FLOATS(&g) * sizeof(float));
     if (!buffer) {
 #pragma omp atomic write

@@ -210,7 +210,8 @@ static void max_pool3x3_flat_run(const fc_pool2d_params* p, const float* x, floa
 #pragma omp parallel num_threads(fc_threads_for(9.0 * (double)p->planes * plane))
   {
     const size_t id = (size_t)fc_thread_id(), team = (size_t)fc_thread_count();
-    const size_t first = p->planes * id / team, end = p->planes * (id + 1) / team;
+    size_t first, end;
+    fc_share(p->planes, id, team, &first, &end);
     kernel(end - first, p->in_h, p->in_w, x + first * plane, y + first * plane);
   }
 }
