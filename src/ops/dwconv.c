@@ -47,9 +47,26 @@ static void dw_finish(const fc_conv2d_params* p, const fc_vector_config* vk,
   }
 }
 
+/* The rows to prefetch while band oh0 computes: those the next band reads that this one does
+ * not; after the plane's last band, the first band's rows of the plane that comes next
+ * (`next_plane`, NULL for none). The rows are `in_w` floats apart; *count = 0 for none. */
+static const float* dw_ahead(const fc_conv2d_params* p, const float* x, const float* next_plane,
+                             size_t oh0, size_t in_rows, size_t* count) {
+  const size_t stride = p->stride_h, first = oh0 * stride + in_rows;
+  *count = 0;
+  if (first < p->pad_top + p->in_h) {
+    const size_t ih = first > p->pad_top ? first - p->pad_top : 0;
+    *count = fc_min(FC_DW_ROWS * stride, p->in_h - ih);
+    return x + ih * p->in_w;
+  }
+  if (!next_plane || in_rows <= p->pad_top) return NULL;
+  *count = fc_min(in_rows - p->pad_top, p->in_h);
+  return next_plane;
+}
+
 static void dw_plane(const fc_conv2d_params* p, const fc_vector_config* vk, const float* x,
-                     const float* w, float bias, const float* residual, float* y,
-                     const dw_scratch* s) {
+                     const float* next_plane, const float* w, float bias, const float* residual,
+                     float* y, const dw_scratch* s) {
   const size_t stride = p->stride_h, in_rows = (FC_DW_ROWS - 1) * stride + 3;
   const float lo = fc_act_min(p->activation), hi = fc_act_max(p->activation);
   /* With a residual, the clamp waits until it is added. */
@@ -65,7 +82,9 @@ static void dw_plane(const fc_conv2d_params* p, const fc_vector_config* vk, cons
     for (size_t r = 0; r < FC_DW_ROWS; r++) {
       out[r] = oh0 + r < p->out_h ? y + (oh0 + r) * p->out_w : s->spill;
     }
-    kernel(p->out_w, rows, p->pad_left, p->in_w, w, &ep, out);
+    size_t ahead_rows;
+    const float* ahead = dw_ahead(p, x, next_plane, oh0, in_rows, &ahead_rows);
+    kernel(p->out_w, rows, p->pad_left, p->in_w, w, &ep, out, ahead, ahead_rows);
   }
   dw_finish(p, vk, residual, y);
 }
@@ -184,8 +203,10 @@ int fc_dwconv3x3_run(const fc_conv2d_params* p, const float* w, const float* bia
     for (size_t plane = 0; plane < planes; plane++) {
       const size_t oc = plane % p->out_channels, n = plane / p->out_channels;
       const float* xc = x + (n * p->in_channels + oc / og) * in_plane;
+      /* With one output channel per input channel, the next plane's input follows. */
+      const float* next = og == 1 && plane + 1 < planes ? xc + in_plane : NULL;
       if (buffer) {
-        dw_plane(p, vk, xc, w + oc * 9, bias ? bias[oc] : 0.0f,
+        dw_plane(p, vk, xc, next, w + oc * 9, bias ? bias[oc] : 0.0f,
                  residual ? residual + plane * out_plane : NULL, y + plane * out_plane, &s);
       }
     }
