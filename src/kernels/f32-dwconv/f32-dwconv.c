@@ -341,48 +341,63 @@ static inline size_t min_size(size_t a, size_t b) { return a < b ? a : b; }
  * every tap is one aligned load and one FMA. The price is two transposes (VLEN x VLEN, in
  * registers): the planes into a zero-padded buffer of pixels, and the results back out.
  *
- * The transpose swaps bit b of the row and lane index of every element, for each bit b in
- * turn: rows i and i | b exchange the lanes whose bit b differs from their row's. */
+ * The transpose takes the x86 shuffles that stay inside 128-bit lanes where it can (unpack,
+ * then pairs: one cycle each) and whole 128-bit quarters after: four rounds over VLEN = 16
+ * registers. Rounds that each swap one bit of the row and lane index also needed an
+ * interleave of single lanes ({0, 16, 2, 18, ...}), which no cheap instruction does: a
+ * two-table permute (vpermt2ps, which also overwrites a source, hence a copy each). */
 #if VLEN == 16
-#define SWAP8_LO {0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23}
-#define SWAP8_HI {8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31}
-#define SWAP4_LO {0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27}
-#define SWAP4_HI {4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31}
-#define SWAP2_LO {0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29}
-#define SWAP2_HI {2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31}
-#define SWAP1_LO {0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30}
-#define SWAP1_HI {1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31}
+#define UNPACK_LO {0, 16, 1, 17, 4, 20, 5, 21, 8, 24, 9, 25, 12, 28, 13, 29}
+#define UNPACK_HI {2, 18, 3, 19, 6, 22, 7, 23, 10, 26, 11, 27, 14, 30, 15, 31}
+#define PAIRS_LO {0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29}
+#define PAIRS_HI {2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31}
+#define QUARTERS_LO {0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27}
+#define QUARTERS_HI {4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31}
 #elif VLEN == 8
-#define SWAP4_LO {0, 1, 2, 3, 8, 9, 10, 11}
-#define SWAP4_HI {4, 5, 6, 7, 12, 13, 14, 15}
-#define SWAP2_LO {0, 1, 8, 9, 4, 5, 12, 13}
-#define SWAP2_HI {2, 3, 10, 11, 6, 7, 14, 15}
-#define SWAP1_LO {0, 8, 2, 10, 4, 12, 6, 14}
-#define SWAP1_HI {1, 9, 3, 11, 5, 13, 7, 15}
+#define UNPACK_LO {0, 8, 1, 9, 4, 12, 5, 13}
+#define UNPACK_HI {2, 10, 3, 11, 6, 14, 7, 15}
+#define PAIRS_LO {0, 1, 8, 9, 4, 5, 12, 13}
+#define PAIRS_HI {2, 3, 10, 11, 6, 7, 14, 15}
+#define QUARTERS_LO {0, 1, 2, 3, 8, 9, 10, 11}
+#define QUARTERS_HI {4, 5, 6, 7, 12, 13, 14, 15}
 #else
-#define SWAP2_LO {0, 1, 4, 5}
-#define SWAP2_HI {2, 3, 6, 7}
-#define SWAP1_LO {0, 4, 2, 6}
-#define SWAP1_HI {1, 5, 3, 7}
+#define UNPACK_LO {0, 4, 1, 5}
+#define UNPACK_HI {2, 6, 3, 7}
+#define PAIRS_LO {0, 1, 4, 5}
+#define PAIRS_HI {2, 3, 6, 7}
 #endif
-/* Unrolled, so that r stays in registers. */
-#define SWAP_BIT(r, b, LO, HI)                                                                     \
+/* dst[i] and dst[i + b] from src[i] and src[i + b] for the rows i in groups of 2b (i & b == 0).
+ * Unrolled, so that the rows stay in registers. */
+#define SHUFFLE_ROWS(dst, src, b, LO, HI)                                                          \
   _Pragma("GCC unroll 16") for (size_t i = 0; i < VLEN; i++) {                                     \
     if (i & (b)) continue;                                                                         \
-    const vf lo_ = r[i], hi_ = r[i + (b)];                                                         \
-    r[i] = __builtin_shuffle(lo_, hi_, (vi)LO);                                                    \
-    r[i + (b)] = __builtin_shuffle(lo_, hi_, (vi)HI);                                              \
+    dst[i] = __builtin_shuffle(src[i], src[i + (b)], (vi)LO);                                      \
+    dst[i + (b)] = __builtin_shuffle(src[i], src[i + (b)], (vi)HI);                                \
   }
 
+/* r[i][l] becomes r[l][i]. Unpacking rows 2k, 2k + 1 puts lanes 4q + {0, 1} of both in the
+ * first, 4q + {2, 3} in the second, interleaved; pairing rows k, k + 2 of that gathers lane 4q
+ * + j of four rows in quarter q of row 4 * (k / 4) + j; the quarter rounds (rows i, i + 4, then
+ * i, i + 8) move those quarters to their rows. */
 static inline void transpose(vf r[VLEN]) {
-#if VLEN == 16
-  SWAP_BIT(r, 8, SWAP8_LO, SWAP8_HI)
-#endif
+  vf t[VLEN];
+  SHUFFLE_ROWS(t, r, 1, UNPACK_LO, UNPACK_HI)
+#pragma GCC unroll 4
+  for (size_t k = 0; k < VLEN; k += 4) {
+    r[k] = __builtin_shuffle(t[k], t[k + 2], (vi)PAIRS_LO);
+    r[k + 1] = __builtin_shuffle(t[k], t[k + 2], (vi)PAIRS_HI);
+    r[k + 2] = __builtin_shuffle(t[k + 1], t[k + 3], (vi)PAIRS_LO);
+    r[k + 3] = __builtin_shuffle(t[k + 1], t[k + 3], (vi)PAIRS_HI);
+  }
 #if VLEN >= 8
-  SWAP_BIT(r, 4, SWAP4_LO, SWAP4_HI)
+  SHUFFLE_ROWS(t, r, 4, QUARTERS_LO, QUARTERS_HI)
+#if VLEN == 16
+  SHUFFLE_ROWS(r, t, 8, QUARTERS_LO, QUARTERS_HI)
+#else
+#pragma GCC unroll 8
+  for (size_t i = 0; i < VLEN; i++) r[i] = t[i];
 #endif
-  SWAP_BIT(r, 2, SWAP2_LO, SWAP2_HI)
-  SWAP_BIT(r, 1, SWAP1_LO, SWAP1_HI)
+#endif
 }
 
 /* The n <= VLEN floats at offset `at` of `count` planes (`plane` floats apart; zero for the
