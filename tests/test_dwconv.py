@@ -106,6 +106,22 @@ def test_threads_give_identical_bits(rng, stride):
     assert np.array_equal(one, two)
 
 
+# Inputs of at least 2 MiB and outputs of at least 1 MiB: the row kernels prefetch the next
+# band's rows and, after a plane's last band, the next plane's first rows. Prefetches change no
+# result, so this checks the pointers they are given stay harmless, on one and two threads.
+@pytest.mark.parametrize("isa", list(ISA_LEVELS))
+@pytest.mark.parametrize("stride", [1, 2])
+def test_large_tensors_that_prefetch(rng, isa, stride):
+    x = rand(rng, (1, 42, 113, 112))  # 113 rows end in a partial band at either stride
+    assert x.nbytes >= 2 << 20
+    with isa_cap(isa):
+        check_depthwise(rng, x, stride=stride, padding=1, activation="relu6")
+        w, b = rand(rng, (42, 1, 3, 3)), rand(rng, (42,))
+        one, two = results_on_threads(lambda: F.conv2d(x, w, b, stride=stride, padding=1,
+                                                       groups=42, algorithm="direct"))
+    assert np.array_equal(one, two)
+
+
 # Small planes whose output rows are as wide as the input rows (stride 1, left + right padding
 # 2, width <= 14, at most 256 outputs) run as flat runs, vectors spanning several rows with the
 # taps that leave the plane or wrap into a neighbouring row masked off (f32-dwconv.c, flat).

@@ -81,12 +81,18 @@ typedef void (*fc_maxpool3x3_flat_fn)(size_t planes, size_t height, size_t width
  * X(j, k) = x[j][k - pad] for pad <= k < pad + width, else 0. Taps are summed in (kh, kw) order,
  * the clamp keeps NaN, ep->accumulate is ignored. Exactly n columns of each y row are written
  * and nothing outside x[j][0, width) is read (masked loads), so rows need no slack.
- * `ahead` (NULL when there is none) is the first of `ahead_rows` rows, `width` floats apart, that
- * the next call reads: they are prefetched column by column as the blocks go, never loaded. */
+ * `ahead` names the rows the next call reads and writes (NULL pointers when there are none):
+ * they are prefetched column by column as the blocks go, never loaded or stored. */
 #define FC_DW_ROWS 4
+typedef struct fc_dw_ahead {
+  const float* x; /* x_rows input rows, `width` floats apart */
+  size_t x_rows;
+  float* y; /* y_rows output rows, n floats apart */
+  size_t y_rows;
+} fc_dw_ahead;
 typedef void (*fc_dwconv_fn)(size_t n, const float* const* x, size_t pad, size_t width,
                              const float* w, const fc_window_epilogue* ep, float* const* y,
-                             const float* ahead, size_t ahead_rows);
+                             const fc_dw_ahead* ahead);
 /* Depthwise 3x3 at stride 1 over `planes` consecutive small planes whose output rows are as wide
  * as their input rows (width), each plane as one flat run of out_h * width <= FC_DW_FLAT_MAX
  * outputs: plane p reads x + p * in_h * width, weights w + 9 * p and bias[p] (0 without bias),
@@ -233,10 +239,10 @@ FC_DECLARE_GEMV_KERNEL(avx512f)
   void fc_f32_vaffine_ukernel__##isa(size_t, const float*, float, float, float*);                \
   void fc_f32_dwconv3x3s1_ukernel__##isa(size_t, const float* const*, size_t, size_t,            \
                                          const float*, const fc_window_epilogue*, float* const*,  \
-                                         const float*, size_t);                                   \
+                                         const fc_dw_ahead*);                                     \
   void fc_f32_dwconv3x3s2_ukernel__##isa(size_t, const float* const*, size_t, size_t,            \
                                          const float*, const fc_window_epilogue*, float* const*,  \
-                                         const float*, size_t);                                   \
+                                         const fc_dw_ahead*);                                     \
   void fc_f32_dwconv3x3s1_flat_ukernel__##isa(size_t, const fc_dw_flat_geometry*, const float*,  \
                                               const float*, const float*,                        \
                                               const fc_window_epilogue*, float*);              \

@@ -47,21 +47,39 @@ static void dw_finish(const fc_conv2d_params* p, const fc_vector_config* vk,
   }
 }
 
-/* The rows to prefetch while band oh0 computes: those the next band reads that this one does
- * not; after the plane's last band, the first band's rows of the plane that comes next
- * (`next_plane`, NULL for none). The rows are `in_w` floats apart; *count = 0 for none. */
-static const float* dw_ahead(const fc_conv2d_params* p, const float* x, const float* next_plane,
-                             size_t oh0, size_t in_rows, size_t* count) {
-  const size_t stride = p->stride_h, first = oh0 * stride + in_rows;
-  *count = 0;
+/* The row kernels prefetch the input rows of their next band when the batch's input is this
+ * large, and its output rows when the output is this large. A prefetch takes a load slot even
+ * when its line is already in cache, and L2 (1 MiB) still holds much of what the layer before
+ * wrote. In MobileNetV2 (one thread CPU time, each step timed as the network runs it): the
+ * 96-channel stride-2 layer (4.8 MB input) 0.186 -> 0.171 ms, the layer after the stem (its
+ * output an arena buffer last written during the previous image) 0.237 -> 0.175 ms, the
+ * 144-channel 56x56 layer (1.8 MB output, still cached) 0.141 -> 0.151 ms. */
+#define FC_DW_PREFETCH_INPUT_BYTES (2 << 20)
+#define FC_DW_PREFETCH_OUTPUT_BYTES (1 << 20)
+
+/* The rows to prefetch while band oh0 computes: the input rows the next band reads that this one
+ * does not and its output rows; after the plane's last band, the first band's input rows of the
+ * plane that comes next (`next_plane`, NULL for none). Only for large tensors (above). */
+static fc_dw_ahead dw_ahead(const fc_conv2d_params* p, const float* x, const float* next_plane,
+                            float* y, size_t oh0, size_t in_rows) {
+  const size_t stride = p->stride_h, first = oh0 * stride + in_rows, next = oh0 + FC_DW_ROWS;
+  const size_t in_bytes = p->batch * p->in_channels * p->in_h * p->in_w * sizeof(float);
+  const size_t out_bytes = p->batch * p->out_channels * p->out_h * p->out_w * sizeof(float);
+  fc_dw_ahead a = {NULL, 0, NULL, 0};
+  if (out_bytes >= FC_DW_PREFETCH_OUTPUT_BYTES && next < p->out_h) {
+    a.y = y + next * p->out_w;
+    a.y_rows = fc_min(FC_DW_ROWS, p->out_h - next);
+  }
+  if (in_bytes < FC_DW_PREFETCH_INPUT_BYTES) return a;
   if (first < p->pad_top + p->in_h) {
     const size_t ih = first > p->pad_top ? first - p->pad_top : 0;
-    *count = fc_min(FC_DW_ROWS * stride, p->in_h - ih);
-    return x + ih * p->in_w;
+    a.x = x + ih * p->in_w;
+    a.x_rows = fc_min(FC_DW_ROWS * stride, p->in_h - ih);
+  } else if (next_plane && in_rows > p->pad_top) {
+    a.x = next_plane;
+    a.x_rows = fc_min(in_rows - p->pad_top, p->in_h);
   }
-  if (!next_plane || in_rows <= p->pad_top) return NULL;
-  *count = fc_min(in_rows - p->pad_top, p->in_h);
-  return next_plane;
+  return a;
 }
 
 static void dw_plane(const fc_conv2d_params* p, const fc_vector_config* vk, const float* x,
@@ -82,9 +100,8 @@ static void dw_plane(const fc_conv2d_params* p, const fc_vector_config* vk, cons
     for (size_t r = 0; r < FC_DW_ROWS; r++) {
       out[r] = oh0 + r < p->out_h ? y + (oh0 + r) * p->out_w : s->spill;
     }
-    size_t ahead_rows;
-    const float* ahead = dw_ahead(p, x, next_plane, oh0, in_rows, &ahead_rows);
-    kernel(p->out_w, rows, p->pad_left, p->in_w, w, &ep, out, ahead, ahead_rows);
+    const fc_dw_ahead ahead = dw_ahead(p, x, next_plane, y, oh0, in_rows);
+    kernel(p->out_w, rows, p->pad_left, p->in_w, w, &ep, out, &ahead);
   }
   dw_finish(p, vk, residual, y);
 }

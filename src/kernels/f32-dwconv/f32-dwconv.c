@@ -122,18 +122,42 @@ static inline void store_rows(float* const* y, size_t i, size_t n, vf acc[FC_DW_
   }
 }
 
-/* Prefetches the columns [column, column + count * VLEN) of the next call's rows (`ahead`, NULL
- * for none), one per VLEN floats and none past a row's end: spread over the blocks, the next
- * band's rows arrive from L3 while this band computes. At stride 2 a band takes 8 new rows of
- * 448 bytes on MobileNetV2's widest layer, runs too short for the hardware prefetchers. */
-static inline void prefetch_ahead(const float* ahead, size_t rows, size_t width, size_t column,
-                                  size_t count) {
-  if (!ahead) return;
+/* One cache line at p brought into L1, for reading or for writing (prefetchw, which every
+ * AVX-512 processor has, takes the line exclusive: no second request when the store comes). An
+ * asm statement because GCC 12 at -O1 and up deleted these loops of __builtin_prefetch as
+ * loops without effect, leaving no prefetch at all. */
+static inline void prefetch_line(const float* p, int write) {
+#if defined(__AVX512F__)
+  if (write) __asm__ volatile("prefetchw %0" : : "m"(*(const char*)p));
+  else __asm__ volatile("prefetcht0 %0" : : "m"(*(const char*)p));
+#elif defined(__x86_64__) || defined(__i386__)
+  (void)write;
+  __asm__ volatile("prefetcht0 %0" : : "m"(*(const char*)p));
+#else
+  (void)write;
+  __builtin_prefetch(p, 0, 3);
+#endif
+}
+
+/* Prefetches the columns [column, column + count * VLEN) of `rows` rows `ld` floats apart (none
+ * when `first` is NULL), one per VLEN floats and none past a row's end (`width`). */
+static inline void prefetch_rows(const float* first, size_t rows, size_t ld, size_t width,
+                                 size_t column, size_t count, int write) {
+  if (!first) return;
   for (size_t r = 0; r < rows; r++) {
     for (size_t k = 0; k < count && column + k * VLEN < width; k++) {
-      __builtin_prefetch(ahead + r * width + column + k * VLEN, 0, 3);
+      prefetch_line(first + r * ld + column + k * VLEN, write);
     }
   }
+}
+
+/* After the output block at column i: the next call's input columns this block's position
+ * stands for (`count` vectors from input column `column`) and output block, so that they arrive
+ * while this call computes. */
+static inline void prefetch_ahead(const fc_dw_ahead* a, size_t width, size_t n, size_t i,
+                                  size_t column, size_t count) {
+  prefetch_rows(a->x, a->x_rows, width, width, column, count, 0);
+  prefetch_rows(a->y, a->y_rows, n, n, i, 1, 1);
 }
 
 /* Stride 1: output column i + l, tap kw reads input column i + l + kw - pad. `edge` selects
@@ -186,7 +210,7 @@ static inline void block_s2(size_t i, const float* const* x, ptrdiff_t pad, size
 void FC_NAME(fc_f32_dwconv3x3s1_ukernel)(size_t n, const float* const* x, size_t pad,
                                          size_t width, const float* w,
                                          const fc_window_epilogue* ep, float* const* y,
-                                         const float* ahead, size_t ahead_rows) {
+                                         const fc_dw_ahead* ahead) {
   vf wv[9];
   for (size_t t = 0; t < 9; t++) wv[t] = (vf){} + w[t];
   for (size_t i = 0; i < n; i += VLEN) {
@@ -199,14 +223,14 @@ void FC_NAME(fc_f32_dwconv3x3s1_ukernel)(size_t n, const float* const* x, size_t
       block_s1(i, x, (ptrdiff_t)pad, width, wv, acc, 1);
     }
     store_rows(y, i, n, acc, ep);
-    prefetch_ahead(ahead, ahead_rows, width, i, 1);
+    prefetch_ahead(ahead, width, n, i, i, 1);
   }
 }
 
 void FC_NAME(fc_f32_dwconv3x3s2_ukernel)(size_t n, const float* const* x, size_t pad,
                                          size_t width, const float* w,
                                          const fc_window_epilogue* ep, float* const* y,
-                                         const float* ahead, size_t ahead_rows) {
+                                         const fc_dw_ahead* ahead) {
   vf wv[9];
   for (size_t t = 0; t < 9; t++) wv[t] = (vf){} + w[t];
   /* Before the first block, the carried lane is column -pad: padding, or column 0 if pad = 0. */
@@ -222,7 +246,7 @@ void FC_NAME(fc_f32_dwconv3x3s2_ukernel)(size_t n, const float* const* x, size_t
       block_s2(i, x, (ptrdiff_t)pad, width, wv, acc, carry, 1);
     }
     store_rows(y, i, n, acc, ep);
-    prefetch_ahead(ahead, ahead_rows, width, 2 * i, 2);
+    prefetch_ahead(ahead, width, n, i, 2 * i, 2);
   }
 }
 
