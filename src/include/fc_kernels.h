@@ -81,7 +81,7 @@ typedef void (*fc_maxpool3x3_flat_fn)(size_t planes, size_t height, size_t width
  * X(j, k) = x[j][k - pad] for pad <= k < pad + width, else 0. Taps are summed in (kh, kw) order,
  * the clamp keeps NaN, ep->accumulate is ignored. Exactly n columns of each y row are written
  * and nothing outside x[j][0, width) is read (masked loads), so rows need no slack.
- * `ahead` names the rows the next call reads and writes (NULL pointers when there are none):
+ * `ahead` names the rows the next call reads and writes (NULL, or NULL pointers, for none):
  * they are prefetched column by column as the blocks go, never loaded or stored. */
 #define FC_DW_ROWS 4
 typedef struct fc_dw_ahead {

@@ -101,7 +101,8 @@ static void dw_plane(const fc_conv2d_params* p, const fc_vector_config* vk, cons
       out[r] = oh0 + r < p->out_h ? y + (oh0 + r) * p->out_w : s->spill;
     }
     const fc_dw_ahead ahead = dw_ahead(p, x, next_plane, y, oh0, in_rows);
-    kernel(p->out_w, rows, p->pad_left, p->in_w, w, &ep, out, &ahead);
+    kernel(p->out_w, rows, p->pad_left, p->in_w, w, &ep, out,
+           ahead.x || ahead.y ? &ahead : NULL);
   }
   dw_finish(p, vk, residual, y);
 }

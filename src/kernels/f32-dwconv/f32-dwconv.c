@@ -223,7 +223,7 @@ void FC_NAME(fc_f32_dwconv3x3s1_ukernel)(size_t n, const float* const* x, size_t
       block_s1(i, x, (ptrdiff_t)pad, width, wv, acc, 1);
     }
     store_rows(y, i, n, acc, ep);
-    prefetch_ahead(ahead, width, n, i, i, 1);
+    if (ahead) prefetch_ahead(ahead, width, n, i, i, 1);
   }
 }
 
@@ -246,7 +246,7 @@ void FC_NAME(fc_f32_dwconv3x3s2_ukernel)(size_t n, const float* const* x, size_t
       block_s2(i, x, (ptrdiff_t)pad, width, wv, acc, carry, 1);
     }
     store_rows(y, i, n, acc, ep);
-    prefetch_ahead(ahead, width, n, i, 2 * i, 2);
+    if (ahead) prefetch_ahead(ahead, width, n, i, 2 * i, 2);
   }
 }
 
