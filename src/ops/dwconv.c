@@ -50,10 +50,10 @@ static void dw_finish(const fc_conv2d_params* p, const fc_vector_config* vk,
 /* The row kernels prefetch the input rows of their next band when the batch's input is this
  * large, and its output rows when the output is this large. A prefetch takes a load slot even
  * when its line is already in cache, and L2 (1 MiB) still holds much of what the layer before
- * wrote. In MobileNetV2 (one thread CPU time, each step timed as the network runs it): the
- * 96-channel stride-2 layer (4.8 MB input) 0.186 -> 0.171 ms, the layer after the stem (its
- * output an arena buffer last written during the previous image) 0.237 -> 0.175 ms, the
- * 144-channel 56x56 layer (1.8 MB output, still cached) 0.141 -> 0.151 ms. */
+ * wrote: prefetching the input slowed MobileNetV2's 1.8 MB layers by 3-10 %. Measured in the
+ * network (one thread, docs/kernels.md): its 96-channel stride-2 layer (4.8 MB input) 0.192 ->
+ * 0.172 ms, the layer after the stem (its output buffer last written in the previous image)
+ * 0.19 -> 0.164 ms. */
 #define FC_DW_PREFETCH_INPUT_BYTES (2 << 20)
 #define FC_DW_PREFETCH_OUTPUT_BYTES (1 << 20)
 
