@@ -256,6 +256,18 @@ def test_gemm_1x1_input_read_in_place(rng, C, O, groups, activation):
                          scale_of(x, weight) + 2.0)
 
 
+def test_gemm_1x1_input_read_in_place_keeps_nan_and_inf(rng):
+    # The transposed epilogue clamps as the tile kernel does: NaN passes ReLU6, inf is clamped.
+    x = rand(rng, (1, 300, 9, 9))
+    x[0, 3, 2, 4] = np.nan
+    x[0, 7, 8, 8] = np.inf  # the last, packed, pixel panel
+    weight = rand(rng, (40, 300, 1, 1)) + 2.0
+    conv = F.PreparedConv2d(weight, None, (300, 9, 9), activation="relu6", algorithm="gemm")
+    ref = activate(ref_conv2d(x, weight), "relu6")
+    assert np.isnan(ref).any() and (ref == 6.0).any()
+    assert_close(conv(x), ref, 300, scale_of(x, weight))
+
+
 def test_gemm_1x1_input_in_place_with_the_output_over_it(rng):
     # The native call with the output over its input (and the residual): the AVX-512 path that
     # reads the input in place must read a copy, or later tiles would read stored outputs as

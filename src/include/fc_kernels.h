@@ -154,7 +154,8 @@ typedef void (*fc_gemm_narrow_fn)(size_t rows, size_t cols, size_t kc, const flo
  * b + k * NR, 64-byte aligned, zero past cols), then the epilogue, stored transposed: C[r][j] at
  * c[j * ldc + r]. 1 <= rows <= MR, 1 <= cols <= NR; A is read for rows 0 .. MR - 1 whatever
  * `rows` says (a last partial panel is packed by the caller), only rows x cols of C is written.
- * Each element is summed as the tile kernel sums it: the results are the same. */
+ * The epilogue has no row bias (a 1x1 layer's bias is per channel, bias_col; bias_row is not
+ * read). Each element is summed as the tile kernel sums it, in k order from zero. */
 typedef void (*fc_gemm_pixels_fn)(size_t rows, size_t cols, size_t kc, const float* a,
                                   size_t lda, const float* b, float* c, size_t ldc,
                                   const fc_gemm_epilogue* ep);

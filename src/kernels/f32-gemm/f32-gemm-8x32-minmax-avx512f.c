@@ -246,15 +246,14 @@ FC_INLINE void pixels_tile(size_t kc, const float* a, size_t lda, const float* b
   const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)rows),
                                           _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
   const __m256 vmin = _mm256_set1_ps(ep->min), vmax = _mm256_set1_ps(ep->max);
-  __m256 brow = _mm256_setzero_ps();
-  if (ep->bias_row) brow = full ? _mm256_loadu_ps(ep->bias_row) : _mm256_maskload_ps(ep->bias_row, mask);
 #pragma GCC unroll 32
   for (int j = 0; j < 16 * nv; j++) {
     if ((size_t)j >= cols) break;
     float* cj = c + (size_t)j * ldc;
     __m256 v = ch[j];
-    if (ep->accumulate) v = _mm256_add_ps(full ? _mm256_loadu_ps(cj) : _mm256_maskload_ps(cj, mask), v);
-    if (ep->bias_row) v = _mm256_add_ps(v, brow);
+    if (ep->accumulate) {
+      v = _mm256_add_ps(full ? _mm256_loadu_ps(cj) : _mm256_maskload_ps(cj, mask), v);
+    }
     if (ep->bias_col) v = _mm256_add_ps(v, _mm256_broadcast_ss(ep->bias_col + j));
     v = _mm256_min_ps(vmax, _mm256_max_ps(vmin, v)); /* keeps NaN, as in the tile kernel */
     if (full) {
