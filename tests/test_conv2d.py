@@ -317,9 +317,10 @@ def test_auto_takes_gemm_for_strided_1x1_without_padding():
     assert F.PreparedConv2d(w, None, (4, 14, 14), stride=2, padding=1).algorithm == "implicit"
 
 
-# The transposed 1x1 path folds up to 10 7x7 images into one GEMM: batches 1 to 23 (three
-# GEMMs), on one and two threads (whole images per thread, or the GEMMs split), all bit-identical
-# to each image alone and close to the reference, with a residual written in place.
+# The transposed 1x1 path folds up to 10 7x7 images into one GEMM (on AVX-512 it runs image by
+# image through the pixels kernel instead, storing into the output planes): batches 1 to 23
+# (three GEMMs), on one and two threads (whole images per thread, or the GEMMs split), all
+# bit-identical to each image alone and close to the reference, with a residual written in place.
 @pytest.mark.parametrize("stride", [1, 2])
 def test_gemm_1x1_images_folded(rng, stride):
     import fastconv

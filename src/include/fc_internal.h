@@ -92,10 +92,12 @@ void fc_pack_a(size_t M, size_t K, const float* a, ptrdiff_t rs, ptrdiff_t cs, s
 /* The same panels from an A gathered through offset tables: A[m][k] = base[rows[m] + cols[k]]. */
 void fc_pack_a_rows(size_t M, size_t K, const float* base, const ptrdiff_t* rows,
                     const ptrdiff_t* cols, size_t mr, float* dst);
-/* C^T = act(A * B + bias) with A read in place, the pixels of a 1x1 convolution as the rows:
- * A[m][k] = a[k * lda + m] (M pixels of K input channels), B the weights packed once
- * packed once by fc_pixels_pack_weights, C[m][n] stored at c[n * ldc + m] (NCHW output
- * planes), bias per n; accumulate adds to C. Needs the kernel table's `pixels` kernel. */
+/* C^T = act(A * B + bias), the pixels of a 1x1 convolution as the rows of A, through the kernel
+ * table's `pixels` kernel (not NULL): C[m][n] stored at c[n * ldc + m] (NCHW output planes), bias
+ * per n, accumulate adds to C. A is read in place, A[m][k] = a[k * lda + m] (M pixels of K input
+ * channels), with B the weights packed by fc_pixels_pack_weights (K blocks of 512); or, with
+ * lda = 0, A was packed by fc_pack_a_rows and B by fc_dense_pack_weights (K blocks of 256: the
+ * sums of fc_gemm_packed on the same operands, bit for bit). */
 int fc_gemm_pixels(size_t M, size_t N, size_t K, const float* a, size_t lda,
                    const float* b_packed, const float* bias, int accumulate, int activation,
                    float* c, size_t ldc, int threads);

@@ -24,8 +24,8 @@
 #define FC_B_BLOCK (256 << 10) /* bytes of B panels per column block: a quarter of Zen 4's L2 */
 #define FC_MC 256 /* B read in place: rows of A per block (MC x KC floats, 256 KiB, in L2) */
 /* fc_gemm_pixels: K blocks twice as deep. Its tiles are transposed and stored once per K block,
- * which costs more than a plain store; 512 measured 2-8 % faster than 256 on 1x1 layers of 480
- * to 2048 input channels, 128 and 64 up to 15 % slower. */
+ * which costs more than a plain store; 512 measured 2-6 % faster than 256 on 1x1 layers of 512
+ * to 1024 input channels (one thread, caches flushed), 128 and 64 5-15 % slower. */
 #define FC_PIXEL_KC 512
 
 size_t fc_packed_a_size(size_t M, size_t K, size_t mr) { return fc_round_up(M, mr) * K; }
@@ -470,7 +470,7 @@ int fc_dense_f32_packed(size_t M, size_t N, size_t K, int packed_tile, const flo
 #define FC_PIXEL_BLOCK 256
 
 typedef struct pixels_job {
-  size_t M, N, K, lda, npad;
+  size_t M, N, K, lda, mpad, npad, kblock;
   const float* a;
   const float* edge; /* the last partial panel packed (MR x K, k-major), or NULL */
   const float* b;
@@ -485,12 +485,16 @@ static void pixels_tile(const pixels_job* g, const fc_gemm_config* cfg, fc_gemm_
                         size_t i, size_t j, size_t k0, size_t kc) {
   const size_t mr = cfg->mr, nr = cfg->nr, m0 = i * mr, n0 = j * nr;
   const size_t rows = fc_min(mr, g->M - m0), cols = fc_min(nr, g->N - n0);
-  const int packed = rows < mr && g->edge;
   const int last = k0 + kc == g->K;
   ep->bias_col = last && g->bias ? g->bias + n0 : NULL;
   float* c = g->c + n0 * g->ldc + m0;
-  cfg->pixels(rows, cols, kc, packed ? g->edge + k0 * mr : g->a + k0 * g->lda + m0,
-              packed ? mr : g->lda, g->b + k0 * g->npad + n0 * kc, c, g->ldc, ep);
+  const float* a = g->a + k0 * g->lda + m0; /* in place */
+  size_t lda = g->lda;
+  if (!g->lda || (rows < mr && g->edge)) { /* a packed panel: rows mr floats apart */
+    a = g->lda ? g->edge + k0 * mr : g->a + k0 * g->mpad + m0 * kc;
+    lda = mr;
+  }
+  cfg->pixels(rows, cols, kc, a, lda, g->b + k0 * g->npad + n0 * kc, c, g->ldc, ep);
   if (last && (g->activation == FC_ACT_TANH || g->activation == FC_ACT_SIGMOID)) {
     for (size_t q = 0; q < cols; q++) fc_activation_row(rows, g->activation, c + q * g->ldc);
   }
@@ -515,7 +519,7 @@ static void pixels_share(void* ctx, size_t id, size_t team) {
   const pixels_job* g = (const pixels_job*)ctx;
   const fc_gemm_config* cfg = fc_gemm_config_get();
   const size_t step = FC_PIXEL_BLOCK / cfg->mr, n_mpanels = (g->M + cfg->mr - 1) / cfg->mr;
-  const size_t block_panels = column_block_panels(fc_min(g->K, FC_PIXEL_KC), cfg->nr);
+  const size_t block_panels = column_block_panels(fc_min(g->K, g->kblock), cfg->nr);
   const int split_weights = n_mpanels < 4 * team;
   size_t p0 = 0, p1 = n_mpanels, q0 = 0, q1 = g->npad / cfg->nr;
   if (split_weights) fc_share(q1, id, team, &q0, &q1);
@@ -523,9 +527,9 @@ static void pixels_share(void* ctx, size_t id, size_t team) {
   const unsigned fp_mode = fc_fp_enter();
   for (size_t i0 = p0; i0 < p1; i0 += step) {
     for (size_t j0 = q0; j0 < q1; j0 += block_panels) {
-      for (size_t k0 = 0; k0 < g->K; k0 += FC_PIXEL_KC) {
+      for (size_t k0 = 0; k0 < g->K; k0 += g->kblock) {
         pixels_block(g, cfg, i0, fc_min(p1, i0 + step), j0, fc_min(q1, j0 + block_panels), k0,
-                     fc_min(FC_PIXEL_KC, g->K - k0));
+                     fc_min(g->kblock, g->K - k0));
       }
     }
   }
@@ -538,15 +542,16 @@ int fc_gemm_pixels(size_t M, size_t N, size_t K, const float* a, size_t lda,
   const fc_gemm_config* cfg = fc_gemm_config_get();
   const size_t mr = cfg->mr, full = M / mr * mr;
   float* edge = NULL;
-  if (full < M) {
+  if (lda && full < M) {
     edge = (float*)fc_workspace(FC_WS_GEMM, mr * K * sizeof(float));
     if (!edge) return FC_ERROR_NOMEM;
     for (size_t k = 0; k < K; k++) {
       for (size_t r = 0; r < mr; r++) edge[k * mr + r] = full + r < M ? a[k * lda + full + r] : 0;
     }
   }
-  pixels_job job = {M, N, K, lda, fc_round_up(N, cfg->nr), a, edge, b_packed, bias, accumulate,
-                    activation, c, ldc};
+  pixels_job job = {M, N, K, lda, fc_round_up(M, mr), fc_round_up(N, cfg->nr),
+                    lda ? FC_PIXEL_KC : FC_KC, a, edge, b_packed, bias, accumulate, activation,
+                    c, ldc};
   fc_run_team(threads, pixels_share, &job);
   return 0;
 }
