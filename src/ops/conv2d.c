@@ -399,8 +399,12 @@ static int conv_pixel_rows(const fc_conv2d_params* p, const float* packed, const
                            const float* residual, const float* x, float* y) {
   const size_t cg = p->in_channels / p->groups, npix = p->out_h * p->out_w;
   const size_t in_plane = p->in_h * p->in_w, mr = fc_gemm_config_get()->mr;
+  /* With the pixels kernel each image runs alone, storing straight into its output planes. */
+  const int pixels = fc_gemm_config_get()->pixels != NULL;
+  fc_conv2d_params one = *p;
+  one.batch = 1;
   rows_work w;
-  if (rows_work_init(p, npix, cg, &w) != 0) return FC_ERROR_NOMEM;
+  if (rows_work_init(pixels ? &one : p, npix, cg, &w) != 0) return FC_ERROR_NOMEM;
   for (size_t i = 0, r = 0; i < w.images; i++) {
     for (size_t oh = 0; oh < p->out_h; oh++) {
       for (size_t ow = 0; ow < p->out_w; ow++) {
@@ -410,12 +414,9 @@ static int conv_pixel_rows(const fc_conv2d_params* p, const float* packed, const
     }
   }
   for (size_t c = 0; c < cg; c++) w.cols[c] = (ptrdiff_t)(c * in_plane);
-  /* With the pixels kernel each image runs alone, storing straight into its output planes. */
-  const int pixels = fc_gemm_config_get()->pixels != NULL;
-  const size_t step = pixels ? 1 : w.images;
   int rc = 0;
-  for (size_t n0 = 0; n0 < p->batch && rc == 0; n0 += step) {
-    const size_t count = fc_min(step, p->batch - n0);
+  for (size_t n0 = 0; n0 < p->batch && rc == 0; n0 += w.images) {
+    const size_t count = fc_min(w.images, p->batch - n0);
     for (size_t g = 0; g < p->groups && rc == 0; g++) {
       fc_pack_a_rows(count * npix, cg, x + (n0 * p->in_channels + g * cg) * in_plane, w.rows,
                      w.cols, mr, w.xt);
