@@ -196,7 +196,6 @@ int fc_conv2d_pack_weights(const fc_conv2d_params* p, int algorithm, const float
   return 0;
 }
 
-
 /* Every stride-th pixel of one image's channels into contiguous out_h x out_w planes: a strided
  * 1x1 layer's B matrix, a copy of a quarter of its input at stride 2 (cheap next to the GEMM). */
 typedef struct subsample_job {

@@ -458,15 +458,15 @@ int fc_dense_f32_packed(size_t M, size_t N, size_t K, int packed_tile, const flo
   return rc;
 }
 
-/* fc_gemm_pixels: the 1x1 convolution transposed with its input read in place (see
- * docs/kernels.md, "1x1 convolutions"). Each thread takes a share of the 8-pixel panels, or of
+/* fc_gemm_pixels: the 1x1 convolution transposed, its input read in place or its pixels packed
+ * (see docs/kernels.md, "1x1 convolutions"). Each thread takes a share of the 8-pixel panels, or of
  * the weights panels when there are few pixel panels (small images, large weights: each thread
  * then streams half of the weights, not all of them). Per block of FC_PIXEL_BLOCK pixels, column
  * block of weights that fits FC_B_BLOCK (in L2) and K block, pairs of A panels run against every
  * weights panel of the block: the two panels are 16 pixels, so each output row's cache line is
  * written whole by two tiles in a row, and the second tile reads the weights panel from L1. A
- * block's outputs stay in L2 across its K blocks. A last partial panel (M % 8 pixels) is packed
- * first, zero-padded, so that the kernel reads nothing past the input. */
+ * block's outputs stay in L2 across its K blocks. Read in place, a last partial panel (M % 8
+ * pixels) is packed first, zero-padded, so that the kernel reads nothing past the input. */
 #define FC_PIXEL_BLOCK 256
 
 typedef struct pixels_job {
