@@ -233,6 +233,59 @@ def test_gemm_1x1_activations(rng, activation, O):
     assert_close(in_place, expected, 42, scale)
 
 
+# On AVX-512 a stride-1 1x1 layer of more than 256 input and 32 output channels per group, on an
+# image that does not pad better as GEMM rows (not 7x7), reads its input in place, transposed
+# (src/ops/gemm.c fc_gemm_pixels): 8 pixels of a channel are a tile's rows, the last partial
+# panel of 1-7 pixels is packed, K runs in blocks of 512 (520: a block of 8 after one of 512;
+# 1100: three blocks), the tiles are stored transposed into the output planes. Other ISAs take
+# the packed path: the same expectations. Output channels around the 16- and 32-channel tile
+# edges, groups, every activation, a residual apart and in place, two threads bit-identical to
+# one; images of 42 to 196 pixels, every remainder mod 8.
+@pytest.mark.parametrize("C,O,groups,activation",
+                         [(257, 33, 1, a) for a in ACTIVATIONS] +
+                         [(520, 48, 1, "relu6"), (1100, 100, 1, "relu"), (600, 80, 2, None)])
+def test_gemm_1x1_input_read_in_place(rng, C, O, groups, activation):
+    for hw in [(8, 8), (9, 9), (6, 7), (10, 11), (14, 14), (3, 45), (5, 15), (11, 7)]:
+        x = rand(rng, (2, C) + hw)
+        weight, bias = rand(rng, (O, C // groups, 1, 1)), rand(rng, (O,))
+        residual = rand(rng, (2, O) + hw)
+        conv = F.PreparedConv2d(weight, bias, (C,) + hw, groups=groups, activation=activation,
+                                algorithm="gemm")
+        plain = ref_conv2d(x, weight, bias, groups=groups)
+        check_row_stores(conv, x, residual, plain, activation, C // groups + 2,
+                         scale_of(x, weight) + 2.0)
+
+
+def test_gemm_1x1_input_read_in_place_keeps_nan_and_inf(rng):
+    # The transposed epilogue clamps as the tile kernel does: NaN passes ReLU6, inf is clamped.
+    x = rand(rng, (1, 300, 9, 9))
+    x[0, 3, 2, 4] = np.nan
+    x[0, 7, 8, 8] = np.inf  # the last, packed, pixel panel
+    weight = rand(rng, (40, 300, 1, 1)) + 2.0
+    conv = F.PreparedConv2d(weight, None, (300, 9, 9), activation="relu6", algorithm="gemm")
+    ref = activate(ref_conv2d(x, weight), "relu6")
+    assert np.isnan(ref).any() and (ref == 6.0).any()
+    assert_close(conv(x), ref, 300, scale_of(x, weight))
+
+
+def test_gemm_1x1_input_in_place_with_the_output_over_it(rng):
+    # The native call with the output over its input (and the residual): the AVX-512 path that
+    # reads the input in place must read a copy, or later tiles would read stored outputs as
+    # input. (Model plans never ask for this, test_plan.py; the packed paths of the other ISAs
+    # do not handle it for K > 256 either.)
+    from fastconv.runtime import isa_cap
+    C, hw = 300, (12, 12)
+    weight, bias = rand(rng, (C, C, 1, 1)), rand(rng, (C,))
+    x = rand(rng, (2, C) + hw)
+    with isa_cap("avx512") as isa:
+        if isa != "avx512":
+            pytest.skip("the path is AVX-512 only")
+        conv = F.PreparedConv2d(weight, bias, (C,) + hw, activation="relu", algorithm="gemm")
+        expected = conv(x, residual=x)
+        conv._conv.run(x, x, x)
+    np.testing.assert_array_equal(x, expected)
+
+
 # Strided 1x1 layers on the GEMM algorithm (ResNet's downsample shortcuts): the columns path
 # reads a subsampled copy of each image (packed, or in place up to 32 channels, 128 on
 # AVX-512); with AVX-512 a 7x7 or smaller output gathers its pixels as the rows of the
@@ -264,9 +317,10 @@ def test_auto_takes_gemm_for_strided_1x1_without_padding():
     assert F.PreparedConv2d(w, None, (4, 14, 14), stride=2, padding=1).algorithm == "implicit"
 
 
-# The transposed 1x1 path folds up to 10 7x7 images into one GEMM: batches 1 to 23 (three
-# GEMMs), on one and two threads (whole images per thread, or the GEMMs split), all bit-identical
-# to each image alone and close to the reference, with a residual written in place.
+# The transposed 1x1 path folds up to 10 7x7 images into one GEMM (on AVX-512 it runs image by
+# image through the pixels kernel instead, storing into the output planes): batches 1 to 23
+# (three GEMMs), on one and two threads (whole images per thread, or the GEMMs split), all
+# bit-identical to each image alone and close to the reference, with a residual written in place.
 @pytest.mark.parametrize("stride", [1, 2])
 def test_gemm_1x1_images_folded(rng, stride):
     import fastconv

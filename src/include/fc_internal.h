@@ -92,6 +92,18 @@ void fc_pack_a(size_t M, size_t K, const float* a, ptrdiff_t rs, ptrdiff_t cs, s
 /* The same panels from an A gathered through offset tables: A[m][k] = base[rows[m] + cols[k]]. */
 void fc_pack_a_rows(size_t M, size_t K, const float* base, const ptrdiff_t* rows,
                     const ptrdiff_t* cols, size_t mr, float* dst);
+/* C^T = act(A * B + bias), the pixels of a 1x1 convolution as the rows of A, through the kernel
+ * table's `pixels` kernel (not NULL): C[m][n] stored at c[n * ldc + m] (NCHW output planes), bias
+ * per n, accumulate adds to C. A is read in place, A[m][k] = a[k * lda + m] (M pixels of K input
+ * channels), with B the weights packed by fc_pixels_pack_weights (K blocks of 512); or, with
+ * lda = 0, A was packed by fc_pack_a_rows and B by fc_dense_pack_weights (K blocks of 256: the
+ * sums of fc_gemm_packed on the same operands, bit for bit). */
+int fc_gemm_pixels(size_t M, size_t N, size_t K, const float* a, size_t lda,
+                   const float* b_packed, const float* bias, int accumulate, int activation,
+                   float* c, size_t ldc, int threads);
+/* Weights W (N x K) for fc_gemm_pixels: fc_dense_pack_weights' panels in deeper K blocks
+ * (fc_dense_packed_size floats). */
+void fc_pixels_pack_weights(size_t K, size_t N, const float* w, float* packed);
 /* The B operand of fc_gemm_packed, in one of three forms:
  *  - pack (+ ctx): a callback packing K x NR panels block by block (im2col, plain matrices);
  *  - packed: B packed once, in the layout of fc_dense_pack_weights;

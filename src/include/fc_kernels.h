@@ -158,6 +158,17 @@ typedef void (*fc_gemm_narrow_fn)(size_t rows, size_t cols, size_t kc, const flo
                                   const ptrdiff_t* b_offsets, float* c, size_t ldc,
                                   const fc_gemm_epilogue* ep);
 
+/* A 1x1 convolution's tile transposed, its input read in place (fc_gemm_pixels): C[0:rows,
+ * 0:cols] = A (rows are pixels: A[r][k] at a[k * lda + r]) * B (a packed panel, row k at
+ * b + k * NR, 64-byte aligned, zero past cols), then the epilogue, stored transposed: C[r][j] at
+ * c[j * ldc + r]. 1 <= rows <= MR, 1 <= cols <= NR; A is read for rows 0 .. MR - 1 whatever
+ * `rows` says (a last partial panel is packed by the caller), only rows x cols of C is written.
+ * The epilogue has no row bias (a 1x1 layer's bias is per channel, bias_col; bias_row is not
+ * read). Each element is summed as the tile kernel sums it, in k order from zero. */
+typedef void (*fc_gemm_pixels_fn)(size_t rows, size_t cols, size_t kc, const float* a,
+                                  size_t lda, const float* b, float* c, size_t ldc,
+                                  const fc_gemm_epilogue* ep);
+
 typedef struct fc_gemm_config {
   fc_gemm_ukernel_fn fn;
   fc_gemv_ukernel_fn gemv; /* its NR is 2 x the ISA's vector width: the same as fn's */
@@ -166,6 +177,7 @@ typedef struct fc_gemm_config {
   const char* name;
   fc_gemm_narrow_fn narrow; /* NULL: edge panels go through fn (AVX2, scalar) */
   size_t narrow_cols;
+  fc_gemm_pixels_fn pixels; /* NULL: 1x1 layers keep their other paths (AVX2, scalar) */
 } fc_gemm_config;
 
 typedef struct fc_vector_config {
@@ -204,6 +216,9 @@ FC_GEMM_UKERNEL(fc_f32_gemm_minmax_ukernel_8x32__avx512f);
 void fc_f32_gemm_narrow_ukernel_16x8__avx512f(size_t rows, size_t cols, size_t kc,
                                               const float* a, size_t a_stride, const float* b,
                                               size_t b_stride, const ptrdiff_t* b_offsets,
+                                              float* c, size_t ldc, const fc_gemm_epilogue* ep);
+void fc_f32_gemm_pixels_ukernel_8x32__avx512f(size_t rows, size_t cols, size_t kc,
+                                              const float* a, size_t lda, const float* b,
                                               float* c, size_t ldc, const fc_gemm_epilogue* ep);
 #define FC_DECLARE_GEMV_KERNEL(isa)                                                                \
   void fc_f32_gemv_ukernel__##isa(size_t, const float*, size_t, const float*, size_t, size_t,    \

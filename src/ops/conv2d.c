@@ -108,7 +108,9 @@ static void implicit_offsets(const fc_phase_layout* l, size_t cg, size_t taps, s
   }
 }
 
-/* Whether a layer runs transposed, pixels as the MR-row dimension (conv_pixel_rows,
+static int is_strided(const fc_conv2d_params* p) { return p->stride_h != 1 || p->stride_w != 1; }
+
+/* Whether a layer pads better transposed, pixels as the MR-row dimension (conv_pixel_rows,
  * conv_implicit_rows): when the tiles over the pixels as columns do 10 % more work than over
  * the pixels as rows (the transposes' cost, measured). Edge tiles cost whole vectors, NR / 2
  * columns. On AVX-512 this takes 1x1 layers on 7x7 images (49 pixels: 64 columns against 56
@@ -117,7 +119,7 @@ static void implicit_offsets(const fc_phase_layout* l, size_t cg, size_t taps, s
  * measured 1-15 % slower transposed; and implicit GEMMs whose run pads badly: a 3x3 stride-2
  * layer with a 7x7 output computes 55 columns (7 rows of 8, less 1), 64 as columns, 56 as rows.
  * Layers with few output channels keep the columns (a 1x1 one reads its input in place). */
-static int runs_transposed(const fc_conv2d_params* p, int algorithm) {
+static int pads_better_as_rows(const fc_conv2d_params* p, int algorithm) {
   const fc_gemm_config* cfg = fc_gemm_config_get();
   const size_t og = p->out_channels / p->groups, vec = cfg->nr / 2;
   fc_phase_layout l;
@@ -129,6 +131,28 @@ static int runs_transposed(const fc_conv2d_params* p, int algorithm) {
   const double cols_work = (double)fc_round_up(og, cfg->mr) * fc_round_up(npix, vec);
   const double rows_work = (double)fc_round_up(npix, cfg->mr) * fc_round_up(og, vec);
   return rows_work * 1.1 < cols_work;
+}
+
+/* Whether a 1x1 layer runs transposed with its input read in place (conv_pixels_in_place): on
+ * AVX-512, stride 1, more than 256 input channels per group, images that pad no better as rows
+ * (those keep conv_pixel_rows: on a 7x7 image the A panels are neither cache-line aligned nor
+ * compact, and packing them measured the same or up to 5 % faster). The tiles are transposed into
+ * the output planes once per K block, which a deep K amortises: measured on one thread (CPU
+ * time, caches flushed between calls), 480 to 1024 input channels on 14x14 and 28x28 3-6 %
+ * faster than packing (ResNet-50's 1024 -> 512 on 14x14 2.01 -> 1.94 ms), 64 to 256 the same or
+ * up to 15 % slower. Layers of up to 32 output channels keep B in place (480 -> 16 on 14x14 was
+ * 10 % slower this way: one vector of weights per 8 broadcasts). */
+static int reads_pixels_in_place(const fc_conv2d_params* p, int algorithm) {
+  const fc_gemm_config* cfg = fc_gemm_config_get();
+  return cfg->pixels && algorithm == FC_CONV_GEMM && !is_strided(p) &&
+         p->in_channels / p->groups > 256 &&
+         p->out_channels / p->groups > FC_IN_PLACE_MAX_PANELS * cfg->mr &&
+         !pads_better_as_rows(p, algorithm);
+}
+
+/* Whether a layer runs transposed: where that pads better, or reading the input in place. */
+static int runs_transposed(const fc_conv2d_params* p, int algorithm) {
+  return pads_better_as_rows(p, algorithm) || reads_pixels_in_place(p, algorithm);
 }
 
 size_t fc_conv2d_packed_size(const fc_conv2d_params* p, int algorithm) {
@@ -158,8 +182,10 @@ int fc_conv2d_pack_weights(const fc_conv2d_params* p, int algorithm, const float
   if (runs_transposed(p, algorithm)) {
     /* W_g^T as B panels: the layout of a dense layer's weights (out x in). */
     const size_t wpanel = fc_dense_packed_size(kdim, og);
+    const int pixels = reads_pixels_in_place(p, algorithm);
     for (size_t g = 0; g < p->groups; g++) {
-      fc_dense_pack_weights(kdim, og, w + g * og * kdim, packed + g * wpanel);
+      if (pixels) fc_pixels_pack_weights(kdim, og, w + g * og * kdim, packed + g * wpanel);
+      else fc_dense_pack_weights(kdim, og, w + g * og * kdim, packed + g * wpanel);
     }
     return 0;
   }
@@ -169,8 +195,6 @@ int fc_conv2d_pack_weights(const fc_conv2d_params* p, int algorithm, const float
   }
   return 0;
 }
-
-static int is_strided(const fc_conv2d_params* p) { return p->stride_h != 1 || p->stride_w != 1; }
 
 /* Every stride-th pixel of one image's channels into contiguous out_h x out_w planes: a strided
  * 1x1 layer's B matrix, a copy of a quarter of its input at stride 2 (cheap next to the GEMM). */
@@ -348,6 +372,23 @@ static int rows_gemm_store(const fc_conv2d_params* p, const rows_work* w, size_t
   return rc;
 }
 
+/* Image n, group g, alone in xt (its pixels packed as the rows), through the pixels kernel: the
+ * tiles are stored transposed straight into the output planes, with no result buffer and no
+ * transposing pass (which took 9 % of ResNet-50's 512 -> 2048 on 7x7 with its residual). A
+ * residual is copied into the output first and accumulated, as on the columns path. */
+static int rows_pixels_store(const fc_conv2d_params* p, const rows_work* w, size_t kdim, size_t n,
+                             size_t g, const float* packed, const float* bias,
+                             const float* residual, float* y) {
+  const size_t og = p->out_channels / p->groups, npix = p->out_h * p->out_w;
+  const size_t out_offset = (n * p->out_channels + g * og) * npix;
+  if (residual && residual != y) {
+    memcpy(y + out_offset, residual + out_offset, og * npix * sizeof(float));
+  }
+  return fc_gemm_pixels(npix, og, kdim, w->xt, 0, packed + g * fc_dense_packed_size(kdim, og),
+                        bias ? bias + g * og : NULL, residual != NULL, p->activation,
+                        y + out_offset, npix, fc_threads_for(2.0 * og * kdim * npix));
+}
+
 /* A 1x1 layer on a small image, transposed: Y_g^T (pixels x O/g) = X_g^T (pixels x C/g) * W_g^T.
  * The pixels are the GEMM rows (a 7x7 image is 56 rows of work instead of 64 columns; at batch
  * > 1 the pixels of several images together), the weights were packed once as B panels, X^T is
@@ -357,8 +398,12 @@ static int conv_pixel_rows(const fc_conv2d_params* p, const float* packed, const
                            const float* residual, const float* x, float* y) {
   const size_t cg = p->in_channels / p->groups, npix = p->out_h * p->out_w;
   const size_t in_plane = p->in_h * p->in_w, mr = fc_gemm_config_get()->mr;
+  /* With the pixels kernel each image runs alone, storing straight into its output planes. */
+  const int pixels = fc_gemm_config_get()->pixels != NULL;
+  fc_conv2d_params one = *p;
+  one.batch = 1;
   rows_work w;
-  if (rows_work_init(p, npix, cg, &w) != 0) return FC_ERROR_NOMEM;
+  if (rows_work_init(pixels ? &one : p, npix, cg, &w) != 0) return FC_ERROR_NOMEM;
   for (size_t i = 0, r = 0; i < w.images; i++) {
     for (size_t oh = 0; oh < p->out_h; oh++) {
       for (size_t ow = 0; ow < p->out_w; ow++) {
@@ -374,7 +419,54 @@ static int conv_pixel_rows(const fc_conv2d_params* p, const float* packed, const
     for (size_t g = 0; g < p->groups && rc == 0; g++) {
       fc_pack_a_rows(count * npix, cg, x + (n0 * p->in_channels + g * cg) * in_plane, w.rows,
                      w.cols, mr, w.xt);
-      rc = rows_gemm_store(p, &w, cg, p->out_w, n0, count, g, packed, bias, residual, y);
+      if (pixels) {
+        rc = rows_pixels_store(p, &w, cg, n0, g, packed, bias, residual, y);
+      } else {
+        rc = rows_gemm_store(p, &w, cg, p->out_w, n0, count, g, packed, bias, residual, y);
+      }
+    }
+  }
+  return rc;
+}
+
+/* Whether the output overlaps the input (a model plan writing over its input, the input being
+ * the fused residual). */
+static int overwrites_input(const fc_conv2d_params* p, const float* x, const float* y) {
+  const uintptr_t x0 = (uintptr_t)x, y0 = (uintptr_t)y;
+  const size_t out = p->batch * p->out_channels * p->out_h * p->out_w * sizeof(float);
+  const size_t in = p->batch * p->in_channels * p->in_h * p->in_w * sizeof(float);
+  return x0 < y0 + out && y0 < x0 + in;
+}
+
+/* A 1x1 stride-1 layer transposed with its input read in place (fc_gemm_pixels): per image and
+ * group Y_g^T = X_g^T * W_g^T, where 8 pixels of an input channel are 8 contiguous floats, so X
+ * needs no packing; the weights were packed once as B panels and the kernel stores its tiles
+ * transposed straight into the output planes. A residual is copied into the output first and
+ * accumulated. An output written over the input would be read back as input: the input is then
+ * copied first. */
+static int conv_pixels_in_place(const fc_conv2d_params* p, const float* packed,
+                                const float* bias, const float* residual, const float* x,
+                                float* y) {
+  const size_t og = p->out_channels / p->groups, cg = p->in_channels / p->groups;
+  const size_t npix = p->out_h * p->out_w, wpanel = fc_dense_packed_size(cg, og);
+  const int threads = fc_threads_for(2.0 * og * cg * npix);
+  if (overwrites_input(p, x, y)) {
+    const size_t size = p->batch * p->in_channels * npix * sizeof(float);
+    float* copy = (float*)fc_workspace(FC_WS_LAYOUT, size);
+    if (!copy) return FC_ERROR_NOMEM;
+    memcpy(copy, x, size);
+    x = copy;
+  }
+  int rc = 0;
+  for (size_t n = 0; n < p->batch && rc == 0; n++) {
+    for (size_t g = 0; g < p->groups && rc == 0; g++) {
+      const size_t out_offset = (n * p->out_channels + g * og) * npix;
+      if (residual && residual != y) {
+        memcpy(y + out_offset, residual + out_offset, og * npix * sizeof(float));
+      }
+      rc = fc_gemm_pixels(npix, og, cg, x + (n * p->in_channels + g * cg) * npix, npix,
+                          packed + g * wpanel, bias ? bias + g * og : NULL, residual != NULL,
+                          p->activation, y + out_offset, npix, threads);
     }
   }
   return rc;
@@ -660,6 +752,9 @@ static int run_algorithm(const fc_conv2d_params* p, int algorithm, const float* 
   }
   if (runs_transposed(p, algorithm)) {
     if (algorithm == FC_CONV_IMPLICIT) return conv_implicit_rows(p, packed, bias, residual, x, y);
+    if (reads_pixels_in_place(p, algorithm)) {
+      return conv_pixels_in_place(p, packed, bias, residual, x, y);
+    }
     return conv_pixel_rows(p, packed, bias, residual, x, y);
   }
   if (algorithm == FC_CONV_IMPLICIT) return conv_implicit(p, packed, bias, residual, x, y);

@@ -54,7 +54,8 @@ static const fc_gemm_config gemm_configs[] = {
     {fc_f32_gemm_minmax_ukernel_6x16__avx2, fc_f32_gemv_ukernel__avx2, 6, 16,
      "f32_gemm_minmax_ukernel_6x16__avx2"},
     {fc_f32_gemm_minmax_ukernel_8x32__avx512f, fc_f32_gemv_ukernel__avx512f, 8, 32,
-     "f32_gemm_minmax_ukernel_8x32__avx512f", fc_f32_gemm_narrow_ukernel_16x8__avx512f, 8},
+     "f32_gemm_minmax_ukernel_8x32__avx512f", fc_f32_gemm_narrow_ukernel_16x8__avx512f, 8,
+     fc_f32_gemm_pixels_ukernel_8x32__avx512f},
 #endif
 };
 static const fc_vector_config vector_configs[] = {

@@ -176,3 +176,120 @@ void fc_f32_gemm_narrow_ukernel_16x8__avx512f(size_t rows, size_t cols, size_t k
                 rows - MR, cols, 1, 8);
   }
 }
+
+/* fc_f32_gemm_pixels_ukernel_8x32__avx512f: the 8x32 tile of a 1x1 convolution transposed, for
+ * the path that reads the input in place (fc_gemm_pixels): the 8 rows are pixels, A[r][k] at
+ * a[k * lda + r] (8 contiguous floats of input channel k, lda = the image's pixels), B is a packed
+ * panel of weights (kc x 32, the dense layout), and the tile is stored transposed, C[r][j] at
+ * c[j * ldc + r]: 32 output channels of 8 pixels each. The loop per k is the tile kernel's
+ * (eight broadcasts, two loads of B, sixteen FMAs), so each element is the same fused sum in k
+ * order from zero, bit-identical to the other orientation. The accumulators are transposed in
+ * registers, 8 x 16 into 16 ymm vectors of 8 pixels, and the epilogue runs on those: a channel's
+ * bias is then one broadcast and C is read and written 32 bytes per channel. */
+
+/* v[r] (row r, 16 channels) into out[j] (channel j, 8 rows): in-lane unpacks and shuffles make
+ * 4x4 blocks, and a two-source permute pairs the rows 0-3 and 4-7 of each channel. */
+FC_INLINE void transpose8x16(const __m512 v[MR], __m256 out[16]) {
+  __m512 t[8], u[8];
+#pragma GCC unroll 4
+  for (int i = 0; i < 4; i++) {
+    t[2 * i] = _mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]);
+  }
+#pragma GCC unroll 2
+  for (int h = 0; h < 2; h++) { /* u[4h + q]: channel 4L + q of rows 4h .. 4h + 3 in lane L */
+    const __m512* s = t + 4 * h;
+    u[4 * h] = _mm512_shuffle_ps(s[0], s[2], 0x44);
+    u[4 * h + 1] = _mm512_shuffle_ps(s[0], s[2], 0xEE);
+    u[4 * h + 2] = _mm512_shuffle_ps(s[1], s[3], 0x44);
+    u[4 * h + 3] = _mm512_shuffle_ps(s[1], s[3], 0xEE);
+  }
+  const __m512i lanes01 = _mm512_set_epi32(23, 22, 21, 20, 7, 6, 5, 4, 19, 18, 17, 16, 3, 2, 1, 0);
+  const __m512i lanes23 =
+      _mm512_set_epi32(31, 30, 29, 28, 15, 14, 13, 12, 27, 26, 25, 24, 11, 10, 9, 8);
+#pragma GCC unroll 4
+  for (int q = 0; q < 4; q++) {
+    const __m512 w01 = _mm512_permutex2var_ps(u[q], lanes01, u[4 + q]);
+    const __m512 w23 = _mm512_permutex2var_ps(u[q], lanes23, u[4 + q]);
+    out[q] = _mm512_castps512_ps256(w01);
+    out[4 + q] = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(w01), 1));
+    out[8 + q] = _mm512_castps512_ps256(w23);
+    out[12 + q] = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(w23), 1));
+  }
+}
+
+/* Rows 0..rows-1 (mr of them computed, a constant), columns 0..cols-1 (nv vectors of B). A full
+ * tile (`full`: 8 rows) stores whole ymm vectors; an edge one masked ones. */
+FC_INLINE void pixels_tile(size_t kc, const float* a, size_t lda, const float* b, float* c,
+                           size_t ldc, const fc_gemm_epilogue* ep, size_t rows, size_t cols,
+                           const int nv, const int mr, const int full) {
+  __m512 lo[MR], hi[MR];
+#pragma GCC unroll 8
+  for (int r = 0; r < MR; r++) {
+    lo[r] = _mm512_setzero_ps();
+    hi[r] = _mm512_setzero_ps();
+  }
+  for (size_t k = 0; k < kc; k++) {
+    const __m512 b0 = _mm512_load_ps(b + k * NR);
+    const __m512 b1 = nv == 2 ? _mm512_load_ps(b + k * NR + 16) : _mm512_setzero_ps();
+#pragma GCC unroll 8
+    for (int r = 0; r < mr; r++) {
+      const __m512 ar = _mm512_set1_ps(a[r]);
+      lo[r] = _mm512_fmadd_ps(ar, b0, lo[r]);
+      if (nv == 2) hi[r] = _mm512_fmadd_ps(ar, b1, hi[r]);
+    }
+    a += lda;
+  }
+  __m256 ch[NR];
+  transpose8x16(lo, ch);
+  if (nv == 2) transpose8x16(hi, ch + 16);
+  const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)rows),
+                                          _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  const __m256 vmin = _mm256_set1_ps(ep->min), vmax = _mm256_set1_ps(ep->max);
+#pragma GCC unroll 32
+  for (int j = 0; j < 16 * nv; j++) {
+    if ((size_t)j >= cols) break;
+    float* cj = c + (size_t)j * ldc;
+    __m256 v = ch[j];
+    if (ep->accumulate) {
+      v = _mm256_add_ps(full ? _mm256_loadu_ps(cj) : _mm256_maskload_ps(cj, mask), v);
+    }
+    if (ep->bias_col) v = _mm256_add_ps(v, _mm256_broadcast_ss(ep->bias_col + j));
+    v = _mm256_min_ps(vmax, _mm256_max_ps(vmin, v)); /* keeps NaN, as in the tile kernel */
+    if (full) {
+      _mm256_storeu_ps(cj, v);
+    } else {
+      _mm256_maskstore_ps(cj, mask, v);
+    }
+  }
+}
+
+/* An edge tile (fewer than 8 rows or 32 columns), computing 1, 2, 4 or 8 rows. */
+FC_INLINE void pixels_edge(size_t kc, const float* a, size_t lda, const float* b, float* c,
+                           size_t ldc, const fc_gemm_epilogue* ep, size_t rows, size_t cols,
+                           const int nv) {
+  if (rows == 1) {
+    pixels_tile(kc, a, lda, b, c, ldc, ep, rows, cols, nv, 1, 0);
+  } else if (rows == 2) {
+    pixels_tile(kc, a, lda, b, c, ldc, ep, rows, cols, nv, 2, 0);
+  } else if (rows <= 4) {
+    pixels_tile(kc, a, lda, b, c, ldc, ep, rows, cols, nv, 4, 0);
+  } else {
+    pixels_tile(kc, a, lda, b, c, ldc, ep, rows, cols, nv, MR, 0);
+  }
+}
+
+void fc_f32_gemm_pixels_ukernel_8x32__avx512f(size_t rows, size_t cols, size_t kc,
+                                              const float* a, size_t lda, const float* b,
+                                              float* c, size_t ldc, const fc_gemm_epilogue* ep) {
+  if (rows == MR && cols == NR) {
+    pixels_tile(kc, a, lda, b, c, ldc, ep, MR, NR, 2, MR, 1);
+  } else if (rows == MR) {
+    if (cols > 16) pixels_tile(kc, a, lda, b, c, ldc, ep, MR, cols, 2, MR, 1);
+    else pixels_tile(kc, a, lda, b, c, ldc, ep, MR, cols, 1, MR, 1);
+  } else if (cols > 16) {
+    pixels_edge(kc, a, lda, b, c, ldc, ep, rows, cols, 2);
+  } else {
+    pixels_edge(kc, a, lda, b, c, ldc, ep, rows, cols, 1);
+  }
+}
