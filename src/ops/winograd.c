@@ -138,27 +138,34 @@ static void input_chunk(const winograd_work* w, size_t C, size_t image, size_t c
 
 /* Output transform of the chunk's tiles of an image for output channel o: bias, residual,
  * activation, and the m x m outputs of each tile into the plane yo (tiles past the edge
- * clipped). */
+ * clipped). The transform leaves output (i, j) of every tile in row i * m + j of tmp; each run
+ * of the chunk's tiles along a tile row is interleaved into m rows of `line`, then stored with
+ * the residual and clamp as vectors (through `line`: the residual may be the output itself). */
 static void output_chunk(const fc_conv2d_params* p, const winograd_work* w, size_t image,
                          size_t o, size_t t0, size_t tc, float bias, const float* residual,
-                         float* yo, float* tmp) {
+                         float* yo, float* tmp, float* line) {
+  const fc_vector_config* vk = fc_vector_config_get();
   const size_t m = w->v.m, tmp_stride = fc_round_up(tc, FC_WINDOW_SLACK);
   const float lo = fc_act_min(p->activation), hi = fc_act_max(p->activation);
   w->v.output(tc, w->mt + o * w->pitch + image * tc, w->m_stride, bias, tmp, tmp_stride);
-  for (size_t t = 0; t < tc; t++) {
+  for (size_t t = 0; t < tc;) {
     const size_t ty = (t0 + t) / w->tiles_w, tx = (t0 + t) % w->tiles_w;
+    const size_t n = fc_min(w->tiles_w - tx, tc - t), x0 = m * tx;
+    const size_t width = fc_min(m * n, p->out_w - x0);
     for (size_t i = 0; i < m && m * ty + i < p->out_h; i++) {
-      const size_t row = (m * ty + i) * p->out_w, width = fc_min(m, p->out_w - m * tx);
-      for (size_t j = 0; j < width; j++) {
-        const size_t at = row + m * tx + j;
-        float value = tmp[(i * m + j) * tmp_stride + t];
-        if (residual) value += residual[at];
-        value = value < lo ? lo : value; /* NaN passes the clamp unchanged */
-        value = value > hi ? hi : value;
-        yo[at] = value;
+      const size_t at = (m * ty + i) * p->out_w + x0;
+      for (size_t j = 0; j < m; j++) {
+        const float* src = tmp + (i * m + j) * tmp_stride + t;
+        for (size_t q = 0; m * q + j < width; q++) line[m * q + j] = src[q];
       }
-      fc_activation_row(width, p->activation, yo + row + m * tx);
+      if (residual) {
+        vk->vadd(width, line, residual + at, yo + at, lo, hi);
+      } else {
+        vk->vclamp(width, line, yo + at, lo, hi);
+      }
+      fc_activation_row(width, p->activation, yo + at);
     }
+    t += n;
   }
 }
 
@@ -207,9 +214,9 @@ static void gemm_stage(const winograd_chunk* k, int* rc) {
 static void output_stage(const winograd_chunk* k, int* rc) {
   const fc_conv2d_params* p = k->p;
   const size_t O = p->out_channels, plane_out = p->out_h * p->out_w, m = k->w->v.m;
-  /* The output transform's m^2 x tc results, per thread. */
-  float* tmp = (float*)fc_workspace(FC_WS_TABLE,
-                                    m * m * fc_round_up(k->tc, FC_WINDOW_SLACK) * sizeof(float));
+  /* Per thread: the output transform's m^2 x tc results, then m x tc floats of output line. */
+  const size_t tmp_floats = m * m * fc_round_up(k->tc, FC_WINDOW_SLACK);
+  float* tmp = (float*)fc_workspace(FC_WS_TABLE, (tmp_floats + m * k->tc) * sizeof(float));
   if (!tmp) {
 #pragma omp atomic write
     *rc = FC_ERROR_NOMEM;
@@ -219,7 +226,7 @@ static void output_stage(const winograd_chunk* k, int* rc) {
     for (size_t i = 0; i < k->count && tmp; i++) {
       const size_t at = (i * O + o) * plane_out;
       output_chunk(p, k->w, i, o, k->t0, k->tc, k->bias ? k->bias[o] : 0.0f,
-                   k->rn ? k->rn + at : NULL, k->yn + at, tmp);
+                   k->rn ? k->rn + at : NULL, k->yn + at, tmp, tmp + tmp_floats);
     }
   }
 }
