@@ -238,35 +238,55 @@ static void output_stage(const winograd_chunk* k, int* rc) {
   }
 }
 
-/* When the products (16 or 36) divide evenly among the threads, one parallel region runs the
- * chunk and each thread computes whole products: at batch 1 a small image's GEMMs are too small
- * to split well, and a fork/join per GEMM added up. Otherwise each GEMM is split. Either way
- * every GEMM sums in the same order, so results do not depend on the thread count. */
-static int run_chunk(const winograd_chunk* k, int threads) {
+/* The phase planes of the chunk's images, all their tiles. */
+static void fill_stage(const winograd_chunk* k, const float* xn) {
+  const size_t C = k->p->in_channels, plane_in = k->p->in_h * k->p->in_w;
+#pragma omp for schedule(static)
+  for (size_t ic = 0; ic < k->count * C; ic++) {
+    fc_phase_fill(&k->w->layout, xn + ic * plane_in, 0.0f, k->w->planes + ic * k->w->chan);
+  }
+}
+
+/* All the chunks of k's images (k's t0 and tc are set here). When the products (16 or 36)
+ * divide evenly among the threads, one parallel region runs them all and each thread computes
+ * whole products: at batch 1 a small image's GEMMs are too small to split well, and a fork/join
+ * per GEMM, or per chunk of NR tiles, added up. Otherwise each GEMM is split. Either way every
+ * GEMM sums in the same order, so results do not depend on the thread count. */
+static int run_images(winograd_chunk k, const float* xn, int threads) {
+  const size_t tiles = k.w->tiles, chunk = k.w->chunk;
   int rc = 0;
-  if (threads > 1 && k->w->v.products % (size_t)threads == 0) {
-#pragma omp parallel num_threads(threads)
+  if (threads > 1 && k.w->v.products % (size_t)threads == 0) {
+#pragma omp parallel num_threads(threads) firstprivate(k)
     {
+      fill_stage(&k, xn);
       const unsigned fp_mode = fc_fp_enter();
-      input_stage(k);
-      gemm_stage(k, &rc);
-      output_stage(k, &rc);
+      for (k.t0 = 0; k.t0 < tiles; k.t0 += chunk) {
+        k.tc = fc_min(chunk, tiles - k.t0);
+        input_stage(&k);
+        gemm_stage(&k, &rc);
+        output_stage(&k, &rc);
+      }
       fc_fp_exit(fp_mode);
     }
     return rc;
   }
 #pragma omp parallel num_threads(threads)
-  {
-    const unsigned fp_mode = fc_fp_enter();
-    input_stage(k);
-    fc_fp_exit(fp_mode);
-  }
-  for (size_t xi = 0; xi < k->w->v.products && rc == 0; xi++) rc = product_gemm(k, xi, threads);
+  fill_stage(&k, xn);
+  for (k.t0 = 0; k.t0 < tiles && rc == 0; k.t0 += chunk) {
+    k.tc = fc_min(chunk, tiles - k.t0);
 #pragma omp parallel num_threads(threads)
-  {
-    const unsigned fp_mode = fc_fp_enter();
-    output_stage(k, &rc);
-    fc_fp_exit(fp_mode);
+    {
+      const unsigned fp_mode = fc_fp_enter();
+      input_stage(&k);
+      fc_fp_exit(fp_mode);
+    }
+    for (size_t xi = 0; xi < k.w->v.products && rc == 0; xi++) rc = product_gemm(&k, xi, threads);
+#pragma omp parallel num_threads(threads)
+    {
+      const unsigned fp_mode = fc_fp_enter();
+      output_stage(&k, &rc);
+      fc_fp_exit(fp_mode);
+    }
   }
   return rc;
 }
@@ -315,16 +335,9 @@ int fc_winograd_run(const fc_conv2d_params* p, size_t m, const float* packed, co
   for (size_t n = 0; n < p->batch && rc == 0; n += w.images) {
     const size_t count = fc_min(w.images, p->batch - n);
     const int threads = fc_threads_for(2.0 * O * C * w.v.products * w.chunk * count);
-    const float* xn = x + n * C * plane_in;
-#pragma omp parallel for schedule(static) num_threads(threads)
-    for (size_t ic = 0; ic < count * C; ic++) {
-      fc_phase_fill(&w.layout, xn + ic * plane_in, 0.0f, w.planes + ic * w.chan);
-    }
-    for (size_t t0 = 0; t0 < w.tiles && rc == 0; t0 += w.chunk) {
-      const winograd_chunk k = {p, &w, packed, bias, residual ? residual + n * O * plane_out : NULL,
-                                y + n * O * plane_out, count, t0, fc_min(w.chunk, w.tiles - t0)};
-      rc = run_chunk(&k, threads);
-    }
+    const winograd_chunk k = {p, &w, packed, bias, residual ? residual + n * O * plane_out : NULL,
+                              y + n * O * plane_out, count, 0, 0};
+    rc = run_images(k, x + n * C * plane_in, threads);
   }
   return rc;
 }
