@@ -247,27 +247,37 @@ static void fill_stage(const winograd_chunk* k, const float* xn) {
   }
 }
 
-/* All the chunks of k's images (k's t0 and tc are set here). When the products (16 or 36)
- * divide evenly among the threads, one parallel region runs them all and each thread computes
- * whole products: at batch 1 a small image's GEMMs are too small to split well, and a fork/join
- * per GEMM, or per chunk of NR tiles, added up. Otherwise each GEMM is split. Either way every
- * GEMM sums in the same order, so results do not depend on the thread count. */
+/* All the chunks of k's images (k's t0 and tc are set here), each thread computing whole
+ * products: run by every thread of a region, or serially outside one. */
+static void all_chunks(winograd_chunk k, const float* xn, int* rc) {
+  const size_t tiles = k.w->tiles, chunk = k.w->chunk;
+  fill_stage(&k, xn);
+  const unsigned fp_mode = fc_fp_enter();
+  for (k.t0 = 0; k.t0 < tiles; k.t0 += chunk) {
+    k.tc = fc_min(chunk, tiles - k.t0);
+    input_stage(&k);
+    gemm_stage(&k, rc);
+    output_stage(&k, rc);
+  }
+  fc_fp_exit(fp_mode);
+}
+
+/* When the products (16 or 36) divide evenly among the threads, one parallel region runs all
+ * the chunks and each thread computes whole products: at batch 1 a small image's GEMMs are too
+ * small to split well, and a fork/join per GEMM, or per chunk of NR tiles, added up. Otherwise
+ * each GEMM is split. Either way every GEMM sums in the same order, so results do not depend on
+ * the thread count. One thread enters no region (each costs it about half a microsecond),
+ * except inside a team, where the stages' loops would bind to the team's region. */
 static int run_images(winograd_chunk k, const float* xn, int threads) {
   const size_t tiles = k.w->tiles, chunk = k.w->chunk;
   int rc = 0;
-  if (threads > 1 && k.w->v.products % (size_t)threads == 0) {
-#pragma omp parallel num_threads(threads) firstprivate(k)
-    {
-      fill_stage(&k, xn);
-      const unsigned fp_mode = fc_fp_enter();
-      for (k.t0 = 0; k.t0 < tiles; k.t0 += chunk) {
-        k.tc = fc_min(chunk, tiles - k.t0);
-        input_stage(&k);
-        gemm_stage(&k, &rc);
-        output_stage(&k, &rc);
-      }
-      fc_fp_exit(fp_mode);
-    }
+  if (threads == 1 && !fc_in_team()) {
+    all_chunks(k, xn, &rc);
+    return rc;
+  }
+  if (k.w->v.products % (size_t)threads == 0) {
+#pragma omp parallel num_threads(threads)
+    all_chunks(k, xn, &rc);
     return rc;
   }
 #pragma omp parallel num_threads(threads)
