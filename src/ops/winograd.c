@@ -310,6 +310,7 @@ static int winograd_work_init(const fc_conv2d_params* p, size_t m, winograd_work
   fc_phase_layout_init(&w->layout, p->in_h, p->in_w, tiles_h, w->tiles_w, w->v.alpha, w->v.alpha,
                        m, m, 1, 1, p->pad_top, p->pad_left);
   w->chan = fc_phase_planes_size(&w->layout);
+  /* Large chunks keep the GEMMs wide and read each U_xi once for many tiles. */
   size_t chunk = CHUNK_FLOATS / (w->v.products * (C > O ? C : O)) / nr * nr;
   chunk = chunk < nr ? nr : chunk;
   /* Whole images per chunk when they fit, each image's tiles a run of columns. */
@@ -344,7 +345,8 @@ int fc_winograd_run(const fc_conv2d_params* p, size_t m, const float* packed, co
   int rc = 0;
   for (size_t n = 0; n < p->batch && rc == 0; n += w.images) {
     const size_t count = fc_min(w.images, p->batch - n);
-    const int threads = fc_threads_for(2.0 * O * C * w.v.products * w.chunk * count);
+    /* One region runs all the chunks of these images: their flops decide. */
+    const int threads = fc_threads_for(2.0 * O * C * w.v.products * w.tiles * count);
     const winograd_chunk k = {p, &w, packed, bias, residual ? residual + n * O * plane_out : NULL,
                               y + n * O * plane_out, count, 0, 0};
     rc = run_images(k, x + n * C * plane_in, threads);
