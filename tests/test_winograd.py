@@ -63,13 +63,16 @@ def test_fused_activation_and_residual(algorithm, activation, rng):
     ref.assert_close(in_place, expected, 9 * 16, 4.0, c=BOUND_FACTOR[algorithm])
 
 
-def test_several_chunks_of_tiles_against_torch(rng):
-    """64 channels at 172 x 172: F(4x4)'s 1849 tiles per image take two chunks (of 1792)."""
-    x, wt, b = ref.rand(rng, (2, 64, 172, 172)), ref.rand(rng, (64, 64, 3, 3)), ref.rand(rng, (64,))
+@pytest.mark.parametrize("c,o,size", [(64, 64, 172), (64, 512, 64)])
+def test_several_chunks_of_tiles_against_torch(c, o, size, rng):
+    """F(4x4)'s tiles in several chunks, some splitting a row of tiles: 64 -> 64 channels at
+    172 x 172 (U of 0.6 MiB: 1849 tiles in chunks of NR), 64 -> 512 at 64 x 64 (U of 4.5 MiB:
+    256 tiles in chunks of 224)."""
+    x, wt, b = ref.rand(rng, (2, c, size, size)), ref.rand(rng, (o, c, 3, 3)), ref.rand(rng, (o,))
     y = F.conv2d(x, wt, b, padding=1, algorithm="winograd4")
     expected = torch.nn.functional.conv2d(torch.from_numpy(x).double(), torch.from_numpy(wt).double(),
                                           torch.from_numpy(b).double(), padding=1).numpy()
-    ref.assert_close(y, expected, 9 * 64, ref.scale_of(x, wt), c=BOUND_FACTOR["winograd4"])
+    ref.assert_close(y, expected, 9 * c, ref.scale_of(x, wt), c=BOUND_FACTOR["winograd4"])
 
 
 @pytest.mark.parametrize("algorithm,c,size", [("winograd", 1024, 7), ("winograd4", 512, 14)])
@@ -101,8 +104,9 @@ def test_images_side_by_side_in_a_chunk(algorithm, c, size, rng):
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 def test_thread_count_does_not_change_the_result(algorithm, rng):
-    x, wt = ref.rand(rng, (2, 64, 30, 29)), ref.rand(rng, (96, 64, 3, 3))
-    conv = F.PreparedConv2d(wt, ref.rand(rng, (96,)), (64, 30, 29), padding=1, activation="relu",
+    """46 x 45 outputs: 144 F(4x4) tiles or 529 F(2x2), several chunks of NR tiles."""
+    x, wt = ref.rand(rng, (2, 64, 46, 45)), ref.rand(rng, (96, 64, 3, 3))
+    conv = F.PreparedConv2d(wt, ref.rand(rng, (96,)), (64, 46, 45), padding=1, activation="relu",
                             algorithm=algorithm)
     previous = fastconv.get_num_threads()
     try:

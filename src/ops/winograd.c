@@ -19,6 +19,14 @@
 #include "fc_kernels.h"
 
 #define CHUNK_FLOATS (1u << 22) /* V or M buffer per chunk: at most 16 MiB */
+/* Chunks of NR tiles (see winograd_work_init) for U up to this size and images of at least this
+ * many tiles. One thread, CPU time, ms, caches warm / flushed by a 64 MB write between calls:
+ * 64 -> 64 channels on 56x56 1.24 / 1.85 -> 1.19 / 1.48; on 224x224 28.5 / 29.0 -> 22.0 / 22.2;
+ * 128 on 112x112 18.3 -> 16.3-16.7. Not better: 256 channels on 56x56 (U 9.4 MiB, read 7
+ * times) or 128 on 28x28 (49 tiles, two chunks); neither chunks of 16 or 64 tiles. */
+#define SMALL_CHUNK_MAX_U (4u << 20)
+#define SMALL_CHUNK_MIN_TILES 128
+#define PRODUCT_SKEW 16 /* floats: one cache line, see winograd_work_init */
 #define MAX_ALPHA 6             /* input tile side of F(4x4, 3x3) */
 /* Images go several to a chunk up to this many tile columns. Batch 8, one thread: ResNet-50's
  * 7x7 512-channel layers (16 F(2x2) tiles, 1 MiB of U per product) 16.8 -> 13.3 ms with 8
@@ -111,6 +119,7 @@ typedef struct winograd_work {
   fc_phase_layout layout;
   size_t chan;  /* floats of phase planes per channel */
   size_t chunk, pitch, tiles_w, tiles;
+  size_t v_stride, m_stride; /* floats from one product's V or M to the next's */
   size_t images; /* per chunk: 1, or whole images of `tiles` each */
   float* planes; /* images x C channels */
   float* vt; /* V: products x C rows */
@@ -129,34 +138,41 @@ static void input_chunk(const winograd_work* w, size_t C, size_t image, size_t c
     const size_t n = fc_min(w->tiles_w - tx, t0 + tc - t);
     const float* phases[MAX_ALPHA * MAX_ALPHA];
     for (size_t q = 0; q < w->v.m * w->v.m; q++) phases[q] = base + q * l->phase_size + ty * l->cols + tx;
-    w->v.input(n, phases, l->cols, w->vt + c * w->pitch + image * tc + (t - t0), C * w->pitch);
+    w->v.input(n, phases, l->cols, w->vt + c * w->pitch + image * tc + (t - t0), w->v_stride);
     t += n;
   }
 }
 
 /* Output transform of the chunk's tiles of an image for output channel o: bias, residual,
  * activation, and the m x m outputs of each tile into the plane yo (tiles past the edge
- * clipped). */
+ * clipped). The transform leaves output (i, j) of every tile in row i * m + j of tmp; each run
+ * of the chunk's tiles along a tile row is interleaved into m rows of `line`, then stored with
+ * the residual and clamp as vectors (through `line`: the residual may be the output itself). */
 static void output_chunk(const fc_conv2d_params* p, const winograd_work* w, size_t image,
                          size_t o, size_t t0, size_t tc, float bias, const float* residual,
-                         float* yo, float* tmp) {
-  const size_t O = p->out_channels, m = w->v.m, tmp_stride = fc_round_up(tc, FC_WINDOW_SLACK);
+                         float* yo, float* tmp, float* line) {
+  const fc_vector_config* vk = fc_vector_config_get();
+  const size_t m = w->v.m, tmp_stride = fc_round_up(tc, FC_WINDOW_SLACK);
   const float lo = fc_act_min(p->activation), hi = fc_act_max(p->activation);
-  w->v.output(tc, w->mt + o * w->pitch + image * tc, O * w->pitch, bias, tmp, tmp_stride);
-  for (size_t t = 0; t < tc; t++) {
+  w->v.output(tc, w->mt + o * w->pitch + image * tc, w->m_stride, bias, tmp, tmp_stride);
+  for (size_t t = 0; t < tc;) {
     const size_t ty = (t0 + t) / w->tiles_w, tx = (t0 + t) % w->tiles_w;
+    const size_t n = fc_min(w->tiles_w - tx, tc - t), x0 = m * tx;
+    const size_t width = fc_min(m * n, p->out_w - x0);
     for (size_t i = 0; i < m && m * ty + i < p->out_h; i++) {
-      const size_t row = (m * ty + i) * p->out_w, width = fc_min(m, p->out_w - m * tx);
-      for (size_t j = 0; j < width; j++) {
-        const size_t at = row + m * tx + j;
-        float value = tmp[(i * m + j) * tmp_stride + t];
-        if (residual) value += residual[at];
-        value = value < lo ? lo : value; /* NaN passes the clamp unchanged */
-        value = value > hi ? hi : value;
-        yo[at] = value;
+      const size_t at = (m * ty + i) * p->out_w + x0;
+      for (size_t j = 0; j < m; j++) {
+        const float* src = tmp + (i * m + j) * tmp_stride + t;
+        for (size_t q = 0; m * q + j < width; q++) line[m * q + j] = src[q];
       }
-      fc_activation_row(width, p->activation, yo + row + m * tx);
+      if (residual) {
+        vk->vadd(width, line, residual + at, yo + at, lo, hi);
+      } else {
+        vk->vclamp(width, line, yo + at, lo, hi);
+      }
+      fc_activation_row(width, p->activation, yo + at);
     }
+    t += n;
   }
 }
 
@@ -184,10 +200,10 @@ static void input_stage(const winograd_chunk* k) {
 /* Product xi's GEMM, M_xi = U_xi V_xi, on `threads`. */
 static int product_gemm(const winograd_chunk* k, size_t xi, int threads) {
   const size_t C = k->p->in_channels, O = k->p->out_channels, pitch = k->w->pitch;
-  const fc_matrix_src src = {k->w->vt + xi * C * pitch, pitch};
+  const fc_matrix_src src = {k->w->vt + xi * k->w->v_stride, pitch};
   const fc_b_operand operand = {fc_pack_b_matrix, &src, NULL, NULL, NULL};
   return fc_gemm_packed(O, k->count * k->tc, C, k->packed + xi * u_size(k->p), &operand, NULL,
-                        NULL, 0, FC_ACT_NONE, k->w->mt + xi * O * pitch, pitch, threads);
+                        NULL, 0, FC_ACT_NONE, k->w->mt + xi * k->w->m_stride, pitch, threads);
 }
 
 /* Whole products per thread, each GEMM on its own thread. */
@@ -205,9 +221,9 @@ static void gemm_stage(const winograd_chunk* k, int* rc) {
 static void output_stage(const winograd_chunk* k, int* rc) {
   const fc_conv2d_params* p = k->p;
   const size_t O = p->out_channels, plane_out = p->out_h * p->out_w, m = k->w->v.m;
-  /* The output transform's m^2 x tc results, per thread. */
-  float* tmp = (float*)fc_workspace(FC_WS_TABLE,
-                                    m * m * fc_round_up(k->tc, FC_WINDOW_SLACK) * sizeof(float));
+  /* Per thread: the output transform's m^2 x tc results, then m x tc floats of output line. */
+  const size_t tmp_floats = m * m * fc_round_up(k->tc, FC_WINDOW_SLACK);
+  float* tmp = (float*)fc_workspace(FC_WS_TABLE, (tmp_floats + m * k->tc) * sizeof(float));
   if (!tmp) {
 #pragma omp atomic write
     *rc = FC_ERROR_NOMEM;
@@ -217,40 +233,70 @@ static void output_stage(const winograd_chunk* k, int* rc) {
     for (size_t i = 0; i < k->count && tmp; i++) {
       const size_t at = (i * O + o) * plane_out;
       output_chunk(p, k->w, i, o, k->t0, k->tc, k->bias ? k->bias[o] : 0.0f,
-                   k->rn ? k->rn + at : NULL, k->yn + at, tmp);
+                   k->rn ? k->rn + at : NULL, k->yn + at, tmp, tmp + tmp_floats);
     }
   }
 }
 
-/* When the products (16 or 36) divide evenly among the threads, one parallel region runs the
- * chunk and each thread computes whole products: at batch 1 a small image's GEMMs are too small
- * to split well, and a fork/join per GEMM added up. Otherwise each GEMM is split. Either way
- * every GEMM sums in the same order, so results do not depend on the thread count. */
-static int run_chunk(const winograd_chunk* k, int threads) {
+/* The phase planes of the chunk's images, all their tiles. */
+static void fill_stage(const winograd_chunk* k, const float* xn) {
+  const size_t C = k->p->in_channels, plane_in = k->p->in_h * k->p->in_w;
+#pragma omp for schedule(static)
+  for (size_t ic = 0; ic < k->count * C; ic++) {
+    fc_phase_fill(&k->w->layout, xn + ic * plane_in, 0.0f, k->w->planes + ic * k->w->chan);
+  }
+}
+
+/* All the chunks of k's images (k's t0 and tc are set here), each thread computing whole
+ * products: run by every thread of a region, or serially outside one. */
+static void all_chunks(winograd_chunk k, const float* xn, int* rc) {
+  const size_t tiles = k.w->tiles, chunk = k.w->chunk;
+  fill_stage(&k, xn);
+  const unsigned fp_mode = fc_fp_enter();
+  for (k.t0 = 0; k.t0 < tiles; k.t0 += chunk) {
+    k.tc = fc_min(chunk, tiles - k.t0);
+    input_stage(&k);
+    gemm_stage(&k, rc);
+    output_stage(&k, rc);
+  }
+  fc_fp_exit(fp_mode);
+}
+
+/* When the products (16 or 36) divide evenly among the threads, one parallel region runs all
+ * the chunks and each thread computes whole products: at batch 1 a small image's GEMMs are too
+ * small to split well, and a fork/join per GEMM, or per chunk of NR tiles, added up. Otherwise
+ * each GEMM is split. Either way every GEMM sums in the same order, so results do not depend on
+ * the thread count. One thread enters no region (each costs it about half a microsecond),
+ * except inside a team, where the stages' loops would bind to the team's region. */
+static int run_images(winograd_chunk k, const float* xn, int threads) {
+  const size_t tiles = k.w->tiles, chunk = k.w->chunk;
   int rc = 0;
-  if (threads > 1 && k->w->v.products % (size_t)threads == 0) {
+  if (threads == 1 && !fc_in_team()) {
+    all_chunks(k, xn, &rc);
+    return rc;
+  }
+  if (k.w->v.products % (size_t)threads == 0) {
 #pragma omp parallel num_threads(threads)
-    {
-      const unsigned fp_mode = fc_fp_enter();
-      input_stage(k);
-      gemm_stage(k, &rc);
-      output_stage(k, &rc);
-      fc_fp_exit(fp_mode);
-    }
+    all_chunks(k, xn, &rc);
     return rc;
   }
 #pragma omp parallel num_threads(threads)
-  {
-    const unsigned fp_mode = fc_fp_enter();
-    input_stage(k);
-    fc_fp_exit(fp_mode);
-  }
-  for (size_t xi = 0; xi < k->w->v.products && rc == 0; xi++) rc = product_gemm(k, xi, threads);
+  fill_stage(&k, xn);
+  for (k.t0 = 0; k.t0 < tiles && rc == 0; k.t0 += chunk) {
+    k.tc = fc_min(chunk, tiles - k.t0);
 #pragma omp parallel num_threads(threads)
-  {
-    const unsigned fp_mode = fc_fp_enter();
-    output_stage(k, &rc);
-    fc_fp_exit(fp_mode);
+    {
+      const unsigned fp_mode = fc_fp_enter();
+      input_stage(&k);
+      fc_fp_exit(fp_mode);
+    }
+    for (size_t xi = 0; xi < k.w->v.products && rc == 0; xi++) rc = product_gemm(&k, xi, threads);
+#pragma omp parallel num_threads(threads)
+    {
+      const unsigned fp_mode = fc_fp_enter();
+      output_stage(&k, &rc);
+      fc_fp_exit(fp_mode);
+    }
   }
   return rc;
 }
@@ -264,17 +310,29 @@ static int winograd_work_init(const fc_conv2d_params* p, size_t m, winograd_work
   fc_phase_layout_init(&w->layout, p->in_h, p->in_w, tiles_h, w->tiles_w, w->v.alpha, w->v.alpha,
                        m, m, 1, 1, p->pad_top, p->pad_left);
   w->chan = fc_phase_planes_size(&w->layout);
-  /* Large chunks keep the GEMMs wide (small ones measured slower, transforms included). */
+  /* Large chunks keep the GEMMs wide and read each U_xi once for many tiles. */
   size_t chunk = CHUNK_FLOATS / (w->v.products * (C > O ? C : O)) / nr * nr;
   chunk = chunk < nr ? nr : chunk;
   /* Whole images per chunk when they fit, each image's tiles a run of columns. */
   const size_t fold = fc_min(FOLD_COLUMNS, chunk);
   w->images = fold >= 2 * w->tiles ? fc_min(p->batch, fold / w->tiles) : 1;
   w->chunk = fc_min(chunk, w->tiles);
+  /* A small U is re-read for every chunk at little cost: many tiles then go in chunks of one
+   * GEMM column panel, whose V and M (36 x (C + O) x NR floats, 0.6 MiB at 64 channels) stay
+   * in L2 from the input transform to the output transform instead of going out to memory. */
+  if (w->images == 1 && w->tiles >= SMALL_CHUNK_MIN_TILES &&
+      w->v.products * C * O * sizeof(float) <= SMALL_CHUNK_MAX_U) {
+    w->chunk = nr;
+  }
   w->pitch = fc_round_up(w->images * w->chunk, FC_WINDOW_SLACK) + FC_WINDOW_SLACK;
   w->planes = (float*)fc_workspace(FC_WS_LAYOUT, w->images * C * w->chan * sizeof(float));
-  w->vt = (float*)fc_workspace(FC_WS_INPUT, w->v.products * C * w->pitch * sizeof(float));
-  w->mt = (float*)fc_workspace(FC_WS_OUTPUT, w->v.products * O * w->pitch * sizeof(float));
+  /* The transforms touch one row of each of the 36 (or 16) products per channel: with matrices
+   * a multiple of 4 KiB apart (pitch 64 floats and 256 channels, or 256 and 64) those rows fall
+   * in one L1 set, 8 ways deep. A cache line more per product spreads them over the sets. */
+  w->v_stride = C * w->pitch + PRODUCT_SKEW;
+  w->m_stride = O * w->pitch + PRODUCT_SKEW;
+  w->vt = (float*)fc_workspace(FC_WS_INPUT, w->v.products * w->v_stride * sizeof(float));
+  w->mt = (float*)fc_workspace(FC_WS_OUTPUT, w->v.products * w->m_stride * sizeof(float));
   return w->planes && w->vt && w->mt ? 0 : FC_ERROR_NOMEM;
 }
 
@@ -287,17 +345,11 @@ int fc_winograd_run(const fc_conv2d_params* p, size_t m, const float* packed, co
   int rc = 0;
   for (size_t n = 0; n < p->batch && rc == 0; n += w.images) {
     const size_t count = fc_min(w.images, p->batch - n);
-    const int threads = fc_threads_for(2.0 * O * C * w.v.products * w.chunk * count);
-    const float* xn = x + n * C * plane_in;
-#pragma omp parallel for schedule(static) num_threads(threads)
-    for (size_t ic = 0; ic < count * C; ic++) {
-      fc_phase_fill(&w.layout, xn + ic * plane_in, 0.0f, w.planes + ic * w.chan);
-    }
-    for (size_t t0 = 0; t0 < w.tiles && rc == 0; t0 += w.chunk) {
-      const winograd_chunk k = {p, &w, packed, bias, residual ? residual + n * O * plane_out : NULL,
-                                y + n * O * plane_out, count, t0, fc_min(w.chunk, w.tiles - t0)};
-      rc = run_chunk(&k, threads);
-    }
+    /* One region runs all the chunks of these images: their flops decide. */
+    const int threads = fc_threads_for(2.0 * O * C * w.v.products * w.tiles * count);
+    const winograd_chunk k = {p, &w, packed, bias, residual ? residual + n * O * plane_out : NULL,
+                              y + n * O * plane_out, count, 0, 0};
+    rc = run_images(k, x + n * C * plane_in, threads);
   }
   return rc;
 }
