@@ -327,6 +327,33 @@ def test_implicit_transposed(rng, kernel, stride, padding, size, O, groups):
     assert_close(alone, activate(plain + residual, "relu"), k + 2, scale_of(x, weight) + 2.0)
 
 
+# With AVX-512 the transposed implicit GEMM packs its A (the pixels' 3x3 taps over all input
+# channels) a chunk of K at a time, each chunk's GEMM adding to the previous ones: K = 288 * 9 =
+# 2592 spans 2 to 6 chunks here (7x7 and 14x14 outputs of a stride-2 layer, several images per
+# GEMM). Every image must equal its result alone bit for bit on one and two threads, and the
+# reference, with a residual too; other ISAs run the columns path against the same checks.
+@pytest.mark.parametrize("size", [14, 28])
+def test_implicit_transposed_in_chunks_of_k(rng, size):
+    import fastconv
+    C, O = 288, 64
+    weight, bias = rand(rng, (O, C, 3, 3)), rand(rng, (O,))
+    conv = F.PreparedConv2d(weight, bias, (C, size, size), stride=2, padding=1,
+                            activation="relu", algorithm="implicit")
+    x = rand(rng, (3, C, size, size))
+    residual = rand(rng, (3,) + conv.output_shape)
+    alone = np.concatenate([conv(x[i:i + 1], residual=residual[i:i + 1]) for i in range(3)])
+    previous = fastconv.get_num_threads()
+    try:
+        for threads in (1, 2):
+            fastconv.set_num_threads(threads)
+            np.testing.assert_array_equal(conv(x, residual=residual), alone, err_msg=f"{threads}")
+    finally:
+        fastconv.set_num_threads(previous)
+    plain = ref_conv2d(x, weight, bias, stride=2, padding=1)
+    assert_close(conv(x), activate(plain, "relu"), 9 * C + 1, scale_of(x, weight) + 1.0)
+    assert_close(alone, activate(plain + residual, "relu"), 9 * C + 2, scale_of(x, weight) + 2.0)
+
+
 @pytest.mark.parametrize("algorithm,kernel,channels,size", [
     ("implicit", 3, 16, 9), ("im2col", 3, 16, 9), ("gemm", 1, 40, 7), ("gemm", 1, 16, 12),
     ("winograd", 3, 64, 10), ("winograd4", 3, 64, 12), ("direct", 3, 4, 9)])
