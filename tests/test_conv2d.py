@@ -292,8 +292,8 @@ def test_gemm_1x1_images_folded(rng, stride):
 
 
 # With AVX-512 the implicit GEMM of these layers runs transposed (their run of output columns
-# pads worse to NR = 32 columns than to MR = 8 rows, 64 or 96 channels per group) and folds up
-# to 512 rows of images (9 images of 7 x 8 run columns, less 1) into one GEMM; other ISAs take
+# pads worse to NR = 32 columns than their pixels to MR = 8 rows, 128 or 160 channels per group)
+# and folds up to 512 rows of images (10 images of 7 x 7 pixels) into one GEMM; other ISAs take
 # the columns path. Kernel, stride, padding, input size: 7x7 outputs at stride 2 and 3, a 2x2
 # and a 3x1 kernel, a 4x4 and a 1x1 output. Batches 1 to 19 on one and two threads must give
 # each image's result alone bit for bit, close to the reference, with a residual (also written
@@ -301,7 +301,7 @@ def test_gemm_1x1_images_folded(rng, stride):
 @pytest.mark.parametrize("kernel,stride,padding,size", [
     ((3, 3), 2, 1, 14), ((3, 3), 2, 1, 13), ((3, 3), 3, 1, 21), ((2, 2), 2, 0, 14),
     ((3, 1), 2, (1, 0), 13), ((3, 3), 2, 1, 8), ((3, 3), 2, 1, 2)])
-@pytest.mark.parametrize("O,groups", [(64, 1), (96, 1), (128, 2)])
+@pytest.mark.parametrize("O,groups", [(128, 1), (160, 1), (256, 2)])
 def test_implicit_transposed(rng, kernel, stride, padding, size, O, groups):
     import fastconv
     C = 20
@@ -335,7 +335,7 @@ def test_implicit_transposed(rng, kernel, stride, padding, size, O, groups):
 @pytest.mark.parametrize("size", [14, 28])
 def test_implicit_transposed_in_chunks_of_k(rng, size):
     import fastconv
-    C, O = 288, 64
+    C, O = 288, 128
     weight, bias = rand(rng, (O, C, 3, 3)), rand(rng, (O,))
     conv = F.PreparedConv2d(weight, bias, (C, size, size), stride=2, padding=1,
                             activation="relu", algorithm="implicit")

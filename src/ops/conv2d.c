@@ -114,9 +114,16 @@ static void implicit_offsets(const fc_phase_layout* l, size_t cg, size_t taps, s
  * columns. On AVX-512 this takes 1x1 layers on 7x7 images (49 pixels: 64 columns against 56
  * rows; the 7x7 1x1 layers of ResNet-50, GoogLeNet and MobileNetV2 measured 4-14 % faster,
  * typically 78 -> 88 GFLOP/s), not 14x14 (208 columns against 200 rows) or 28x28, which
- * measured 1-15 % slower transposed; and implicit GEMMs whose run pads badly: a 3x3 stride-2
- * layer with a 7x7 output computes 55 columns (7 rows of 8, less 1), 64 as columns, 56 as rows.
- * Layers with few output channels keep the columns (a 1x1 one reads its input in place). */
+ * measured 1-15 % slower transposed. An implicit GEMM computes its run as columns, dropped
+ * columns included, and gathers only the pixels as rows: a 3x3 stride-2 layer with a 14x14
+ * output is 209 columns (224 of work) or 200 rows, with a 7x7 one 55 (64) or 56. Its rows are
+ * gathered per call, which costs per output channel more than the padding saves below
+ * FC_IMPLICIT_ROWS_MIN_O channels (one thread, caches flushed, AVX-512 / AVX2: GoogLeNet's 5x5
+ * layers on 14x14, 16 -> 48 channels 10-17 % slower transposed, 24 -> 64 7 % / 1 %, 32 -> 128
+ * 10 % / 2 % faster; ResNet's 3x3 stride-2 layers of 256 and 512 channels 5-12 % faster). Layers
+ * with few output channels keep the columns (a 1x1 one reads its input in place). */
+#define FC_IMPLICIT_ROWS_MIN_O 128
+
 static int runs_transposed(const fc_conv2d_params* p, int algorithm) {
   const fc_gemm_config* cfg = fc_gemm_config_get();
   const size_t og = p->out_channels / p->groups, vec = cfg->nr / 2;
@@ -126,6 +133,7 @@ static int runs_transposed(const fc_conv2d_params* p, int algorithm) {
   else if (algorithm == FC_CONV_IMPLICIT) ncols = implicit_layout(p, &l);
   else return 0;
   if (og <= FC_IN_PLACE_MAX_PANELS * cfg->mr) return 0;
+  if (algorithm == FC_CONV_IMPLICIT && og < FC_IMPLICIT_ROWS_MIN_O) return 0;
   const size_t npix = p->out_h * p->out_w;
   const double cols_work = (double)fc_round_up(og, cfg->mr) * fc_round_up(ncols, vec);
   const double rows_work = (double)fc_round_up(npix, cfg->mr) * fc_round_up(og, vec);
