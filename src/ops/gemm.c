@@ -54,9 +54,8 @@ void fc_pack_a(size_t M, size_t K, const float* a, ptrdiff_t rs, ptrdiff_t cs, s
   }
 }
 
-/* Rows of one A panel of fc_pack_a_rows, `mr` (a constant where inlined) evenly spaced rows
- * `step` apart from off0, or gathered one by one through off (the panel's rows may run over the
- * end of an output row). */
+/* One A panel of fc_pack_a_rows whose `mr` rows (a constant where inlined) are evenly spaced,
+ * `step` apart from off0. */
 static inline __attribute__((always_inline)) void pack_rows_even(
     size_t kc, const float* base, const ptrdiff_t* cols, ptrdiff_t off0, ptrdiff_t step,
     size_t mr, float* panel) {
@@ -66,14 +65,15 @@ static inline __attribute__((always_inline)) void pack_rows_even(
   }
 }
 
-static inline __attribute__((always_inline)) void pack_rows_gather(
-    size_t kc, const float* base, const ptrdiff_t* cols, const ptrdiff_t* off, size_t mr,
-    float* panel) {
-  ptrdiff_t o[32]; /* held in registers when mr is a constant */
-  for (size_t r = 0; r < mr; r++) o[r] = off[r];
+/* One full 8-row A panel of fc_pack_a_rows gathered row by row (its rows run over the end of an
+ * output row), the 8 row offsets held in registers. */
+static void pack_rows_gather8(size_t kc, const float* base, const ptrdiff_t* cols,
+                              const ptrdiff_t* off, float* panel) {
+  ptrdiff_t o[8];
+  for (size_t r = 0; r < 8; r++) o[r] = off[r];
   for (size_t kk = 0; kk < kc; kk++) {
     const float* src = base + cols[kk];
-    for (size_t r = 0; r < mr; r++) panel[kk * mr + r] = src[o[r]];
+    for (size_t r = 0; r < 8; r++) panel[kk * 8 + r] = src[o[r]];
   }
 }
 
@@ -101,7 +101,7 @@ void fc_pack_a_rows(size_t M, size_t K, const float* base, const ptrdiff_t* rows
       } else if (even) {
         pack_rows_even(kc, base, cols + k0, off[0], step, mr, panel);
       } else if (used == 8 && mr == 8) {
-        pack_rows_gather(kc, base, cols + k0, off, 8, panel);
+        pack_rows_gather8(kc, base, cols + k0, off, panel);
       } else {
         for (size_t kk = 0; kk < kc; kk++) {
           const float* src = base + cols[k0 + kk];
