@@ -346,8 +346,8 @@ def test_gemm_1x1_images_folded(rng, stride):
 
 
 # With AVX-512 the implicit GEMM of these layers runs transposed (their run of output columns
-# pads worse to NR = 32 columns than to MR = 8 rows, 64 or 96 channels per group) and folds up
-# to 512 rows of images (9 images of 7 x 8 run columns, less 1) into one GEMM; other ISAs take
+# pads worse to NR = 32 columns than their pixels to MR = 8 rows, 128 or 160 channels per group)
+# and folds up to 512 rows of images (10 images of 7 x 7 pixels) into one GEMM; other ISAs take
 # the columns path. Kernel, stride, padding, input size: 7x7 outputs at stride 2 and 3, a 2x2
 # and a 3x1 kernel, a 4x4 and a 1x1 output. Batches 1 to 19 on one and two threads must give
 # each image's result alone bit for bit, close to the reference, with a residual (also written
@@ -355,7 +355,7 @@ def test_gemm_1x1_images_folded(rng, stride):
 @pytest.mark.parametrize("kernel,stride,padding,size", [
     ((3, 3), 2, 1, 14), ((3, 3), 2, 1, 13), ((3, 3), 3, 1, 21), ((2, 2), 2, 0, 14),
     ((3, 1), 2, (1, 0), 13), ((3, 3), 2, 1, 8), ((3, 3), 2, 1, 2)])
-@pytest.mark.parametrize("O,groups", [(64, 1), (96, 1), (128, 2)])
+@pytest.mark.parametrize("O,groups", [(128, 1), (160, 1), (256, 2)])
 def test_implicit_transposed(rng, kernel, stride, padding, size, O, groups):
     import fastconv
     C = 20
@@ -379,6 +379,33 @@ def test_implicit_transposed(rng, kernel, stride, padding, size, O, groups):
     k = C // groups * kernel[0] * kernel[1]
     assert_close(conv(x), activate(plain, "relu"), k + 1, scale_of(x, weight) + 1.0)
     assert_close(alone, activate(plain + residual, "relu"), k + 2, scale_of(x, weight) + 2.0)
+
+
+# With AVX-512 the transposed implicit GEMM packs its A (the pixels' 3x3 taps over all input
+# channels) a chunk of K at a time, each chunk's GEMM adding to the previous ones: K = 288 * 9 =
+# 2592 spans 2 to 6 chunks here (7x7 and 14x14 outputs of a stride-2 layer, several images per
+# GEMM). Every image must equal its result alone bit for bit on one and two threads, and the
+# reference, with a residual too; other ISAs run the columns path against the same checks.
+@pytest.mark.parametrize("size", [14, 28])
+def test_implicit_transposed_in_chunks_of_k(rng, size):
+    import fastconv
+    C, O = 288, 128
+    weight, bias = rand(rng, (O, C, 3, 3)), rand(rng, (O,))
+    conv = F.PreparedConv2d(weight, bias, (C, size, size), stride=2, padding=1,
+                            activation="relu", algorithm="implicit")
+    x = rand(rng, (3, C, size, size))
+    residual = rand(rng, (3,) + conv.output_shape)
+    alone = np.concatenate([conv(x[i:i + 1], residual=residual[i:i + 1]) for i in range(3)])
+    previous = fastconv.get_num_threads()
+    try:
+        for threads in (1, 2):
+            fastconv.set_num_threads(threads)
+            np.testing.assert_array_equal(conv(x, residual=residual), alone, err_msg=f"{threads}")
+    finally:
+        fastconv.set_num_threads(previous)
+    plain = ref_conv2d(x, weight, bias, stride=2, padding=1)
+    assert_close(conv(x), activate(plain, "relu"), 9 * C + 1, scale_of(x, weight) + 1.0)
+    assert_close(alone, activate(plain + residual, "relu"), 9 * C + 2, scale_of(x, weight) + 2.0)
 
 
 @pytest.mark.parametrize("algorithm,kernel,channels,size", [

@@ -86,6 +86,9 @@ static inline void fc_valid_range(size_t out, size_t stride, ptrdiff_t offset, s
  * B is packed per block by a callback, so im2col can write straight into B panels. */
 typedef void (*fc_pack_b_fn)(const void* ctx, size_t k0, size_t kc, size_t n0, size_t nr_used,
                              size_t nr, float* dst);
+/* The GEMM's K block: packed panels hold FC_KC rows of K each (a caller splitting K into
+ * several GEMMs over packed weights cuts it at multiples of this). */
+#define FC_KC 256
 size_t fc_packed_a_size(size_t M, size_t K, size_t mr);
 void fc_pack_a(size_t M, size_t K, const float* a, ptrdiff_t rs, ptrdiff_t cs, size_t mr,
                float* dst);

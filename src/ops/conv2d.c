@@ -116,19 +116,28 @@ static int is_strided(const fc_conv2d_params* p) { return p->stride_h != 1 || p-
  * columns. On AVX-512 this takes 1x1 layers on 7x7 images (49 pixels: 64 columns against 56
  * rows; the 7x7 1x1 layers of ResNet-50, GoogLeNet and MobileNetV2 measured 4-14 % faster,
  * typically 78 -> 88 GFLOP/s), not 14x14 (208 columns against 200 rows) or 28x28, which
- * measured 1-15 % slower transposed; and implicit GEMMs whose run pads badly: a 3x3 stride-2
- * layer with a 7x7 output computes 55 columns (7 rows of 8, less 1), 64 as columns, 56 as rows.
- * Layers with few output channels keep the columns (a 1x1 one reads its input in place). */
+ * measured 1-15 % slower transposed. An implicit GEMM computes its run as columns, dropped
+ * columns included, and gathers only the pixels as rows: a 3x3 stride-2 layer with a 14x14
+ * output is 209 columns (224 of work) or 200 rows, with a 7x7 one 55 (64) or 56. Its rows are
+ * gathered per call, which costs per output channel more than the padding saves below
+ * FC_IMPLICIT_ROWS_MIN_O channels (one thread, caches flushed, AVX-512 / AVX2: GoogLeNet's 5x5
+ * layers on 14x14, 16 -> 48 channels 10-17 % slower transposed, 24 -> 64 7 % / 1 %, 32 -> 128
+ * 10 % / 2 % faster; ResNet's 3x3 stride-2 layers of 256 and 512 channels 5-12 % faster). Layers
+ * with few output channels keep the columns (a 1x1 one reads its input in place). */
+#define FC_IMPLICIT_ROWS_MIN_O 128
+
 static int pads_better_as_rows(const fc_conv2d_params* p, int algorithm) {
   const fc_gemm_config* cfg = fc_gemm_config_get();
   const size_t og = p->out_channels / p->groups, vec = cfg->nr / 2;
   fc_phase_layout l;
-  size_t npix;
-  if (algorithm == FC_CONV_GEMM) npix = p->out_h * p->out_w;
-  else if (algorithm == FC_CONV_IMPLICIT) npix = implicit_layout(p, &l);
+  size_t ncols; /* as columns; as rows, the pixels alone (no dropped columns) */
+  if (algorithm == FC_CONV_GEMM) ncols = p->out_h * p->out_w;
+  else if (algorithm == FC_CONV_IMPLICIT) ncols = implicit_layout(p, &l);
   else return 0;
   if (og <= FC_IN_PLACE_MAX_PANELS * cfg->mr) return 0;
-  const double cols_work = (double)fc_round_up(og, cfg->mr) * fc_round_up(npix, vec);
+  if (algorithm == FC_CONV_IMPLICIT && og < FC_IMPLICIT_ROWS_MIN_O) return 0;
+  const size_t npix = p->out_h * p->out_w;
+  const double cols_work = (double)fc_round_up(og, cfg->mr) * fc_round_up(ncols, vec);
   const double rows_work = (double)fc_round_up(npix, cfg->mr) * fc_round_up(og, vec);
   return rows_work * 1.1 < cols_work;
 }
@@ -326,47 +335,68 @@ static void store_transposed(const fc_conv2d_params* p, size_t og, const float* 
 #define FC_PIXEL_ROWS_MAX 512
 #define FC_PIXEL_ROWS_OUTPUT (1u << 18) /* floats */
 
+/* A of an implicit GEMM transposed is gathered from the phase planes, up to 9x the input (K = 9C
+ * for 3x3): packed whole it outgrew L2 (1.8 MB for ResNet-50's layer3.0.conv2), and writing it
+ * cost 10 % of the layer. It is packed and multiplied instead a chunk of K at a time, each chunk
+ * (whole K blocks) at most this many bytes of A, so that it stays in L2 for its GEMM. */
+#define FC_ROWS_CHUNK_BYTES (512u << 10)
+
 /* The buffers of a transposed GEMM over the pixels of `images` images at a time. */
 typedef struct rows_work {
   size_t images;      /* per GEMM */
   size_t image_rows;  /* GEMM rows per image */
+  size_t chunk;       /* columns of A (K) packed at a time */
   ptrdiff_t* rows;    /* A[m][k] = source[rows[m] + cols[k]] */
   ptrdiff_t* cols;
-  float* xt;          /* A, packed */
+  float* xt;          /* A, packed, `chunk` columns of it */
   float* yt;          /* images * image_rows x og */
 } rows_work;
 
-static int rows_work_init(const fc_conv2d_params* p, size_t image_rows, size_t kdim,
+/* With `chunked`, A is packed a chunk of K at a time (FC_ROWS_CHUNK_BYTES), else whole. */
+static int rows_work_init(const fc_conv2d_params* p, size_t image_rows, size_t kdim, int chunked,
                           rows_work* w) {
   const size_t og = p->out_channels / p->groups, mr = fc_gemm_config_get()->mr;
   w->image_rows = image_rows;
   const size_t max_rows = fc_min(FC_PIXEL_ROWS_MAX, FC_PIXEL_ROWS_OUTPUT / og);
   w->images = fc_min(p->batch, image_rows < max_rows ? max_rows / image_rows : 1);
   const size_t m = w->images * image_rows;
+  const size_t blocks = FC_ROWS_CHUNK_BYTES / (fc_round_up(m, mr) * FC_KC * sizeof(float));
+  w->chunk = chunked ? fc_min(kdim, FC_KC * (blocks ? blocks : 1)) : kdim;
   w->rows = (ptrdiff_t*)fc_workspace(FC_WS_TABLE, (m + kdim) * sizeof(ptrdiff_t));
-  w->xt = (float*)fc_workspace(FC_WS_INPUT, fc_packed_a_size(m, kdim, mr) * sizeof(float));
+  w->xt = (float*)fc_workspace(FC_WS_INPUT, fc_packed_a_size(m, w->chunk, mr) * sizeof(float));
   w->yt = (float*)fc_workspace(FC_WS_OUTPUT, m * og * sizeof(float));
   if (!w->rows || !w->xt || !w->yt) return FC_ERROR_NOMEM;
   w->cols = w->rows + m;
   return 0;
 }
 
-/* Images n0 .. n0 + count - 1, group g, whose pixels fc_pack_a_rows packed as the rows of xt
- * (pixel (oh, ow) at row oh * cols + ow of its image's rows): the GEMM with the weights packed
- * as B panels, then the transposed stores. */
+/* Images n0 .. n0 + count - 1, group g, whose pixels are the rows of A, gathered from `base`
+ * through w's tables (pixel (oh, ow) at row oh * out_w + ow of its image's rows): the GEMM with
+ * the weights packed as B panels, chunk by chunk of K (each chunk adds to the sums of the
+ * previous ones; the bias and activation come with the last, so every output sums in the same
+ * order as in one GEMM), then the transposed stores. */
 static int rows_gemm_store(const fc_conv2d_params* p, const rows_work* w, size_t kdim,
-                           size_t cols, size_t n0, size_t count, size_t g, const float* packed,
-                           const float* bias, const float* residual, float* y) {
+                           const float* base, size_t n0, size_t count, size_t g,
+                           const float* packed, const float* bias, const float* residual,
+                           float* y) {
   const size_t og = p->out_channels / p->groups, npix = p->out_h * p->out_w;
-  const size_t m = count * w->image_rows;
+  const size_t m = count * w->image_rows, mr = fc_gemm_config_get()->mr;
+  const size_t npad = fc_round_up(og, fc_gemm_config_get()->nr);
+  const float* weights = packed + g * fc_dense_packed_size(kdim, og);
   const int threads = fc_threads_for(2.0 * og * kdim * m);
-  const fc_b_operand operand = {NULL, NULL, packed + g * fc_dense_packed_size(kdim, og), NULL,
-                                NULL};
-  const int rc = fc_gemm_packed(m, og, kdim, w->xt, &operand, NULL, bias ? bias + g * og : NULL,
-                                0, residual ? FC_ACT_NONE : p->activation, w->yt, og, threads);
+  int rc = 0;
+  for (size_t k0 = 0; k0 < kdim && rc == 0; k0 += w->chunk) {
+    const size_t kc = fc_min(w->chunk, kdim - k0);
+    const int last = k0 + kc == kdim;
+    fc_pack_a_rows(m, kc, base, w->rows, w->cols + k0, mr, w->xt);
+    const fc_b_operand operand = {NULL, NULL, weights + k0 * npad, NULL, NULL};
+    rc = fc_gemm_packed(m, og, kc, w->xt, &operand, NULL, last && bias ? bias + g * og : NULL,
+                        k0 > 0, last && !residual ? p->activation : FC_ACT_NONE, w->yt, og,
+                        threads);
+  }
   for (size_t i = 0; i < count && rc == 0; i++) {
     const size_t out_offset = ((n0 + i) * p->out_channels + g * og) * npix;
-    store_transposed(p, og, w->yt + i * w->image_rows * og, cols,
+    store_transposed(p, og, w->yt + i * w->image_rows * og, p->out_w,
                      residual ? residual + out_offset : NULL, y + out_offset, threads);
   }
   return rc;
@@ -403,7 +433,7 @@ static int conv_pixel_rows(const fc_conv2d_params* p, const float* packed, const
   fc_conv2d_params one = *p;
   one.batch = 1;
   rows_work w;
-  if (rows_work_init(pixels ? &one : p, npix, cg, &w) != 0) return FC_ERROR_NOMEM;
+  if (rows_work_init(pixels ? &one : p, npix, cg, 0, &w) != 0) return FC_ERROR_NOMEM;
   for (size_t i = 0, r = 0; i < w.images; i++) {
     for (size_t oh = 0; oh < p->out_h; oh++) {
       for (size_t ow = 0; ow < p->out_w; ow++) {
@@ -417,12 +447,12 @@ static int conv_pixel_rows(const fc_conv2d_params* p, const float* packed, const
   for (size_t n0 = 0; n0 < p->batch && rc == 0; n0 += w.images) {
     const size_t count = fc_min(w.images, p->batch - n0);
     for (size_t g = 0; g < p->groups && rc == 0; g++) {
-      fc_pack_a_rows(count * npix, cg, x + (n0 * p->in_channels + g * cg) * in_plane, w.rows,
-                     w.cols, mr, w.xt);
+      const float* base = x + (n0 * p->in_channels + g * cg) * in_plane;
       if (pixels) {
+        fc_pack_a_rows(npix, cg, base, w.rows, w.cols, mr, w.xt);
         rc = rows_pixels_store(p, &w, cg, n0, g, packed, bias, residual, y);
       } else {
-        rc = rows_gemm_store(p, &w, cg, p->out_w, n0, count, g, packed, bias, residual, y);
+        rc = rows_gemm_store(p, &w, cg, base, n0, count, g, packed, bias, residual, y);
       }
     }
   }
@@ -489,23 +519,25 @@ static void fill_channel(void* ctx, size_t i) {
                 j->planes + i * j->chan);
 }
 
-/* The implicit GEMM transposed (runs_transposed): the GEMM rows are the run's columns (output
- * (oh, ow) at oh * cols + ow, the dropped columns included) of several images, gathered from
- * their phase planes into packed A panels; the weights were packed once as B panels. */
+/* The implicit GEMM transposed (pads_better_as_rows): the GEMM rows are the output pixels of
+ * several images (no dropped run columns), gathered from their phase planes into packed A
+ * panels a chunk of K at a time; the weights were packed once as B panels. */
 static int conv_implicit_rows(const fc_conv2d_params* p, const float* packed, const float* bias,
                               const float* residual, const float* x, float* y) {
   const size_t og = p->out_channels / p->groups, cg = p->in_channels / p->groups;
   const size_t kdim = gemm_kdim(p), in_plane = p->in_h * p->in_w, taps = p->kernel_h * p->kernel_w;
-  const size_t mr = fc_gemm_config_get()->mr;
   fc_phase_layout l;
-  const size_t image_rows = implicit_layout(p, &l), chan = fc_phase_planes_size(&l);
+  implicit_layout(p, &l);
+  const size_t image_rows = p->out_h * p->out_w, chan = fc_phase_planes_size(&l);
   rows_work w;
-  if (rows_work_init(p, image_rows, kdim, &w) != 0) return FC_ERROR_NOMEM;
+  if (rows_work_init(p, image_rows, kdim, 1, &w) != 0) return FC_ERROR_NOMEM;
   float* planes = (float*)fc_workspace(FC_WS_LAYOUT, w.images * cg * chan * sizeof(float));
   if (!planes) return FC_ERROR_NOMEM;
-  for (size_t i = 0; i < w.images; i++) {
-    for (size_t j = 0; j < image_rows; j++) {
-      w.rows[i * image_rows + j] = (ptrdiff_t)(i * cg * chan + j);
+  for (size_t i = 0, r = 0; i < w.images; i++) {
+    for (size_t oh = 0; oh < p->out_h; oh++) {
+      for (size_t ow = 0; ow < p->out_w; ow++) {
+        w.rows[r++] = (ptrdiff_t)(i * cg * chan + oh * l.cols + ow);
+      }
     }
   }
   implicit_offsets(&l, cg, taps, chan, w.cols);
@@ -517,8 +549,7 @@ static int conv_implicit_rows(const fc_conv2d_params* p, const float* packed, co
       fill_job fill = {&l, x + (n0 * p->in_channels + g * cg) * in_plane, cg,
                        p->in_channels * in_plane, in_plane, planes, chan};
       fc_parallel_for(threads, count * cg, fill_channel, &fill);
-      fc_pack_a_rows(count * image_rows, kdim, planes, w.rows, w.cols, mr, w.xt);
-      rc = rows_gemm_store(p, &w, kdim, l.cols, n0, count, g, packed, bias, residual, y);
+      rc = rows_gemm_store(p, &w, kdim, planes, n0, count, g, packed, bias, residual, y);
     }
   }
   return rc;
