@@ -34,6 +34,8 @@
  * one chunk (V and M then far outgrow the caches), so they stay one image per chunk;
  * 28x28 and 14x14 measured within noise either way. */
 #define FOLD_COLUMNS 256
+/* Input and output channels from which the GEMMs read V in place (rows_in_place). */
+#define PIXELS_MIN_CHANNELS 256
 
 /* G of F(2x2, 3x3) (points 0, 1, -1, infinity) and of F(4x4, 3x3) (points 0, 2, -2, 1/2, -1/2,
  * infinity); B^T and A^T are written out in the transform kernels. */
@@ -59,7 +61,19 @@ static winograd_variant variant_of(size_t m) {
   return (winograd_variant){2, 4, 16, G2, vk->winograd_input, vk->winograd_output};
 }
 
+/* Whether the layer's GEMMs run transposed through the pixels kernel (AVX-512):
+ * M_xi^T (tiles x O) = V_xi^T (tiles x C) * U_xi^T, V read in place (8 tiles of a channel are
+ * contiguous), U_xi^T packed once as B panels, each tile stored transposed into M's rows. A
+ * small chunk (16 tiles at batch 1 on 14x14 F(4x4) or 7x7 F(2x2)) then fills 8x32 tiles over
+ * (tiles, output channels) instead of one vector of 16 columns per row. Decided per layer, never
+ * per chunk, so that a tile's sums do not depend on the batch. */
+static int rows_in_place(const fc_conv2d_params* p) {
+  return fc_gemm_config_get()->pixels && p->in_channels >= PIXELS_MIN_CHANNELS &&
+         p->out_channels >= PIXELS_MIN_CHANNELS;
+}
+
 static size_t u_size(const fc_conv2d_params* p) {
+  if (rows_in_place(p)) return fc_dense_packed_size(p->in_channels, p->out_channels);
   return fc_packed_a_size(p->out_channels, p->in_channels, fc_gemm_config_get()->mr);
 }
 
@@ -103,8 +117,11 @@ int fc_winograd_pack_weights(const fc_conv2d_params* p, size_t m, const float* w
       for (size_t xi = 0; xi < v.products; xi++) u[(xi * O + o) * C + c] = (float)t[xi];
     }
   }
+  const int pixels = rows_in_place(p);
   for (size_t xi = 0; xi < v.products; xi++) {
-    fc_pack_a(O, C, u + xi * O * C, (ptrdiff_t)C, 1, mr, packed + xi * u_size(p));
+    float* dst = packed + xi * u_size(p);
+    if (pixels) fc_pixels_pack_weights(C, O, u + xi * O * C, dst);
+    else fc_pack_a(O, C, u + xi * O * C, (ptrdiff_t)C, 1, mr, dst);
   }
   fc_free(u);
   return 0;
@@ -197,13 +214,19 @@ static void input_stage(const winograd_chunk* k) {
   }
 }
 
-/* Product xi's GEMM, M_xi = U_xi V_xi, on `threads`. */
+/* Product xi's GEMM, M_xi = U_xi V_xi, on `threads` (transposed when rows_in_place). */
 static int product_gemm(const winograd_chunk* k, size_t xi, int threads) {
   const size_t C = k->p->in_channels, O = k->p->out_channels, pitch = k->w->pitch;
-  const fc_matrix_src src = {k->w->vt + xi * k->w->v_stride, pitch};
+  const size_t tiles = k->count * k->tc;
+  const float* vt = k->w->vt + xi * k->w->v_stride;
+  const float* u = k->packed + xi * u_size(k->p);
+  float* mt = k->w->mt + xi * k->w->m_stride;
+  if (rows_in_place(k->p)) {
+    return fc_gemm_pixels(tiles, O, C, vt, pitch, u, NULL, 0, FC_ACT_NONE, mt, pitch, threads);
+  }
+  const fc_matrix_src src = {vt, pitch};
   const fc_b_operand operand = {fc_pack_b_matrix, &src, NULL, NULL, NULL};
-  return fc_gemm_packed(O, k->count * k->tc, C, k->packed + xi * u_size(k->p), &operand, NULL,
-                        NULL, 0, FC_ACT_NONE, k->w->mt + xi * k->w->m_stride, pitch, threads);
+  return fc_gemm_packed(O, tiles, C, u, &operand, NULL, NULL, 0, FC_ACT_NONE, mt, pitch, threads);
 }
 
 /* Whole products per thread, each GEMM on its own thread. */
