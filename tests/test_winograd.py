@@ -25,7 +25,10 @@ ALGORITHMS = list(BOUND_FACTOR)
 @pytest.mark.parametrize("isa", list(ISA_LEVELS))
 @pytest.mark.parametrize("n,c,h,w,o,padding", [
     (1, 16, 13, 11, 24, 1), (2, 32, 8, 8, 33, 1), (1, 3, 7, 8, 17, 0), (1, 20, 5, 6, 8, ((0, 2), (1, 0))),
-    (1, 128, 14, 14, 128, 1), (1, 8, 35, 35, 16, 1)])
+    (1, 128, 14, 14, 128, 1), (1, 8, 35, 35, 16, 1),
+    # On AVX-512 the GEMMs read V in place through the pixels kernel from 256 channels (128 on
+    # small images): 16 tiles per image, and a last partial panel of tiles and of channels.
+    (1, 256, 14, 14, 256, 1), (1, 256, 7, 7, 160, 1), (1, 256, 13, 11, 136, 1)])
 def test_error_within_the_stated_bound(algorithm, isa, n, c, h, w, o, padding, rng):
     x, wt, b = ref.rand(rng, (n, c, h, w)), ref.rand(rng, (o, c, 3, 3)), ref.rand(rng, (o,))
     with isa_cap(isa):
@@ -75,16 +78,19 @@ def test_several_chunks_of_tiles_against_torch(c, o, size, rng):
     ref.assert_close(y, expected, 9 * c, ref.scale_of(x, wt), c=BOUND_FACTOR["winograd4"])
 
 
-@pytest.mark.parametrize("algorithm,c,size", [("winograd", 1024, 7), ("winograd4", 512, 14)])
-def test_images_side_by_side_in_a_chunk(algorithm, c, size, rng):
+@pytest.mark.parametrize("algorithm,c,size,o", [
+    ("winograd", 1024, 7, 32), ("winograd4", 512, 14, 32),
+    ("winograd", 256, 7, 160), ("winograd4", 256, 14, 128)])
+def test_images_side_by_side_in_a_chunk(algorithm, c, size, o, rng):
     """Small images go several to a chunk of tiles (16 tiles each here: 16 images per F(2x2)
-    chunk of 256 columns, 14 per F(4x4) chunk of 224): batches spanning two chunks, on
-    one and two threads, give each image its result alone bit for bit, with a residual written in
-    place; close to the reference."""
-    wt, b = ref.rand(rng, (32, c, 3, 3)), ref.rand(rng, (32,))
+    chunk of 256 columns, 14 per F(4x4) chunk of 224 with 32 output channels): batches spanning
+    two chunks, on one and two threads, give each image its result alone bit for bit, with a
+    residual written in place; close to the reference. With 128 output channels and more, the
+    GEMMs run transposed on AVX-512 (V read in place)."""
+    wt, b = ref.rand(rng, (o, c, 3, 3)), ref.rand(rng, (o,))
     conv = F.PreparedConv2d(wt, b, (c, size, size), padding=1, activation="relu",
                             algorithm=algorithm)
-    x, residual = ref.rand(rng, (17, c, size, size)), ref.rand(rng, (17, 32, size, size))
+    x, residual = ref.rand(rng, (17, c, size, size)), ref.rand(rng, (17, o, size, size))
     alone = np.concatenate([conv(x[i:i + 1], residual=residual[i:i + 1]) for i in range(17)])
     previous = fastconv.get_num_threads()
     try:

@@ -34,8 +34,8 @@
  * one chunk (V and M then far outgrow the caches), so they stay one image per chunk;
  * 28x28 and 14x14 measured within noise either way. */
 #define FOLD_COLUMNS 256
-/* Input and output channels from which the GEMMs read V in place (rows_in_place). */
-#define PIXELS_MIN_CHANNELS 256
+/* Input and output channels from which the GEMMs may read V in place (rows_in_place). */
+#define PIXELS_MIN_CHANNELS 128
 
 /* G of F(2x2, 3x3) (points 0, 1, -1, infinity) and of F(4x4, 3x3) (points 0, 2, -2, 1/2, -1/2,
  * infinity); B^T and A^T are written out in the transform kernels. */
@@ -65,20 +65,26 @@ static winograd_variant variant_of(size_t m) {
  * M_xi^T (tiles x O) = V_xi^T (tiles x C) * U_xi^T, V read in place (8 tiles of a channel are
  * contiguous), U_xi^T packed once as B panels, each tile stored transposed into M's rows. A
  * small chunk (16 tiles at batch 1 on 14x14 F(4x4) or 7x7 F(2x2)) then fills 8x32 tiles over
- * (tiles, output channels) instead of one vector of 16 columns per row. Decided per layer, never
- * per chunk, so that a tile's sums do not depend on the batch. */
-static int rows_in_place(const fc_conv2d_params* p) {
-  return fc_gemm_config_get()->pixels && p->in_channels >= PIXELS_MIN_CHANNELS &&
-         p->out_channels >= PIXELS_MIN_CHANNELS;
+ * (tiles, output channels) instead of one vector of 16 columns per row. The kernel transposes
+ * its tiles once per K block, which wants a deep K: from 256 channels, or 128 on images of few
+ * tiles (on 56x56 and 112x112, chunks of NR tiles, 128 channels measured 0-7 % slower this way;
+ * 64 channels on 56x56 3-10 %). Decided per layer, never per chunk, so that a tile's sums do not
+ * depend on the batch. */
+static int rows_in_place(const fc_conv2d_params* p, size_t m) {
+  const size_t C = p->in_channels, O = p->out_channels;
+  const size_t tiles = ((p->out_h + m - 1) / m) * ((p->out_w + m - 1) / m);
+  const int deep = C >= 2 * PIXELS_MIN_CHANNELS ||
+                   (C >= PIXELS_MIN_CHANNELS && tiles < SMALL_CHUNK_MIN_TILES);
+  return fc_gemm_config_get()->pixels && deep && O >= PIXELS_MIN_CHANNELS;
 }
 
-static size_t u_size(const fc_conv2d_params* p) {
-  if (rows_in_place(p)) return fc_dense_packed_size(p->in_channels, p->out_channels);
+static size_t u_size(const fc_conv2d_params* p, size_t m) {
+  if (rows_in_place(p, m)) return fc_dense_packed_size(p->in_channels, p->out_channels);
   return fc_packed_a_size(p->out_channels, p->in_channels, fc_gemm_config_get()->mr);
 }
 
 size_t fc_winograd_packed_size(const fc_conv2d_params* p, size_t m) {
-  return variant_of(m).products * u_size(p);
+  return variant_of(m).products * u_size(p, m);
 }
 
 /* U = G g G^T for one 3x3 kernel, in float64. Zero coefficients of G are skipped rather than
@@ -117,9 +123,9 @@ int fc_winograd_pack_weights(const fc_conv2d_params* p, size_t m, const float* w
       for (size_t xi = 0; xi < v.products; xi++) u[(xi * O + o) * C + c] = (float)t[xi];
     }
   }
-  const int pixels = rows_in_place(p);
+  const int pixels = rows_in_place(p, m);
   for (size_t xi = 0; xi < v.products; xi++) {
-    float* dst = packed + xi * u_size(p);
+    float* dst = packed + xi * u_size(p, m);
     if (pixels) fc_pixels_pack_weights(C, O, u + xi * O * C, dst);
     else fc_pack_a(O, C, u + xi * O * C, (ptrdiff_t)C, 1, mr, dst);
   }
@@ -219,9 +225,9 @@ static int product_gemm(const winograd_chunk* k, size_t xi, int threads) {
   const size_t C = k->p->in_channels, O = k->p->out_channels, pitch = k->w->pitch;
   const size_t tiles = k->count * k->tc;
   const float* vt = k->w->vt + xi * k->w->v_stride;
-  const float* u = k->packed + xi * u_size(k->p);
+  const float* u = k->packed + xi * u_size(k->p, k->w->v.m);
   float* mt = k->w->mt + xi * k->w->m_stride;
-  if (rows_in_place(k->p)) {
+  if (rows_in_place(k->p, k->w->v.m)) {
     return fc_gemm_pixels(tiles, O, C, vt, pitch, u, NULL, 0, FC_ACT_NONE, mt, pitch, threads);
   }
   const fc_matrix_src src = {vt, pitch};
