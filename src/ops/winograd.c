@@ -7,7 +7,8 @@
  * input is laid out as m x m phase planes (src/ops/window.c) so that the input transform (a
  * vector kernel, f32-winograd.c) reads runs of tiles with contiguous loads; tiles are processed
  * in chunks: the input transform writes the matrices V_xi (C x tiles), one GEMM per product
- * gives M_xi = U_xi V_xi (O x tiles), and the output transform adds bias and residual, applies
+ * gives M_xi = U_xi V_xi (O x tiles; on AVX-512 with many channels computed transposed, see
+ * rows_in_place), and the output transform adds bias and residual, applies
  * the activation and stores the tiles. Small images (7x7: 16 tiles of F(2x2)) go several to a
  * chunk, side by side in V and M: the GEMMs get wide and each U_xi is read once for them all.
  * Every element is computed in a fixed order, so results do not depend on the thread count.
