@@ -89,48 +89,22 @@ static int all_column_phases_used(const fc_phase_layout* l) {
   return 1;
 }
 
-/* Columns [from, to) of a phase row: d[c] = row[c * stride + shift]. */
-static void copy_columns(const float* row, size_t stride, ptrdiff_t shift, size_t from, size_t to,
-                         float* d) {
-  for (size_t c = from; c < to; c++) d[c] = row[(ptrdiff_t)(c * stride) + shift];
-}
-
 /* The stride_w phase planes of row phase `phase_h` (planes[pw]) at once: each input row is read
- * in one pass and split into its column phases by `split` over the columns [lo, hi) where every
- * phase lies inside the row; the at most one column per side where only some phases do is
- * copied element by element. FC_MAX_SPLIT_STRIDE bounds stride_w. */
+ * in one pass and split, padding included, into its column phases. FC_MAX_SPLIT_STRIDE bounds
+ * stride_w. */
 #define FC_MAX_SPLIT_STRIDE 4
 static void fill_row_phase(const fc_phase_layout* l, fc_vdeinterleave_fn split, const float* x,
                            size_t phase_h, float pad, float* const* planes) {
   const size_t s = l->stride_w, cols = l->cols;
-  size_t lo_p[FC_MAX_SPLIT_STRIDE], hi_p[FC_MAX_SPLIT_STRIDE], lo = 0, hi = cols;
-  for (size_t pw = 0; pw < s; pw++) {
-    const ptrdiff_t offset = (ptrdiff_t)pw - (ptrdiff_t)l->pad_left;
-    fc_valid_range(cols, s, offset, l->in_w, &lo_p[pw], &hi_p[pw]);
-    lo = lo_p[pw] > lo ? lo_p[pw] : lo;
-    hi = hi_p[pw] < hi ? hi_p[pw] : hi;
-  }
-  if (hi < lo) hi = lo;
-  const ptrdiff_t left = (ptrdiff_t)l->pad_left;
   float* dst[FC_MAX_SPLIT_STRIDE];
   for (size_t r = 0; r < l->rows; r++) {
     const ptrdiff_t ih = (ptrdiff_t)(r * l->stride_h + phase_h) - (ptrdiff_t)l->pad_top;
+    for (size_t pw = 0; pw < s; pw++) dst[pw] = planes[pw] + r * cols;
     if (ih < 0 || ih >= (ptrdiff_t)l->in_h) {
-      for (size_t pw = 0; pw < s; pw++) fill(planes[pw] + r * cols, cols, pad);
-      continue;
+      for (size_t pw = 0; pw < s; pw++) fill(dst[pw], cols, pad);
+    } else {
+      split(cols, x + (size_t)ih * l->in_w, l->pad_left, l->in_w, s, pad, dst);
     }
-    /* Column c of phase pw is input column c * s + pw - pad_left of this row. */
-    const float* row = x + (size_t)ih * l->in_w;
-    for (size_t pw = 0; pw < s; pw++) {
-      float* d = planes[pw] + r * cols;
-      const ptrdiff_t shift = (ptrdiff_t)pw - left;
-      dst[pw] = d + lo;
-      fill(d, lo_p[pw], pad);
-      copy_columns(row, s, shift, lo_p[pw], lo < hi_p[pw] ? lo : hi_p[pw], d);
-      copy_columns(row, s, shift, hi > lo_p[pw] ? hi : lo_p[pw], hi_p[pw], d);
-      fill(d + hi_p[pw], cols - hi_p[pw], pad);
-    }
-    if (hi > lo) split(hi - lo, row + ((ptrdiff_t)(lo * s) - left), s, dst);
   }
   for (size_t pw = 0; pw < s; pw++) {
     fill(planes[pw] + l->rows * cols, l->phase_size - l->rows * cols, pad);

@@ -28,93 +28,111 @@ void FC_NAME(fc_f32_vcopy_strided_ukernel)(size_t n, const float* restrict x, si
   }
 }
 
-/* The first `count` lanes of a vector (0 <= count <= VLEN), loaded with the others zero or
- * stored leaving the others alone: a masked tail touches no memory past its last lane. */
+#if defined(__AVX512F__) || defined(__AVX2__)
+/* The vector of a padded row at column `start` (negative in the left padding): the lanes whose
+ * column lies in [0, width) are loaded, the others are `pad` and touch no memory. */
 #if defined(__AVX512F__)
-static inline __mmask16 first_lanes(size_t count) { return (__mmask16)((1u << count) - 1); }
-static inline vf load_first(const float* p, size_t count) {
-  return (vf)_mm512_maskz_loadu_ps(first_lanes(count), p);
+static inline vf load_masked(const float* p, size_t first, size_t end, vf pad) {
+  const __mmask16 m = (__mmask16)(((1u << end) - 1) & ~((1u << first) - 1));
+  return (vf)_mm512_mask_loadu_ps((__m512)pad, m, p);
 }
-static inline void store_first(float* p, vf v, size_t count) {
-  _mm512_mask_storeu_ps(p, first_lanes(count), (__m512)v);
-}
-#elif defined(__AVX2__)
-static inline __m256i first_lanes(size_t count) {
-  return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)count),
-                            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-}
-static inline vf load_first(const float* p, size_t count) {
-  return (vf)_mm256_maskload_ps(p, first_lanes(count));
-}
-static inline void store_first(float* p, vf v, size_t count) {
-  _mm256_maskstore_ps(p, first_lanes(count), (__m256)v);
+#else
+static inline vf load_masked(const float* p, size_t first, size_t end, vf pad) {
+  const __m256i index = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  const __m256i m = _mm256_andnot_si256(_mm256_cmpgt_epi32(_mm256_set1_epi32((int)first), index),
+                                        _mm256_cmpgt_epi32(_mm256_set1_epi32((int)end), index));
+  return (vf)_mm256_blendv_ps((__m256)pad, _mm256_maskload_ps(p, m), _mm256_castsi256_ps(m));
 }
 #endif
 
-#if defined(__AVX512F__) || defined(__AVX2__)
-/* How many of a tail's `floats` floats fall in its vector `k`. */
-static inline size_t lanes_in(size_t floats, size_t k) {
-  if (floats <= k * VLEN) return 0;
-  return floats - k * VLEN < VLEN ? floats - k * VLEN : VLEN;
+static inline vf load_padded(const float* x, ptrdiff_t start, size_t width, vf pad) {
+  if (start >= 0 && start + VLEN <= (ptrdiff_t)width) return load(x + start);
+  const ptrdiff_t first = start < 0 ? -start : 0, end = (ptrdiff_t)width - start;
+  if (end <= first || first >= VLEN) return pad;
+  return load_masked(x + start, (size_t)first, end < VLEN ? (size_t)end : VLEN, pad);
 }
 
-/* Stride 2: two vectors of the row (VLEN groups) split into their even and odd columns. The
- * tail of m < VLEN groups reads its 2m floats and writes m floats per phase through masks. */
-static void deinterleave2(size_t n, const float* x, float* const* y) {
-  size_t i = 0;
-  for (; i + VLEN <= n; i += VLEN) {
-    const vf a = load(x + 2 * i), b = load(x + 2 * i + VLEN);
-    store(y[0] + i, even_lanes(a, b));
-    store(y[1] + i, odd_lanes(a, b));
-  }
-  if (i == n) return;
-  const size_t m = n - i, floats = 2 * m;
-  const vf a = load_first(x + 2 * i, lanes_in(floats, 0));
-  const vf b = load_first(x + 2 * i + VLEN, lanes_in(floats, 1));
-  store_first(y[0] + i, even_lanes(a, b), m);
-  store_first(y[1] + i, odd_lanes(a, b), m);
+/* The first `count` < VLEN lanes of v. A masked store on AVX-512; AVX2's (vmaskmovps) costs
+ * more than going through the stack. */
+static inline void store_first(float* p, vf v, size_t count) {
+#if defined(__AVX512F__)
+  _mm512_mask_storeu_ps(p, (__mmask16)((1u << count) - 1), (__m512)v);
+#else
+  for (size_t l = 0; l < count; l++) p[l] = v[l];
+#endif
 }
 
-/* Stride 4: four vectors of the row split twice, into columns 0 mod 2 and 1 mod 2, then each of
- * those into its two phases. */
-static inline void split4(vf a, vf b, vf c, vf d, vf* phases) {
-  const vf even_ab = even_lanes(a, b), even_cd = even_lanes(c, d);
-  const vf odd_ab = odd_lanes(a, b), odd_cd = odd_lanes(c, d);
+/* Stride 4: four vectors of the row split twice, into columns 0 and 1 mod 2, then each of those
+ * into its two phases. */
+static inline void split4(const vf* v, vf* phases) {
+  const vf even_ab = even_lanes(v[0], v[1]), even_cd = even_lanes(v[2], v[3]);
+  const vf odd_ab = odd_lanes(v[0], v[1]), odd_cd = odd_lanes(v[2], v[3]);
   phases[0] = even_lanes(even_ab, even_cd);
   phases[1] = even_lanes(odd_ab, odd_cd);
   phases[2] = odd_lanes(even_ab, even_cd);
   phases[3] = odd_lanes(odd_ab, odd_cd);
 }
 
-static void deinterleave4(size_t n, const float* x, float* const* y) {
-  vf phases[4];
-  size_t i = 0;
-  for (; i + VLEN <= n; i += VLEN) {
-    const float* row = x + 4 * i;
-    split4(load(row), load(row + VLEN), load(row + 2 * VLEN), load(row + 3 * VLEN), phases);
-    for (size_t p = 0; p < 4; p++) store(y[p] + i, phases[p]);
+/* VLEN columns of every phase from `stride` vectors of the row (the padding blended in by the
+ * loads), split by permutes; `stride` is a constant in each inlined copy. */
+static inline void deinterleave(size_t n, const float* x, size_t left, size_t width,
+                                const size_t stride, float pad, float* const* y) {
+  const vf pads = (vf){} + pad;
+  for (size_t i = 0; i < n; i += VLEN) {
+    const ptrdiff_t start = (ptrdiff_t)(i * stride) - (ptrdiff_t)left;
+    vf v[4], phases[4];
+    for (size_t k = 0; k < stride; k++) {
+      v[k] = load_padded(x, start + (ptrdiff_t)(k * VLEN), width, pads);
+    }
+    if (stride == 2) {
+      phases[0] = even_lanes(v[0], v[1]);
+      phases[1] = odd_lanes(v[0], v[1]);
+    } else {
+      split4(v, phases);
+    }
+    for (size_t p = 0; p < stride; p++) {
+      if (i + VLEN <= n) store(y[p] + i, phases[p]);
+      else store_first(y[p] + i, phases[p], n - i);
+    }
   }
-  if (i == n) return;
-  const size_t m = n - i, floats = 4 * m;
-  const float* row = x + 4 * i;
-  split4(load_first(row, lanes_in(floats, 0)), load_first(row + VLEN, lanes_in(floats, 1)),
-         load_first(row + 2 * VLEN, lanes_in(floats, 2)),
-         load_first(row + 3 * VLEN, lanes_in(floats, 3)), phases);
-  for (size_t p = 0; p < 4; p++) store_first(y[p] + i, phases[p], m);
 }
 #endif
 
-void FC_NAME(fc_f32_vdeinterleave_ukernel)(size_t n, const float* restrict x, size_t stride,
-                                           float* const* restrict y) {
+/* One phase without permutes: y[i] = x[shift + i * stride] inside the row, `pad` outside; the
+ * copy of the inside columns vectorises where `stride` is a constant. */
+static inline void split_phase(size_t n, const float* x, ptrdiff_t shift, size_t width,
+                               const size_t stride, float pad, float* y) {
+  const ptrdiff_t s = (ptrdiff_t)stride, last = (ptrdiff_t)width - 1 - shift;
+  size_t lo = shift < 0 ? (size_t)((-shift + s - 1) / s) : 0;
+  size_t hi = last < 0 ? 0 : (size_t)(last / s + 1);
+  lo = lo < n ? lo : n;
+  hi = hi < n ? hi : n;
+  hi = hi > lo ? hi : lo;
+  for (size_t i = 0; i < lo; i++) y[i] = pad;
+  const float* row = x + shift;
+  for (size_t i = lo; i < hi; i++) y[i] = row[i * stride];
+  for (size_t i = hi; i < n; i++) y[i] = pad;
+}
+
+/* Where the permutes pay: AVX2's split of two vectors (two vpermd and a blend per phase) measured
+ * slower at stride 2 on Zen 4 than the per-phase copy below, which the compiler vectorises. */
+static inline int split_by_permutes(size_t stride) {
+  return stride == 4 || (stride == 2 && VLEN == 16);
+}
+
+void FC_NAME(fc_f32_vdeinterleave_ukernel)(size_t n, const float* x, size_t left, size_t width,
+                                           size_t stride, float pad, float* const* y) {
 #if defined(__AVX512F__) || defined(__AVX2__)
-  if (stride == 2 || stride == 4) {
-    if (stride == 2) deinterleave2(n, x, y);
-    else deinterleave4(n, x, y);
+  if (split_by_permutes(stride)) {
+    if (stride == 2) deinterleave(n, x, left, width, 2, pad, y);
+    else deinterleave(n, x, left, width, 4, pad, y);
     return;
   }
 #endif
   for (size_t p = 0; p < stride; p++) {
-    for (size_t i = 0; i < n; i++) y[p][i] = x[i * stride + p];
+    const ptrdiff_t shift = (ptrdiff_t)p - (ptrdiff_t)left;
+    if (stride == 2) split_phase(n, x, shift, width, 2, pad, y[p]);
+    else split_phase(n, x, shift, width, stride, pad, y[p]);
   }
 }
 
