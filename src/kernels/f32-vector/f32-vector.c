@@ -100,8 +100,9 @@ static inline void deinterleave(size_t n, const float* x, size_t left, size_t wi
 
 /* One phase without permutes: y[i] = x[shift + i * stride] inside the row, `pad` outside; the
  * copy of the inside columns vectorises where `stride` is a constant. */
-static inline void split_phase(size_t n, const float* x, ptrdiff_t shift, size_t width,
-                               const size_t stride, float pad, float* y) {
+static inline void split_phase(size_t n, const float* restrict x, ptrdiff_t shift,
+                               size_t width, const size_t stride, float pad,
+                               float* restrict y) {
   const ptrdiff_t s = (ptrdiff_t)stride, last = (ptrdiff_t)width - 1 - shift;
   size_t lo = shift < 0 ? (size_t)((-shift + s - 1) / s) : 0;
   size_t hi = last < 0 ? 0 : (size_t)(last / s + 1);
