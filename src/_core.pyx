@@ -80,6 +80,14 @@ cdef extern from "fastconv.h" nogil:
                     float beta, float k, const float* x, float* y)
 
 
+cdef extern from "fc_kernels.h" nogil:
+    ctypedef void (*fc_vdeinterleave_fn)(size_t n, const float* x, size_t left, size_t width,
+                                         size_t stride, float pad, float** y)
+    ctypedef struct fc_vector_config:
+        fc_vdeinterleave_fn vdeinterleave
+    const fc_vector_config* fc_vector_config_get()
+
+
 cdef inline const float* cptr(cnp.ndarray a):
     return <const float*>cnp.PyArray_DATA(a)
 
@@ -188,6 +196,28 @@ def hold_calls(double seconds):
     """For tests: operator calls starting in the next ``seconds`` wait at their entry, GIL
     released, until then or until ``hold_calls(0)``."""
     fc_hold_calls(seconds)
+
+
+def vdeinterleave(cnp.ndarray x, size_t left, float pad, cnp.ndarray y):
+    """For tests: the kernel table's row split into phases, y[p, i] = x[i * stride + p - left]
+    inside x, ``pad`` outside, with stride = len(y). x: 1-D float32; y: (stride, n) float32,
+    C-contiguous, 1 <= stride <= 4."""
+    if x.ndim != 1 or x.dtype.num != cnp.NPY_FLOAT32 or not x.flags.c_contiguous:
+        raise ValueError(f"vdeinterleave: expected x 1-D C-contiguous float32, got {x.dtype} "
+                         f"of shape {(<object>x).shape}")
+    if (y.ndim != 2 or y.dtype.num != cnp.NPY_FLOAT32 or not y.flags.c_contiguous
+            or not 1 <= y.shape[0] <= 4):
+        raise ValueError(f"vdeinterleave: expected y (stride <= 4, n) C-contiguous float32, got "
+                         f"{y.dtype} of shape {(<object>y).shape}")
+    cdef float* rows[4]
+    cdef size_t p
+    cdef size_t stride = y.shape[0], n = y.shape[1], width = x.shape[0]
+    cdef float* py = mptr(y)
+    for p in range(stride):
+        rows[p] = py + p * n
+    cdef const float* px = cptr(x)
+    with nogil:
+        fc_vector_config_get().vdeinterleave(n, px, left, width, stride, pad, rows)
 
 
 def build_info():

@@ -134,6 +134,12 @@ typedef void (*fc_winograd_output_fn)(size_t n, const float* m, size_t xi_stride
                                       float* y, size_t y_stride);
 /* y[i] = x[i * stride]. */
 typedef void (*fc_vcopy_fn)(size_t n, const float* x, size_t stride, float* y);
+/* A padded row split into its `stride` column phases in one pass: y[p][i] = x[c] for the column
+ * c = i * stride + p - left when it lies in [0, width), `pad` otherwise (p < stride, i < n).
+ * Reads only x[0 .. width), writes exactly y[p][0 .. n); permutes of whole vectors (masked at
+ * the row's ends) for stride 2 and 4, a plain loop otherwise. */
+typedef void (*fc_vdeinterleave_fn)(size_t n, const float* x, size_t left, size_t width,
+                                    size_t stride, float pad, float* const* y);
 /* y[i] = clamp(x[i], lo, hi); NaN stays NaN. */
 typedef void (*fc_vclamp_fn)(size_t n, const float* x, float* y, float lo, float hi);
 /* y[i] = clamp(a[i] + b[i], lo, hi). */
@@ -188,6 +194,7 @@ typedef struct fc_vector_config {
   fc_maxpool3x3_fn maxpool3x3s2;
   fc_maxpool3x3_flat_fn maxpool3x3s1_flat;
   fc_vcopy_fn vcopy;
+  fc_vdeinterleave_fn vdeinterleave;
   fc_winograd_input_fn winograd_input; /* F(2x2, 3x3) */
   fc_winograd_output_fn winograd_output;
   fc_winograd_input_fn winograd4_input; /* F(4x4, 3x3) */
@@ -240,6 +247,8 @@ FC_DECLARE_GEMV_KERNEL(avx512f)
                                           float* const*);                                        \
   void fc_f32_maxpool3x3s1_flat_ukernel__##isa(size_t, size_t, size_t, const float*, float*);     \
   void fc_f32_vcopy_strided_ukernel__##isa(size_t, const float*, size_t, float*);                \
+  void fc_f32_vdeinterleave_ukernel__##isa(size_t, const float*, size_t, size_t, size_t, float,  \
+                                           float* const*);                                       \
   void fc_f32_winograd_input_ukernel__##isa(size_t, const float* const*, size_t, float*,        \
                                             size_t);                                             \
   void fc_f32_winograd_output_ukernel__##isa(size_t, const float*, size_t, float, float*,        \

@@ -80,13 +80,52 @@ static void fill_phase(const fc_phase_layout* l, fc_vcopy_fn copy, const float* 
   fill(plane + l->rows * l->cols, l->phase_size - l->rows * l->cols, pad);
 }
 
+/* Whether every column phase is read by some tap (3x3 at stride 2, Winograd's 6x6 window at
+ * stride 4: yes; a 1x1 kernel at stride 2: no). */
+static int all_column_phases_used(const fc_phase_layout* l) {
+  for (size_t pw = 0; pw < l->stride_w; pw++) {
+    if (!phase_used(pw, l->kernel_w, l->dilation_w, l->stride_w)) return 0;
+  }
+  return 1;
+}
+
+/* The stride_w phase planes of row phase `phase_h` (planes[pw]) at once: each input row is read
+ * in one pass and split, padding included, into its column phases. FC_MAX_SPLIT_STRIDE bounds
+ * stride_w. */
+#define FC_MAX_SPLIT_STRIDE 4
+static void fill_row_phase(const fc_phase_layout* l, fc_vdeinterleave_fn split, const float* x,
+                           size_t phase_h, float pad, float* const* planes) {
+  const size_t s = l->stride_w, cols = l->cols;
+  float* dst[FC_MAX_SPLIT_STRIDE];
+  for (size_t r = 0; r < l->rows; r++) {
+    const ptrdiff_t ih = (ptrdiff_t)(r * l->stride_h + phase_h) - (ptrdiff_t)l->pad_top;
+    for (size_t pw = 0; pw < s; pw++) dst[pw] = planes[pw] + r * cols;
+    if (ih < 0 || ih >= (ptrdiff_t)l->in_h) {
+      for (size_t pw = 0; pw < s; pw++) fill(dst[pw], cols, pad);
+    } else {
+      split(cols, x + (size_t)ih * l->in_w, l->pad_left, l->in_w, s, pad, dst);
+    }
+  }
+  for (size_t pw = 0; pw < s; pw++) {
+    fill(planes[pw] + l->rows * cols, l->phase_size - l->rows * cols, pad);
+  }
+}
+
 void fc_phase_fill(const fc_phase_layout* l, const float* x, float pad, float* planes) {
-  const fc_vcopy_fn copy = fc_vector_config_get()->vcopy;
+  const fc_vector_config* vk = fc_vector_config_get();
+  const int split_rows = (l->stride_w == 2 || l->stride_w == 4) && all_column_phases_used(l);
   for (size_t ph = 0; ph < l->stride_h; ph++) {
     if (!phase_used(ph, l->kernel_h, l->dilation_h, l->stride_h)) continue;
+    float* row_phase = planes + ph * l->stride_w * l->phase_size;
+    if (split_rows) {
+      float* phase_planes[FC_MAX_SPLIT_STRIDE];
+      for (size_t pw = 0; pw < l->stride_w; pw++) phase_planes[pw] = row_phase + pw * l->phase_size;
+      fill_row_phase(l, vk->vdeinterleave, x, ph, pad, phase_planes);
+      continue;
+    }
     for (size_t pw = 0; pw < l->stride_w; pw++) {
       if (!phase_used(pw, l->kernel_w, l->dilation_w, l->stride_w)) continue;
-      fill_phase(l, copy, x, ph, pw, pad, planes + (ph * l->stride_w + pw) * l->phase_size);
+      fill_phase(l, vk->vcopy, x, ph, pw, pad, row_phase + pw * l->phase_size);
     }
   }
 }

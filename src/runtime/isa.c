@@ -38,7 +38,8 @@ static int detect_isa(void) { return FC_ISA_SCALAR; }
   {fc_f32_wmacc_ukernel__##isa,       fc_f32_wmax_ukernel__##isa,                                  \
    fc_f32_maxpool2x2_ukernel__##isa,  fc_f32_maxpool3x3s1_ukernel__##isa,                          \
    fc_f32_maxpool3x3s2_ukernel__##isa, fc_f32_maxpool3x3s1_flat_ukernel__##isa,                    \
-   fc_f32_vcopy_strided_ukernel__##isa, fc_f32_winograd_input_ukernel__##isa,                     \
+   fc_f32_vcopy_strided_ukernel__##isa, fc_f32_vdeinterleave_ukernel__##isa,                      \
+   fc_f32_winograd_input_ukernel__##isa,                                                           \
    fc_f32_winograd_output_ukernel__##isa, fc_f32_winograd4_input_ukernel__##isa,                   \
    fc_f32_winograd4_output_ukernel__##isa,                                                         \
    fc_f32_vclamp_ukernel__##isa,      fc_f32_vadd_minmax_ukernel__##isa,                           \
