@@ -97,13 +97,20 @@ void fc_pack_a_rows(size_t M, size_t K, const float* base, const ptrdiff_t* rows
                     const ptrdiff_t* cols, size_t mr, float* dst);
 /* C^T = act(A * B + bias), the pixels of a 1x1 convolution as the rows of A, through the kernel
  * table's `pixels` kernel (not NULL): C[m][n] stored at c[n * ldc + m] (NCHW output planes), bias
- * per n, accumulate adds to C. A is read in place, A[m][k] = a[k * lda + m] (M pixels of K input
- * channels), with B the weights packed by fc_pixels_pack_weights (K blocks of 512); or, with
- * lda = 0, A was packed by fc_pack_a_rows and B by fc_dense_pack_weights (K blocks of 256: the
- * sums of fc_gemm_packed on the same operands, bit for bit). */
+ * per n, accumulate adds to C. B holds the weights packed by fc_pixels_pack_weights (K blocks of
+ * 512). A is read in place, A[m][k] = a[k * lda + m] (M pixels of K input channels), or, with
+ * lda = 0, was packed by fc_pixels_pack_rows. */
 int fc_gemm_pixels(size_t M, size_t N, size_t K, const float* a, size_t lda,
                    const float* b_packed, const float* bias, int accumulate, int activation,
                    float* c, size_t ldc, int threads);
+/* The pixels per packed A panel of fc_gemm_pixels: M cut into as few panels of at most MR as
+ * possible, all but the last of the same size (49 pixels: 7 panels of 7). */
+size_t fc_pixels_panel_rows(size_t M);
+/* A (M x K) of fc_gemm_pixels packed from A[m][k] = base[rows[m] + cols[k]]: panel i holds the
+ * fc_pixels_panel_rows(M) pixels from i times that, K x MR floats k-major (zero past its pixels),
+ * at dst + i * MR * K; fc_packed_a_size(M, K, MR) floats in all. */
+void fc_pixels_pack_rows(size_t M, size_t K, const float* base, const ptrdiff_t* rows,
+                         const ptrdiff_t* cols, float* dst);
 /* Weights W (N x K) for fc_gemm_pixels: fc_dense_pack_weights' panels in deeper K blocks
  * (fc_dense_packed_size floats). */
 void fc_pixels_pack_weights(size_t K, size_t N, const float* w, float* packed);

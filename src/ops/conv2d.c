@@ -191,7 +191,8 @@ int fc_conv2d_pack_weights(const fc_conv2d_params* p, int algorithm, const float
   if (runs_transposed(p, algorithm)) {
     /* W_g^T as B panels: the layout of a dense layer's weights (out x in). */
     const size_t wpanel = fc_dense_packed_size(kdim, og);
-    const int pixels = reads_pixels_in_place(p, algorithm);
+    /* Both 1x1 paths run through fc_gemm_pixels where the ISA has the pixels kernel. */
+    const int pixels = algorithm == FC_CONV_GEMM && fc_gemm_config_get()->pixels;
     for (size_t g = 0; g < p->groups; g++) {
       if (pixels) fc_pixels_pack_weights(kdim, og, w + g * og * kdim, packed + g * wpanel);
       else fc_dense_pack_weights(kdim, og, w + g * og * kdim, packed + g * wpanel);
@@ -427,7 +428,7 @@ static int rows_pixels_store(const fc_conv2d_params* p, const rows_work* w, size
 static int conv_pixel_rows(const fc_conv2d_params* p, const float* packed, const float* bias,
                            const float* residual, const float* x, float* y) {
   const size_t cg = p->in_channels / p->groups, npix = p->out_h * p->out_w;
-  const size_t in_plane = p->in_h * p->in_w, mr = fc_gemm_config_get()->mr;
+  const size_t in_plane = p->in_h * p->in_w;
   /* With the pixels kernel each image runs alone, storing straight into its output planes. */
   const int pixels = fc_gemm_config_get()->pixels != NULL;
   fc_conv2d_params one = *p;
@@ -449,7 +450,7 @@ static int conv_pixel_rows(const fc_conv2d_params* p, const float* packed, const
     for (size_t g = 0; g < p->groups && rc == 0; g++) {
       const float* base = x + (n0 * p->in_channels + g * cg) * in_plane;
       if (pixels) {
-        fc_pack_a_rows(npix, cg, base, w.rows, w.cols, mr, w.xt);
+        fc_pixels_pack_rows(npix, cg, base, w.rows, w.cols, w.xt);
         rc = rows_pixels_store(p, &w, cg, n0, g, packed, bias, residual, y);
       } else {
         rc = rows_gemm_store(p, &w, cg, base, n0, count, g, packed, bias, residual, y);

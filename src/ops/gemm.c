@@ -490,20 +490,61 @@ int fc_dense_f32_packed(size_t M, size_t N, size_t K, int packed_tile, const flo
 }
 
 /* fc_gemm_pixels: the 1x1 convolution transposed, its input read in place or its pixels packed
- * (see docs/kernels.md, "1x1 convolutions"). Each thread takes a share of the 8-pixel panels, or of
+ * (see docs/kernels.md, "1x1 convolutions"). Each thread takes a share of the pixel panels, or of
  * the weights panels when there are few pixel panels (small images, large weights: each thread
  * then streams half of the weights, not all of them). Per block of FC_PIXEL_BLOCK pixels, column
  * block of weights that fits FC_B_BLOCK (in L2) and K block, pairs of A panels run against every
- * weights panel of the block: the two panels are 16 pixels, so each output row's cache line is
- * written whole by two tiles in a row, and the second tile reads the weights panel from L1. A
- * block's outputs stay in L2 across its K blocks. Read in place, a last partial panel (M % 8
- * pixels) is packed first, zero-padded, so that the kernel reads nothing past the input. */
+ * weights panel of the block: read in place, the two panels are 16 pixels, so each output row's
+ * cache line is written whole by two tiles in a row. A block's outputs stay in L2 across its K
+ * blocks. Read in place, a last partial panel (M % 8 pixels) is packed first, zero-padded, so
+ * that the kernel reads nothing past the input. Packed, the pixels are cut into equal panels of
+ * fc_pixels_panel_rows (a 7x7 image: 7 panels of 7, no 1-pixel edge panel). */
 #define FC_PIXEL_BLOCK 256
 
+size_t fc_pixels_panel_rows(size_t M) {
+  const size_t mr = fc_gemm_config_get()->mr, panels = (M + mr - 1) / mr;
+  return panels ? (M + panels - 1) / panels : mr;
+}
+
+/* One packed pixel panel: `used` (a constant where inlined) rows `step` apart from off0, then
+ * zeros up to MR. */
+static inline __attribute__((always_inline)) void pack_pixels_even(
+    size_t K, const float* base, const ptrdiff_t* cols, ptrdiff_t off0, ptrdiff_t step,
+    size_t used, size_t mr, float* panel) {
+  for (size_t k = 0; k < K; k++) {
+    const float* src = base + cols[k] + off0;
+    for (size_t r = 0; r < used; r++) panel[k * mr + r] = src[(ptrdiff_t)r * step];
+    for (size_t r = used; r < mr; r++) panel[k * mr + r] = 0.0f;
+  }
+}
+
+void fc_pixels_pack_rows(size_t M, size_t K, const float* base, const ptrdiff_t* rows,
+                         const ptrdiff_t* cols, float* dst) {
+  const size_t mr = fc_gemm_config_get()->mr, pr = fc_pixels_panel_rows(M);
+  for (size_t m0 = 0; m0 < M; m0 += pr) {
+    float* panel = dst + m0 / pr * mr * K;
+    const size_t used = fc_min(pr, M - m0);
+    const ptrdiff_t* off = rows + m0;
+    const ptrdiff_t step = used > 1 ? off[1] - off[0] : 1;
+    size_t even = 1;
+    for (size_t r = 1; r < used && even; r++) even = off[r] - off[r - 1] == step;
+    if (even && used == 7 && mr == 8) { /* a row of a 7x7 image */
+      pack_pixels_even(K, base, cols, off[0], step, 7, 8, panel);
+    } else if (even && used == 8 && mr == 8) {
+      pack_pixels_even(K, base, cols, off[0], step, 8, 8, panel);
+    } else {
+      for (size_t k = 0; k < K; k++) {
+        const float* src = base + cols[k];
+        for (size_t r = 0; r < mr; r++) panel[k * mr + r] = r < used ? src[off[r]] : 0.0f;
+      }
+    }
+  }
+}
+
 typedef struct pixels_job {
-  size_t M, N, K, lda, mpad, npad, kblock;
+  size_t M, N, K, lda, pr, npad, kblock;
   const float* a;
-  const float* edge; /* the last partial panel packed (MR x K, k-major), or NULL */
+  const float* edge; /* read in place: the last partial panel packed (MR x K, k-major), or NULL */
   const float* b;
   const float* bias;
   int accumulate, activation;
@@ -514,15 +555,15 @@ typedef struct pixels_job {
 /* Tile (pixel panel i, weights panel j) at K block (k0, kc). */
 static void pixels_tile(const pixels_job* g, const fc_gemm_config* cfg, fc_gemm_epilogue* ep,
                         size_t i, size_t j, size_t k0, size_t kc) {
-  const size_t mr = cfg->mr, nr = cfg->nr, m0 = i * mr, n0 = j * nr;
-  const size_t rows = fc_min(mr, g->M - m0), cols = fc_min(nr, g->N - n0);
+  const size_t mr = cfg->mr, nr = cfg->nr, m0 = i * g->pr, n0 = j * nr;
+  const size_t rows = fc_min(g->pr, g->M - m0), cols = fc_min(nr, g->N - n0);
   const int last = k0 + kc == g->K;
   ep->bias_col = last && g->bias ? g->bias + n0 : NULL;
   float* c = g->c + n0 * g->ldc + m0;
   const float* a = g->a + k0 * g->lda + m0; /* in place */
   size_t lda = g->lda;
   if (!g->lda || (rows < mr && g->edge)) { /* a packed panel: rows mr floats apart */
-    a = g->lda ? g->edge + k0 * mr : g->a + k0 * g->mpad + m0 * kc;
+    a = g->lda ? g->edge + k0 * mr : g->a + (i * g->K + k0) * mr;
     lda = mr;
   }
   cfg->pixels(rows, cols, kc, a, lda, g->b + k0 * g->npad + n0 * kc, c, g->ldc, ep);
@@ -549,7 +590,7 @@ static void pixels_block(const pixels_job* g, const fc_gemm_config* cfg, size_t 
 static void pixels_share(void* ctx, size_t id, size_t team) {
   const pixels_job* g = (const pixels_job*)ctx;
   const fc_gemm_config* cfg = fc_gemm_config_get();
-  const size_t step = FC_PIXEL_BLOCK / cfg->mr, n_mpanels = (g->M + cfg->mr - 1) / cfg->mr;
+  const size_t step = FC_PIXEL_BLOCK / cfg->mr, n_mpanels = (g->M + g->pr - 1) / g->pr;
   const size_t block_panels = column_block_panels(fc_min(g->K, g->kblock), cfg->nr);
   const int split_weights = n_mpanels < 4 * team;
   size_t p0 = 0, p1 = n_mpanels, q0 = 0, q1 = g->npad / cfg->nr;
@@ -580,9 +621,8 @@ int fc_gemm_pixels(size_t M, size_t N, size_t K, const float* a, size_t lda,
       for (size_t r = 0; r < mr; r++) edge[k * mr + r] = full + r < M ? a[k * lda + full + r] : 0;
     }
   }
-  pixels_job job = {M, N, K, lda, fc_round_up(M, mr), fc_round_up(N, cfg->nr),
-                    lda ? FC_PIXEL_KC : FC_KC, a, edge, b_packed, bias, accumulate, activation,
-                    c, ldc};
+  pixels_job job = {M, N, K, lda, lda ? mr : fc_pixels_panel_rows(M), fc_round_up(N, cfg->nr),
+                    FC_PIXEL_KC, a, edge, b_packed, bias, accumulate, activation, c, ldc};
   fc_run_team(threads, pixels_share, &job);
   return 0;
 }

@@ -243,8 +243,10 @@ FC_INLINE void pixels_tile(size_t kc, const float* a, size_t lda, const float* b
   __m256 ch[NR];
   transpose8x16(lo, ch);
   if (nv == 2) transpose8x16(hi, ch + 16);
-  const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)rows),
-                                          _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  /* Edge tiles load and store their rows through AVX-512 masks on the low 8 lanes of a zmm
+   * vector (AVX512VL's 8-lane masked forms are not in the baseline); masked-off lanes are
+   * neither read nor written. */
+  const __mmask16 mask = (__mmask16)((1u << rows) - 1);
   const __m256 vmin = _mm256_set1_ps(ep->min), vmax = _mm256_set1_ps(ep->max);
 #pragma GCC unroll 32
   for (int j = 0; j < 16 * nv; j++) {
@@ -252,19 +254,22 @@ FC_INLINE void pixels_tile(size_t kc, const float* a, size_t lda, const float* b
     float* cj = c + (size_t)j * ldc;
     __m256 v = ch[j];
     if (ep->accumulate) {
-      v = _mm256_add_ps(full ? _mm256_loadu_ps(cj) : _mm256_maskload_ps(cj, mask), v);
+      const __m256 cv = full ? _mm256_loadu_ps(cj)
+                             : _mm512_castps512_ps256(_mm512_maskz_loadu_ps(mask, cj));
+      v = _mm256_add_ps(cv, v);
     }
     if (ep->bias_col) v = _mm256_add_ps(v, _mm256_broadcast_ss(ep->bias_col + j));
     v = _mm256_min_ps(vmax, _mm256_max_ps(vmin, v)); /* keeps NaN, as in the tile kernel */
     if (full) {
       _mm256_storeu_ps(cj, v);
     } else {
-      _mm256_maskstore_ps(cj, mask, v);
+      _mm512_mask_storeu_ps(cj, mask, _mm512_castps256_ps512(v));
     }
   }
 }
 
-/* An edge tile (fewer than 8 rows or 32 columns), computing 1, 2, 4 or 8 rows. */
+/* An edge tile (fewer than 8 rows or 32 columns), computing 1, 2, 4, 7 or 8 rows: 7 for the
+ * 7-pixel panels of a 7x7 image (fc_gemm_pixels cuts its 49 pixels into 7 panels of 7). */
 FC_INLINE void pixels_edge(size_t kc, const float* a, size_t lda, const float* b, float* c,
                            size_t ldc, const fc_gemm_epilogue* ep, size_t rows, size_t cols,
                            const int nv) {
@@ -274,6 +279,8 @@ FC_INLINE void pixels_edge(size_t kc, const float* a, size_t lda, const float* b
     pixels_tile(kc, a, lda, b, c, ldc, ep, rows, cols, nv, 2, 0);
   } else if (rows <= 4) {
     pixels_tile(kc, a, lda, b, c, ldc, ep, rows, cols, nv, 4, 0);
+  } else if (rows == 7) {
+    pixels_tile(kc, a, lda, b, c, ldc, ep, rows, cols, nv, 7, 0);
   } else {
     pixels_tile(kc, a, lda, b, c, ldc, ep, rows, cols, nv, MR, 0);
   }
