@@ -286,6 +286,29 @@ def test_gemm_1x1_input_in_place_with_the_output_over_it(rng):
     np.testing.assert_array_equal(x, expected)
 
 
+# On AVX-512 a 1x1 layer on a small image (7x7 and others that pad better as GEMM rows) packs its
+# pixels in equal panels of at most 8 (src/ops/gemm.c fc_pixels_pack_rows: 49 pixels are 7
+# panels of 7, 33 are 4 of 7 and one of 5, 36 four of 8 and one of 4) and runs K in blocks of
+# 512 (600: 512 + 88, 1100: three blocks, the later ones adding to the stored sums), at stride 1
+# and 2 (evenly spaced rows gathered with a step); edge tiles of 16 output channels (80, 112), a
+# residual apart and in place, the clamps; two threads and every image of a batch alone
+# bit-identical. Other ISAs take the packed GEMM: the same expectations.
+@pytest.mark.parametrize("C,O,activation", [(600, 64, "relu6"), (1100, 80, "relu"),
+                                            (600, 112, None), (520, 96, "relu6")])
+def test_gemm_1x1_small_images_deep_k(rng, C, O, activation):
+    for hw, stride in [((7, 7), 1), ((14, 14), 2), ((1, 7), 1), ((3, 11), 1), ((6, 6), 1),
+                       ((2, 20), 1), ((1, 1), 1), ((13, 13), 2)]:
+        x = rand(rng, (3, C) + hw)
+        weight, bias = rand(rng, (O, C, 1, 1)), rand(rng, (O,))
+        conv = F.PreparedConv2d(weight, bias, (C,) + hw, stride=stride, activation=activation,
+                                algorithm="gemm")
+        plain = ref_conv2d(x, weight, bias, stride=stride)
+        residual = rand(rng, plain.shape)
+        check_row_stores(conv, x, residual, plain, activation, C + 2, scale_of(x, weight) + 2.0)
+        alone = np.concatenate([conv(x[i:i + 1], residual=residual[i:i + 1]) for i in range(3)])
+        np.testing.assert_array_equal(conv(x, residual=residual), alone)
+
+
 # Strided 1x1 layers on the GEMM algorithm (ResNet's downsample shortcuts): the columns path
 # reads a subsampled copy of each image (packed, or in place up to 32 channels, 128 on
 # AVX-512); with AVX-512 a 7x7 or smaller output gathers its pixels as the rows of the
