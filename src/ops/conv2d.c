@@ -403,10 +403,11 @@ static int rows_gemm_store(const fc_conv2d_params* p, const rows_work* w, size_t
   return rc;
 }
 
-/* Image n, group g, alone in xt (its pixels packed as the rows), through the pixels kernel: the
- * tiles are stored transposed straight into the output planes, with no result buffer and no
- * transposing pass (which took 9 % of ResNet-50's 512 -> 2048 on 7x7 with its residual). A
- * residual is copied into the output first and accumulated, as on the columns path. */
+/* Image n, group g, alone in xt (its pixels packed by fc_pixels_pack_rows: a 7x7 image as 7
+ * panels of 7), through the pixels kernel: the tiles are stored transposed straight into the
+ * output planes, with no result buffer and no transposing pass (which took 9 % of ResNet-50's
+ * 512 -> 2048 on 7x7 with its residual). A residual is copied into the output first and
+ * accumulated, as on the columns path. */
 static int rows_pixels_store(const fc_conv2d_params* p, const rows_work* w, size_t kdim, size_t n,
                              size_t g, const float* packed, const float* bias,
                              const float* residual, float* y) {
@@ -421,10 +422,10 @@ static int rows_pixels_store(const fc_conv2d_params* p, const rows_work* w, size
 }
 
 /* A 1x1 layer on a small image, transposed: Y_g^T (pixels x O/g) = X_g^T (pixels x C/g) * W_g^T.
- * The pixels are the GEMM rows (a 7x7 image is 56 rows of work instead of 64 columns; at batch
- * > 1 the pixels of several images together), the weights were packed once as B panels, X^T is
- * gathered per call (at the layer's stride) straight from the input; the result is transposed
- * into place. */
+ * The pixels are the GEMM rows (a 7x7 image is 49 rows of work, 7 tiles of 7, instead of 64
+ * columns; without the pixels kernel 56 rows, and at batch > 1 the pixels of several images
+ * together), the weights were packed once as B panels, X^T is gathered per call (at the layer's
+ * stride) straight from the input; the result is transposed into place. */
 static int conv_pixel_rows(const fc_conv2d_params* p, const float* packed, const float* bias,
                            const float* residual, const float* x, float* y) {
   const size_t cg = p->in_channels / p->groups, npix = p->out_h * p->out_w;
