@@ -1,7 +1,7 @@
 """Winograd F(2x2, 3x3) ("winograd") and F(4x4, 3x3) ("winograd4"): their error against a float64
 reference stays within a stated bound, on every ISA, with bias, activations, a fused residual,
-any output size and padding; model plans use them for eligible layers and follow
-fastconv.runtime.set_winograd."""
+any output size and padding, and for kernels larger than 3x3 (run as 3x3 sub-kernels); model
+plans use them for eligible layers and follow fastconv.runtime.set_winograd."""
 import numpy as np
 import pytest
 import torch
@@ -35,6 +35,25 @@ def test_error_within_the_stated_bound(algorithm, isa, n, c, h, w, o, padding, r
         y = F.conv2d(x, wt, b, padding=padding, algorithm=algorithm)
     expected = ref.conv2d(x, wt, b, padding=padding)
     ref.assert_close(y, expected, 9 * c, ref.scale_of(x, wt), c=BOUND_FACTOR[algorithm])
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+@pytest.mark.parametrize("isa", list(ISA_LEVELS))
+@pytest.mark.parametrize("n,c,h,w,o,kernel,padding", [
+    (1, 8, 13, 11, 12, (5, 5), 2), (2, 5, 9, 10, 7, (7, 7), 3), (1, 6, 12, 9, 9, (5, 3), (2, 1)),
+    (1, 4, 10, 10, 6, (4, 4), 0), (1, 3, 11, 12, 5, (3, 6), ((1, 0), (2, 3))),
+    # AlexNet's second layer: 4 x 64 GEMM channels, read in place on AVX-512.
+    (1, 64, 27, 27, 192, (5, 5), 2)])
+def test_larger_kernels_as_sub_kernels(algorithm, isa, n, c, h, w, o, kernel, padding, rng):
+    """Each 3x3 sub-kernel (zero taps past the kernel's edge) reads the input shifted by its
+    place in the kernel; the GEMMs sum them as extra input channels, so the bound's K counts the
+    sub-kernels' taps."""
+    x, wt, b = ref.rand(rng, (n, c, h, w)), ref.rand(rng, (o, c) + kernel), ref.rand(rng, (o,))
+    with isa_cap(isa):
+        y = F.conv2d(x, wt, b, padding=padding, algorithm=algorithm)
+    sub_kernels = -(-kernel[0] // 3) * -(-kernel[1] // 3)
+    ref.assert_close(y, ref.conv2d(x, wt, b, padding=padding), 9 * c * sub_kernels,
+                     ref.scale_of(x, wt), c=BOUND_FACTOR[algorithm])
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
@@ -109,11 +128,12 @@ def test_images_side_by_side_in_a_chunk(algorithm, c, size, o, rng):
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
-def test_thread_count_does_not_change_the_result(algorithm, rng):
+@pytest.mark.parametrize("kernel", [3, 5])
+def test_thread_count_does_not_change_the_result(algorithm, kernel, rng):
     """46 x 45 outputs: 144 F(4x4) tiles or 529 F(2x2), several chunks of NR tiles."""
-    x, wt = ref.rand(rng, (2, 64, 46, 45)), ref.rand(rng, (96, 64, 3, 3))
-    conv = F.PreparedConv2d(wt, ref.rand(rng, (96,)), (64, 46, 45), padding=1, activation="relu",
-                            algorithm=algorithm)
+    x, wt = ref.rand(rng, (2, 64, 46, 45)), ref.rand(rng, (96, 64, kernel, kernel))
+    conv = F.PreparedConv2d(wt, ref.rand(rng, (96,)), (64, 46, 45), padding=kernel // 2,
+                            activation="relu", algorithm=algorithm)
     previous = fastconv.get_num_threads()
     try:
         fastconv.set_num_threads(1)
@@ -152,17 +172,46 @@ def test_winograd4_non_finite(special, in_weights, rng):
         ref.assert_close(y[finite], expected[finite], 9 * 16, 1.0, c=BOUND_FACTOR["winograd4"])
 
 
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+@pytest.mark.parametrize("special", [np.nan, np.inf])
+def test_larger_kernel_non_finite(algorithm, special, rng):
+    """A 5x5 kernel padded to 6x6: a non-finite input is non-finite wherever the reference is,
+    and beyond that only within the output tiles that reach it through the padded 6x6 window;
+    the other outputs stay close to the reference."""
+    m = 4 if algorithm == "winograd4" else 2
+    for _ in range(5):
+        x, w = ref.rand(rng, (1, 6, 13, 12)), ref.rand(rng, (5, 6, 5, 5))
+        r, c = rng.integers(13), rng.integers(12)
+        x[0, rng.integers(6), r, c] = special
+        y = F.conv2d(x, w, padding=2, algorithm=algorithm)
+        with np.errstate(all="ignore"):
+            expected = ref.conv2d(x, w, padding=2)
+        bad, bad_expected = ~np.isfinite(y), ~np.isfinite(expected)
+        assert np.all(bad[bad_expected])
+        # Padded input row r + 2 is read by the tiles whose 6x6-kernel windows cover it.
+        reach = np.zeros(y.shape[2:], bool)
+        for ty in range(-(-13 // m)):
+            for tx in range(-(-12 // m)):
+                if m * ty <= r + 2 < m * ty + m + 5 and m * tx <= c + 2 < m * tx + m + 5:
+                    reach[m * ty:m * ty + m, m * tx:m * tx + m] = True
+        assert not np.any(bad[:, :, ~reach])
+        ref.assert_close(y[:, :, ~reach], expected[:, :, ~reach], 9 * 6 * 4, 1.0,
+                         c=BOUND_FACTOR[algorithm])
+
+
 def test_only_eligible_convolutions_take_winograd():
     w = np.zeros((8, 4, 3, 3), np.float32)
     for algorithm in ALGORITHMS:
-        for bad in (dict(stride=2), dict(dilation=2), dict(groups=2)):
+        for bad in (dict(stride=2), dict(dilation=2), dict(groups=2), dict(kernel=(3, 2))):
             weight = np.zeros((8, 2, 3, 3), np.float32) if bad.get("groups") else w
+            weight = np.zeros((8, 4) + bad.pop("kernel"), np.float32) if "kernel" in bad else weight
             with pytest.raises(ValueError, match=algorithm):
                 F.conv2d(np.zeros((1, 4, 8, 8), np.float32), weight, algorithm=algorithm, **bad)
 
-    def chosen(channels, size, **kwargs):
-        return F.PreparedConv2d(np.zeros((channels, channels, 3, 3)), None, (channels, size, size),
-                                padding=1, **kwargs).algorithm
+    def chosen(channels, size, kernel=3, out=None, **kwargs):
+        weight = np.zeros((out or channels, channels, kernel, kernel))
+        return F.PreparedConv2d(weight, None, (channels, size, size), padding=kernel // 2,
+                                **kwargs).algorithm
 
     for isa in ISA_LEVELS:
         with isa_cap(isa):
@@ -175,6 +224,10 @@ def test_only_eligible_convolutions_take_winograd():
         with isa_cap(isa):
             assert chosen(256, 14, winograd=True) == "winograd4"
     assert chosen(128, 56) == "implicit"  # only when asked for
+    # 5x5: four 3x3 sub-kernels, so 64 GEMM channels from 16 input channels.
+    assert chosen(64, 27, kernel=5, out=192, winograd=True) == "winograd4"  # AlexNet's conv2
+    assert chosen(32, 28, kernel=5, out=96, winograd=True) == "winograd4"
+    assert chosen(16, 28, kernel=5, out=32, winograd=True) == "implicit"  # too few out channels
 
 
 def test_plans_follow_the_setting():

@@ -1,5 +1,6 @@
 /* Winograd F(m x m, 3x3) convolution (Lavin and Gray, 2015), m = 2 or 4, for 3x3 kernels with
- * stride 1, dilation 1 and one group, NCHW.
+ * stride 1, dilation 1 and one group, NCHW; larger kernels as a grid of 3x3 sub-kernels
+ * (sub_kernels below).
  *
  * Each m x m output tile is computed from an (m+2)x(m+2) input tile with (m+2)^2
  * multiplications per input channel instead of 9 m^2: Y = A^T [ (G g G^T) . (B^T d B) ] A.
@@ -56,6 +57,18 @@ typedef struct winograd_variant {
   fc_winograd_output_fn output;
 } winograd_variant;
 
+/* Kernels larger than 3x3 run as a grid of 3x3 sub-kernels (zero taps past the kernel's edge):
+ * sub-kernel (a, b) holds taps [3a, 3a + 3) x [3b, 3b + 3) and reads the input shifted by
+ * (3a, 3b), so the layer is the sum of 3x3 convolutions over shifted copies of the input, which
+ * the GEMMs add up as extra input channels. 5x5 (AlexNet's second layer): 4 sub-kernels,
+ * (m+2)^2 / m^2 * 4 multiplications per output and input channel instead of 25, 9 with F(4x4). */
+static size_t sub_kernels(size_t kernel) { return (kernel + 2) / 3; }
+
+/* The GEMMs' input channels: the layer's, once per sub-kernel. */
+static size_t gemm_channels(const fc_conv2d_params* p) {
+  return p->in_channels * sub_kernels(p->kernel_h) * sub_kernels(p->kernel_w);
+}
+
 static winograd_variant variant_of(size_t m) {
   const fc_vector_config* vk = fc_vector_config_get();
   if (m == 4) return (winograd_variant){4, 6, 36, G4, vk->winograd4_input, vk->winograd4_output};
@@ -72,7 +85,7 @@ static winograd_variant variant_of(size_t m) {
  * 64 channels on 56x56 3-10 %). Decided per layer, never per chunk, so that a tile's sums do not
  * depend on the batch. */
 static int rows_in_place(const fc_conv2d_params* p, size_t m) {
-  const size_t C = p->in_channels, O = p->out_channels;
+  const size_t C = gemm_channels(p), O = p->out_channels;
   const size_t tiles = ((p->out_h + m - 1) / m) * ((p->out_w + m - 1) / m);
   const int deep = C >= 2 * PIXELS_MIN_CHANNELS ||
                    (C >= PIXELS_MIN_CHANNELS && tiles < SMALL_CHUNK_MIN_TILES);
@@ -80,8 +93,8 @@ static int rows_in_place(const fc_conv2d_params* p, size_t m) {
 }
 
 static size_t u_size(const fc_conv2d_params* p, size_t m) {
-  if (rows_in_place(p, m)) return fc_dense_packed_size(p->in_channels, p->out_channels);
-  return fc_packed_a_size(p->out_channels, p->in_channels, fc_gemm_config_get()->mr);
+  if (rows_in_place(p, m)) return fc_dense_packed_size(gemm_channels(p), p->out_channels);
+  return fc_packed_a_size(p->out_channels, gemm_channels(p), fc_gemm_config_get()->mr);
 }
 
 size_t fc_winograd_packed_size(const fc_conv2d_params* p, size_t m) {
@@ -112,15 +125,32 @@ static void transform_kernel(const winograd_variant* v, const float* g, double* 
   }
 }
 
+/* Sub-kernel `block` (row-major in the grid of sub_kernels) of output channel o and input
+ * channel c: the kernel's taps it covers, zeros past the kernel's edge. */
+static void sub_kernel(const fc_conv2d_params* p, const float* w, size_t o, size_t c, size_t block,
+                       float* g) {
+  const size_t kh = p->kernel_h, kw = p->kernel_w, grid_w = sub_kernels(kw);
+  const size_t top = 3 * (block / grid_w), left = 3 * (block % grid_w);
+  const float* taps = w + (o * p->in_channels + c) * kh * kw;
+  for (size_t i = 0; i < 3; i++) {
+    for (size_t j = 0; j < 3; j++) {
+      const int inside = top + i < kh && left + j < kw;
+      g[i * 3 + j] = inside ? taps[(top + i) * kw + left + j] : 0.0f;
+    }
+  }
+}
+
 int fc_winograd_pack_weights(const fc_conv2d_params* p, size_t m, const float* w, float* packed) {
   const winograd_variant v = variant_of(m);
-  const size_t O = p->out_channels, C = p->in_channels, mr = fc_gemm_config_get()->mr;
+  const size_t O = p->out_channels, C = gemm_channels(p), mr = fc_gemm_config_get()->mr;
   float* u = (float*)fc_alloc(v.products * O * C * sizeof(float));
   if (!u) return FC_ERROR_NOMEM;
   for (size_t o = 0; o < O; o++) {
     for (size_t c = 0; c < C; c++) {
+      float g[9];
       double t[MAX_ALPHA * MAX_ALPHA];
-      transform_kernel(&v, w + (o * C + c) * 9, t);
+      sub_kernel(p, w, o, c % p->in_channels, c / p->in_channels, g);
+      transform_kernel(&v, g, t);
       for (size_t xi = 0; xi < v.products; xi++) u[(xi * O + o) * C + c] = (float)t[xi];
     }
   }
@@ -143,6 +173,7 @@ typedef struct winograd_work {
   fc_phase_layout layout;
   size_t chan;  /* floats of phase planes per channel */
   size_t chunk, pitch, tiles_w, tiles;
+  size_t grid_w; /* sub-kernels per row (1 for 3x3) */
   size_t v_stride, m_stride; /* floats from one product's V or M to the next's */
   size_t images; /* per chunk: 1, or whole images of `tiles` each */
   float* planes; /* images x C channels */
@@ -150,19 +181,33 @@ typedef struct winograd_work {
   float* mt; /* M: products x O rows */
 } winograd_work;
 
-/* Input transform of the chunk's tiles [t0, t0 + tc) of an image for channel c, one tile row at
- * a time, into V's columns from image * tc on. The kernel's whole-vector writes past a row's end
- * are overwritten by the next image's, which the same thread transforms next. */
-static void input_chunk(const winograd_work* w, size_t C, size_t image, size_t c, size_t t0,
+/* Where the transform kernel's phase q = (qy, qx) of a tile starts, relative to the tile's
+ * first input, for tiles read shifted by (sy, sx): the kernel reads tile input (i, j) from phase
+ * (i % m, j % m) at row i / m, column j / m; input (i + sy, j + sx) sits in phase
+ * ((i + sy) % m, (j + sx) % m) at row (i + sy) / m, so each phase pointer moves to another phase
+ * plane and a few rows or columns on. */
+static ptrdiff_t shifted_phase(const winograd_work* w, size_t q, size_t sy, size_t sx) {
+  const size_t m = w->v.m, y = q / m + sy, x = q % m + sx;
+  return (ptrdiff_t)(((y % m) * m + x % m) * w->layout.phase_size + y / m * w->layout.cols + x / m);
+}
+
+/* Input transform of the chunk's tiles [t0, t0 + tc) of an image for GEMM channel gc (input
+ * channel gc % C, read shifted for sub-kernel gc / C), one tile row at a time, into V's columns
+ * from image * tc on. The kernel's whole-vector writes past a row's end are overwritten by the
+ * next image's, which the same thread transforms next. */
+static void input_chunk(const winograd_work* w, size_t C, size_t image, size_t gc, size_t t0,
                         size_t tc) {
   const fc_phase_layout* l = &w->layout;
-  const float* base = w->planes + (image * C + c) * w->chan;
+  const size_t block = gc / C, sy = 3 * (block / w->grid_w), sx = 3 * (block % w->grid_w);
+  const float* base = w->planes + (image * C + gc % C) * w->chan;
+  ptrdiff_t offsets[MAX_ALPHA * MAX_ALPHA];
+  for (size_t q = 0; q < w->v.m * w->v.m; q++) offsets[q] = shifted_phase(w, q, sy, sx);
   for (size_t t = t0; t < t0 + tc;) {
     const size_t ty = t / w->tiles_w, tx = t % w->tiles_w;
     const size_t n = fc_min(w->tiles_w - tx, t0 + tc - t);
     const float* phases[MAX_ALPHA * MAX_ALPHA];
-    for (size_t q = 0; q < w->v.m * w->v.m; q++) phases[q] = base + q * l->phase_size + ty * l->cols + tx;
-    w->v.input(n, phases, l->cols, w->vt + c * w->pitch + image * tc + (t - t0), w->v_stride);
+    for (size_t q = 0; q < w->v.m * w->v.m; q++) phases[q] = base + offsets[q] + ty * l->cols + tx;
+    w->v.input(n, phases, l->cols, w->vt + gc * w->pitch + image * tc + (t - t0), w->v_stride);
     t += n;
   }
 }
@@ -214,16 +259,16 @@ typedef struct winograd_chunk {
 } winograd_chunk;
 
 static void input_stage(const winograd_chunk* k) {
-  const size_t C = k->p->in_channels;
+  const size_t C = k->p->in_channels, gemm_c = gemm_channels(k->p);
 #pragma omp for schedule(static)
-  for (size_t c = 0; c < C; c++) {
-    for (size_t i = 0; i < k->count; i++) input_chunk(k->w, C, i, c, k->t0, k->tc);
+  for (size_t gc = 0; gc < gemm_c; gc++) {
+    for (size_t i = 0; i < k->count; i++) input_chunk(k->w, C, i, gc, k->t0, k->tc);
   }
 }
 
 /* Product xi's GEMM, M_xi = U_xi V_xi, on `threads` (transposed when rows_in_place). */
 static int product_gemm(const winograd_chunk* k, size_t xi, int threads) {
-  const size_t C = k->p->in_channels, O = k->p->out_channels, pitch = k->w->pitch;
+  const size_t C = gemm_channels(k->p), O = k->p->out_channels, pitch = k->w->pitch;
   const size_t tiles = k->count * k->tc;
   const float* vt = k->w->vt + xi * k->w->v_stride;
   const float* u = k->packed + xi * u_size(k->p, k->w->v.m);
@@ -332,13 +377,17 @@ static int run_images(winograd_chunk k, const float* xn, int threads) {
 }
 
 static int winograd_work_init(const fc_conv2d_params* p, size_t m, winograd_work* w) {
-  const size_t C = p->in_channels, O = p->out_channels, nr = fc_gemm_config_get()->nr;
+  const size_t C = gemm_channels(p), O = p->out_channels, nr = fc_gemm_config_get()->nr;
   w->v = variant_of(m);
   const size_t tiles_h = (p->out_h + m - 1) / m;
   w->tiles_w = (p->out_w + m - 1) / m;
   w->tiles = tiles_h * w->tiles_w;
-  fc_phase_layout_init(&w->layout, p->in_h, p->in_w, tiles_h, w->tiles_w, w->v.alpha, w->v.alpha,
-                       m, m, 1, 1, p->pad_top, p->pad_left);
+  w->grid_w = sub_kernels(p->kernel_w);
+  /* Windows reach 3 more rows (columns) per further sub-kernel. */
+  const size_t window_h = w->v.alpha + 3 * (sub_kernels(p->kernel_h) - 1);
+  const size_t window_w = w->v.alpha + 3 * (w->grid_w - 1);
+  fc_phase_layout_init(&w->layout, p->in_h, p->in_w, tiles_h, w->tiles_w, window_h, window_w, m,
+                       m, 1, 1, p->pad_top, p->pad_left);
   w->chan = fc_phase_planes_size(&w->layout);
   /* Large chunks keep the GEMMs wide and read each U_xi once for many tiles. */
   size_t chunk = CHUNK_FLOATS / (w->v.products * (C > O ? C : O)) / nr * nr;
@@ -355,7 +404,8 @@ static int winograd_work_init(const fc_conv2d_params* p, size_t m, winograd_work
     w->chunk = nr;
   }
   w->pitch = fc_round_up(w->images * w->chunk, FC_WINDOW_SLACK) + FC_WINDOW_SLACK;
-  w->planes = (float*)fc_workspace(FC_WS_LAYOUT, w->images * C * w->chan * sizeof(float));
+  w->planes = (float*)fc_workspace(FC_WS_LAYOUT,
+                                   w->images * p->in_channels * w->chan * sizeof(float));
   /* The transforms touch one row of each of the 36 (or 16) products per channel: with matrices
    * a multiple of 4 KiB apart (pitch 64 floats and 256 channels, or 256 and 64) those rows fall
    * in one L1 set, 8 ways deep. A cache line more per product spreads them over the sets. */
@@ -376,7 +426,7 @@ int fc_winograd_run(const fc_conv2d_params* p, size_t m, const float* packed, co
   for (size_t n = 0; n < p->batch && rc == 0; n += w.images) {
     const size_t count = fc_min(w.images, p->batch - n);
     /* One region runs all the chunks of these images: their flops decide. */
-    const int threads = fc_threads_for(2.0 * O * C * w.v.products * w.tiles * count);
+    const int threads = fc_threads_for(2.0 * O * gemm_channels(p) * w.v.products * w.tiles * count);
     const winograd_chunk k = {p, &w, packed, bias, residual ? residual + n * O * plane_out : NULL,
                               y + n * O * plane_out, count, 0, 0};
     rc = run_images(k, x + n * C * plane_in, threads);
