@@ -1,7 +1,8 @@
 """Winograd F(2x2, 3x3) ("winograd") and F(4x4, 3x3) ("winograd4"): their error against a float64
 reference stays within a stated bound, on every ISA, with bias, activations, a fused residual,
-any output size and padding, and for kernels larger than 3x3 (run as 3x3 sub-kernels); model
-plans use them for eligible layers and follow fastconv.runtime.set_winograd."""
+any output size and padding, and for other kernels and strides (run as groups of 3x3
+sub-kernels); model plans use them for eligible layers and follow
+fastconv.runtime.set_winograd."""
 import numpy as np
 import pytest
 import torch
@@ -39,20 +40,27 @@ def test_error_within_the_stated_bound(algorithm, isa, n, c, h, w, o, padding, r
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 @pytest.mark.parametrize("isa", list(ISA_LEVELS))
-@pytest.mark.parametrize("n,c,h,w,o,kernel,padding", [
-    (1, 8, 13, 11, 12, (5, 5), 2), (2, 5, 9, 10, 7, (7, 7), 3), (1, 6, 12, 9, 9, (5, 3), (2, 1)),
-    (1, 4, 10, 10, 6, (4, 4), 0), (1, 3, 11, 12, 5, (3, 6), ((1, 0), (2, 3))),
+@pytest.mark.parametrize("n,c,h,w,o,kernel,stride,padding", [
+    (1, 8, 13, 11, 12, (5, 5), 1, 2), (2, 5, 9, 10, 7, (7, 7), 1, 3),
+    (1, 6, 12, 9, 9, (5, 3), 1, (2, 1)), (1, 4, 10, 10, 6, (4, 4), 1, 0),
+    (1, 3, 11, 12, 5, (3, 6), 1, ((1, 0), (2, 3))),
     # AlexNet's second layer: 4 x 64 GEMM channels, read in place on AVX-512.
-    (1, 64, 27, 27, 192, (5, 5), 2)])
-def test_larger_kernels_as_sub_kernels(algorithm, isa, n, c, h, w, o, kernel, padding, rng):
-    """Each 3x3 sub-kernel (zero taps past the kernel's edge) reads the input shifted by its
-    place in the kernel; the GEMMs sum them as extra input channels, so the bound's K counts the
-    sub-kernels' taps."""
+    (1, 64, 27, 27, 192, (5, 5), 1, 2),
+    # Strides: AlexNet's stem (16 groups of 3 channels), 7x7 and 3x3 at stride 2, mixed.
+    (2, 3, 71, 67, 16, (11, 11), 4, 2), (1, 5, 21, 20, 7, (7, 7), 2, 3),
+    (1, 4, 17, 18, 6, (3, 3), 2, 1), (1, 6, 22, 19, 9, (5, 3), (2, 1), (2, 1)),
+    (1, 3, 19, 19, 5, (5, 5), 3, 0)])
+def test_other_kernels_and_strides_as_groups(algorithm, isa, n, c, h, w, o, kernel, stride,
+                                              padding, rng):
+    """Each stride phase's taps go in 3x3 sub-kernels (zero taps past the kernel's edge), each
+    reading the input from its first tap on; the GEMMs sum them as extra input channels, so the
+    bound's K counts the groups' taps."""
     x, wt, b = ref.rand(rng, (n, c, h, w)), ref.rand(rng, (o, c) + kernel), ref.rand(rng, (o,))
     with isa_cap(isa):
-        y = F.conv2d(x, wt, b, padding=padding, algorithm=algorithm)
-    sub_kernels = -(-kernel[0] // 3) * -(-kernel[1] // 3)
-    ref.assert_close(y, ref.conv2d(x, wt, b, padding=padding), 9 * c * sub_kernels,
+        y = F.conv2d(x, wt, b, stride=stride, padding=padding, algorithm=algorithm)
+    stride = (stride, stride) if isinstance(stride, int) else stride
+    groups = F._winograd_groups(kernel, stride)
+    ref.assert_close(y, ref.conv2d(x, wt, b, stride=stride, padding=padding), 9 * c * groups,
                      ref.scale_of(x, wt), c=BOUND_FACTOR[algorithm])
 
 
@@ -202,7 +210,7 @@ def test_larger_kernel_non_finite(algorithm, special, rng):
 def test_only_eligible_convolutions_take_winograd():
     w = np.zeros((8, 4, 3, 3), np.float32)
     for algorithm in ALGORITHMS:
-        for bad in (dict(stride=2), dict(dilation=2), dict(groups=2), dict(kernel=(3, 2))):
+        for bad in (dict(dilation=2), dict(groups=2), dict(kernel=(3, 2))):
             weight = np.zeros((8, 2, 3, 3), np.float32) if bad.get("groups") else w
             weight = np.zeros((8, 4) + bad.pop("kernel"), np.float32) if "kernel" in bad else weight
             with pytest.raises(ValueError, match=algorithm):
@@ -228,6 +236,15 @@ def test_only_eligible_convolutions_take_winograd():
     assert chosen(64, 27, kernel=5, out=192, winograd=True) == "winograd4"  # AlexNet's conv2
     assert chosen(32, 28, kernel=5, out=96, winograd=True) == "winograd4"
     assert chosen(16, 28, kernel=5, out=32, winograd=True) == "implicit"  # too few out channels
+
+    def stem(kernel, stride, size):
+        weight = np.zeros((64, 3, kernel, kernel))
+        return F.PreparedConv2d(weight, None, (3, size, size), stride=stride, padding=kernel // 2,
+                                winograd=True).algorithm
+
+    assert stem(11, 4, 224) == "winograd4"  # AlexNet: 36 multiplications against 121
+    assert stem(7, 2, 224) == "implicit"  # ResNet: 36 against 49
+    assert stem(3, 2, 224) == "implicit"
 
 
 def test_plans_follow_the_setting():

@@ -57,16 +57,31 @@ typedef struct winograd_variant {
   fc_winograd_output_fn output;
 } winograd_variant;
 
-/* Kernels larger than 3x3 run as a grid of 3x3 sub-kernels (zero taps past the kernel's edge):
- * sub-kernel (a, b) holds taps [3a, 3a + 3) x [3b, 3b + 3) and reads the input shifted by
- * (3a, 3b), so the layer is the sum of 3x3 convolutions over shifted copies of the input, which
- * the GEMMs add up as extra input channels. 5x5 (AlexNet's second layer): 4 sub-kernels,
- * (m+2)^2 / m^2 * 4 multiplications per output and input channel instead of 25, 9 with F(4x4). */
-static size_t sub_kernels(size_t kernel) { return (kernel + 2) / 3; }
+/* Other kernels run as groups of 3x3 sub-kernels (zero taps past the kernel's edge). Along an
+ * axis with stride s, tap k = s * (3a + i) + r belongs to stride phase r (0 <= r < s) and
+ * sub-kernel a (0 <= i < 3): group (a, r) is a 3x3 convolution at stride 1 whose tap i reads
+ * padded input s * (output + i) + origin, origin = 3 s a + r. The layer is the sum of the
+ * groups' convolutions, which the GEMMs add up as extra input channels. 5x5 at stride 1
+ * (AlexNet's second layer): 4 groups, 4 * 36 / 16 = 9 multiplications per output and input
+ * channel with F(4x4) instead of 25; 11x11 at stride 4 (its first): 16 groups, 36 instead of
+ * 121. */
+static size_t sub_kernels(size_t kernel, size_t stride) {
+  const size_t phase_taps = (kernel + stride - 1) / stride;
+  return (phase_taps + 2) / 3;
+}
 
-/* The GEMMs' input channels: the layer's, once per sub-kernel. */
+/* Groups along an axis, numbered g = a * stride + r. */
+static size_t axis_groups(size_t kernel, size_t stride) {
+  return stride * sub_kernels(kernel, stride);
+}
+
+static size_t group_origin(size_t g, size_t stride) { return 3 * stride * (g / stride) + g % stride; }
+
+/* The GEMMs' input channels: the layer's, once per group; GEMM channel gc is input channel
+ * gc % C of group gc / C = gy * (groups along a row) + gx. */
 static size_t gemm_channels(const fc_conv2d_params* p) {
-  return p->in_channels * sub_kernels(p->kernel_h) * sub_kernels(p->kernel_w);
+  return p->in_channels * axis_groups(p->kernel_h, p->stride_h) *
+         axis_groups(p->kernel_w, p->stride_w);
 }
 
 static winograd_variant variant_of(size_t m) {
@@ -125,17 +140,18 @@ static void transform_kernel(const winograd_variant* v, const float* g, double* 
   }
 }
 
-/* Sub-kernel `block` (row-major in the grid of sub_kernels) of output channel o and input
- * channel c: the kernel's taps it covers, zeros past the kernel's edge. */
-static void sub_kernel(const fc_conv2d_params* p, const float* w, size_t o, size_t c, size_t block,
+/* The 3x3 sub-kernel of group `group` for output channel o and input channel c: the kernel's
+ * taps it covers, zeros past the kernel's edge. */
+static void sub_kernel(const fc_conv2d_params* p, const float* w, size_t o, size_t c, size_t group,
                        float* g) {
-  const size_t kh = p->kernel_h, kw = p->kernel_w, grid_w = sub_kernels(kw);
-  const size_t top = 3 * (block / grid_w), left = 3 * (block % grid_w);
+  const size_t kh = p->kernel_h, kw = p->kernel_w, sh = p->stride_h, sw = p->stride_w;
+  const size_t groups_w = axis_groups(kw, sw);
+  const size_t top = group_origin(group / groups_w, sh), left = group_origin(group % groups_w, sw);
   const float* taps = w + (o * p->in_channels + c) * kh * kw;
   for (size_t i = 0; i < 3; i++) {
     for (size_t j = 0; j < 3; j++) {
-      const int inside = top + i < kh && left + j < kw;
-      g[i * 3 + j] = inside ? taps[(top + i) * kw + left + j] : 0.0f;
+      const size_t y = top + sh * i, x = left + sw * j;
+      g[i * 3 + j] = y < kh && x < kw ? taps[y * kw + x] : 0.0f;
     }
   }
 }
@@ -173,7 +189,8 @@ typedef struct winograd_work {
   fc_phase_layout layout;
   size_t chan;  /* floats of phase planes per channel */
   size_t chunk, pitch, tiles_w, tiles;
-  size_t grid_w; /* sub-kernels per row (1 for 3x3) */
+  size_t groups_w;         /* groups along a row (1 for 3x3 at stride 1) */
+  size_t stride_h, stride_w; /* the layer's */
   size_t v_stride, m_stride; /* floats from one product's V or M to the next's */
   size_t images; /* per chunk: 1, or whole images of `tiles` each */
   float* planes; /* images x C channels */
@@ -182,26 +199,31 @@ typedef struct winograd_work {
 } winograd_work;
 
 /* Where the transform kernel's phase q = (qy, qx) of a tile starts, relative to the tile's
- * first input, for tiles read shifted by (sy, sx): the kernel reads tile input (i, j) from phase
- * (i % m, j % m) at row i / m, column j / m; input (i + sy, j + sx) sits in phase
- * ((i + sy) % m, (j + sx) % m) at row (i + sy) / m, so each phase pointer moves to another phase
- * plane and a few rows or columns on. */
-static ptrdiff_t shifted_phase(const winograd_work* w, size_t q, size_t sy, size_t sx) {
-  const size_t m = w->v.m, y = q / m + sy, x = q % m + sx;
-  return (ptrdiff_t)(((y % m) * m + x % m) * w->layout.phase_size + y / m * w->layout.cols + x / m);
+ * first input, for a group of origin (oy, ox). The planes are the padded input's phases at
+ * stride S = s m (s = 1 for stride-1 layers): tile t's input i of the group is padded row
+ * S t + s i + oy. The kernel reads input i = qy + m k from its phase pointer qy at row k; that
+ * row is in phase (s qy + oy) % S, at row t + k + (s qy + oy) / S: each phase pointer moves to
+ * another phase plane and a few rows (columns) on. */
+static ptrdiff_t shifted_phase(const winograd_work* w, size_t q, size_t oy, size_t ox) {
+  const fc_phase_layout* l = &w->layout;
+  const size_t m = w->v.m, y = w->stride_h * (q / m) + oy, x = w->stride_w * (q % m) + ox;
+  const size_t phase = (y % l->stride_h) * l->stride_w + x % l->stride_w;
+  return (ptrdiff_t)(phase * l->phase_size + y / l->stride_h * l->cols + x / l->stride_w);
 }
 
 /* Input transform of the chunk's tiles [t0, t0 + tc) of an image for GEMM channel gc (input
- * channel gc % C, read shifted for sub-kernel gc / C), one tile row at a time, into V's columns
- * from image * tc on. The kernel's whole-vector writes past a row's end are overwritten by the
+ * channel gc % C, read for group gc / C), one tile row at a time, into V's columns from
+ * image * tc on. The kernel's whole-vector writes past a row's end are overwritten by the
  * next image's, which the same thread transforms next. */
 static void input_chunk(const winograd_work* w, size_t C, size_t image, size_t gc, size_t t0,
                         size_t tc) {
   const fc_phase_layout* l = &w->layout;
-  const size_t block = gc / C, sy = 3 * (block / w->grid_w), sx = 3 * (block % w->grid_w);
+  const size_t group = gc / C;
+  const size_t oy = group_origin(group / w->groups_w, w->stride_h);
+  const size_t ox = group_origin(group % w->groups_w, w->stride_w);
   const float* base = w->planes + (image * C + gc % C) * w->chan;
   ptrdiff_t offsets[MAX_ALPHA * MAX_ALPHA];
-  for (size_t q = 0; q < w->v.m * w->v.m; q++) offsets[q] = shifted_phase(w, q, sy, sx);
+  for (size_t q = 0; q < w->v.m * w->v.m; q++) offsets[q] = shifted_phase(w, q, oy, ox);
   for (size_t t = t0; t < t0 + tc;) {
     const size_t ty = t / w->tiles_w, tx = t % w->tiles_w;
     const size_t n = fc_min(w->tiles_w - tx, t0 + tc - t);
@@ -382,12 +404,13 @@ static int winograd_work_init(const fc_conv2d_params* p, size_t m, winograd_work
   const size_t tiles_h = (p->out_h + m - 1) / m;
   w->tiles_w = (p->out_w + m - 1) / m;
   w->tiles = tiles_h * w->tiles_w;
-  w->grid_w = sub_kernels(p->kernel_w);
-  /* Windows reach 3 more rows (columns) per further sub-kernel. */
-  const size_t window_h = w->v.alpha + 3 * (sub_kernels(p->kernel_h) - 1);
-  const size_t window_w = w->v.alpha + 3 * (w->grid_w - 1);
-  fc_phase_layout_init(&w->layout, p->in_h, p->in_w, tiles_h, w->tiles_w, window_h, window_w, m,
-                       m, 1, 1, p->pad_top, p->pad_left);
+  w->groups_w = axis_groups(p->kernel_w, p->stride_w);
+  w->stride_h = p->stride_h, w->stride_w = p->stride_w;
+  /* A tile's window at stride S = s m: s (alpha + 3 per further sub-kernel) padded inputs. */
+  const size_t window_h = p->stride_h * (w->v.alpha + 3 * (sub_kernels(p->kernel_h, p->stride_h) - 1));
+  const size_t window_w = p->stride_w * (w->v.alpha + 3 * (sub_kernels(p->kernel_w, p->stride_w) - 1));
+  fc_phase_layout_init(&w->layout, p->in_h, p->in_w, tiles_h, w->tiles_w, window_h, window_w,
+                       p->stride_h * m, p->stride_w * m, 1, 1, p->pad_top, p->pad_left);
   w->chan = fc_phase_planes_size(&w->layout);
   /* Large chunks keep the GEMMs wide and read each U_xi once for many tiles. */
   size_t chunk = CHUNK_FLOATS / (w->v.products * (C > O ? C : O)) / nr * nr;
