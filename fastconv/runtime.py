@@ -62,7 +62,7 @@ _winograd = os.environ.get("FASTCONV_WINOGRAD", "1").strip() not in ("0", "false
 
 
 def set_winograd(enabled):
-    """Lets model plans use Winograd (F(2x2, 3x3) and F(4x4, 3x3)) for eligible stride-1
+    """Lets model plans use Winograd (F(2x2, 3x3) and F(4x4, 3x3)) for eligible
     convolutions of 3x3 or larger kernels (the default; ``FASTCONV_WINOGRAD=0`` turns it off at
     start). Plans made afterwards follow the setting.
 

@@ -1,6 +1,6 @@
 /* Winograd F(m x m, 3x3) convolution (Lavin and Gray, 2015), m = 2 or 4, for 3x3 kernels with
- * stride 1, dilation 1 and one group, NCHW; larger kernels as a grid of 3x3 sub-kernels
- * (sub_kernels below).
+ * stride 1, dilation 1 and one group, NCHW; other kernels and strides as groups of 3x3
+ * sub-kernels (sub_kernels below).
  *
  * Each m x m output tile is computed from an (m+2)x(m+2) input tile with (m+2)^2
  * multiplications per input channel instead of 9 m^2: Y = A^T [ (G g G^T) . (B^T d B) ] A.
