@@ -4,8 +4,8 @@ what the "auto" heuristic in fastconv/functional.py (_conv_algorithm) is based o
     python benchmarks/compare_algorithms.py [--threads 1] [--rounds 7] [--filter resnet]
 
 Prints, per shape, the median milliseconds and GFLOP/s of each algorithm that can run it
-(implicit GEMM, im2col, Winograd F(2x2) and F(4x4) for 3x3 stride 1, direct for thin groups)
-and the fastest.
+(implicit GEMM, im2col, Winograd F(2x2) and F(4x4) for stride 1 and kernels of 3x3 or more,
+direct for thin groups) and the fastest.
 On one thread the times are CPU time of the calling thread, which other processes on a shared
 machine barely disturb; on more threads they are wall-clock time.
 """
@@ -21,7 +21,7 @@ from shapes import conv_shapes
 
 def algorithms(shape):
     names = ["implicit", "im2col"]
-    if shape["k"] == (3, 3) and shape["stride"] == (1, 1) and shape["dilation"] == (1, 1) \
+    if min(shape["k"]) >= 3 and shape["stride"] == (1, 1) and shape["dilation"] == (1, 1) \
             and shape["groups"] == 1:
         names += ["winograd", "winograd4"]
     if shape["o"] // shape["groups"] < 8:

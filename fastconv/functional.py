@@ -336,13 +336,36 @@ def _winograd_tile(out_hw):
     return "winograd4" if gemm_columns(4, 36) <= 0.7 * gemm_columns(2, 16) else "winograd"
 
 
+def _winograd_groups(kernel, stride):
+    """Winograd's 3x3 sub-kernels of a layer (src/ops/winograd.c): per axis, each stride phase's
+    taps in groups of 3."""
+    def per_axis(k, s):
+        return s * -(-(-(-k // s)) // 3)
+
+    return per_axis(kernel[0], stride[0]) * per_axis(kernel[1], stride[1])
+
+
+def _winograd_pays(kernel, stride, in_channels, out_per_group, out_hw):
+    """Where Winograd measured faster than the implicit GEMM (docs/kernels.md). At stride 1: at
+    least 64 input channels (counted once per 3x3 sub-kernel of a larger kernel) and 64 output
+    channels, and outputs of at least 7 x 7 (ResNet's last stage; smaller ones unmeasured). At
+    a stride, where F(4x4)'s groups do at most a third of the direct multiplications (AlexNet's
+    11x11 stride-4 stem: 16 groups of 36 / 16, 36 against 121 per output and input channel; 7x7
+    and 3x3 at stride 2, 36 against 49 and 9 against 9, measured 2x slower), 64 output channels
+    and outputs of at least 14 x 14."""
+    groups = _winograd_groups(kernel, stride)
+    if out_per_group < 64 or min(out_hw) < 7:
+        return False
+    if stride == (1, 1):
+        return in_channels * groups >= 64
+    return groups * 36 / 16 <= kernel[0] * kernel[1] / 3 and min(out_hw) >= 14
+
+
 def _conv_algorithm(algorithm, kernel, stride, pads, out_per_group, dilation=(1, 1), groups=1,
                     in_channels=0, winograd=False, out_hw=(0, 0)):
     """The algorithm code: an explicit choice (checked), or the "auto" heuristic. Winograd is
     only chosen automatically when ``winograd`` is set (model plans; see runtime.set_winograd),
-    where it measured faster than the implicit GEMM (docs/kernels.md): at least 64 input and
-    output channels, and outputs of at least 7 x 7 (ResNet's last stage; smaller ones unmeasured);
-    F(4x4) or F(2x2) as ``_winograd_tile`` says.
+    where ``_winograd_pays``; F(4x4) or F(2x2) as ``_winograd_tile`` says.
     The implicit GEMM's fixed costs (laying out the input, copying the output) only pay off
     from K = C/groups * KH * KW >= 32; below that (an RGB 3x3 layer) im2col is faster, at
     stride 1 only: at stride 2 im2col's strided gathers cost more (MobileNetV2's stem measured
@@ -353,12 +376,13 @@ def _conv_algorithm(algorithm, kernel, stride, pads, out_per_group, dilation=(1,
     batch 8 on one thread; docs/kernels.md)."""
     # Any stride: a strided 1x1 layer's GEMM gathers every stride-th pixel (src/ops/conv2d.c).
     is_pointwise = kernel == (1, 1) and pads == ((0, 0), (0, 0))
-    fits_winograd = kernel == (3, 3) and stride == (1, 1) and dilation == (1, 1) and groups == 1
+    # Other kernels and strides run as groups of 3x3 sub-kernels (src/ops/winograd.c).
+    fits_winograd = min(kernel) >= 3 and dilation == (1, 1) and groups == 1
     if algorithm == "auto":
         if is_pointwise:
             return _ALGORITHMS["gemm"]
-        if (winograd and fits_winograd and in_channels >= 64 and out_per_group >= 64
-                and min(out_hw) >= 7):
+        if winograd and fits_winograd and _winograd_pays(kernel, stride, in_channels,
+                                                         out_per_group, out_hw):
             return _ALGORITHMS[_winograd_tile(out_hw)]
         if out_per_group == 1 or (out_per_group < 4 and in_channels == groups):
             return _ALGORITHMS["direct"]
@@ -378,9 +402,8 @@ def _conv_algorithm(algorithm, kernel, stride, pads, out_per_group, dilation=(1,
         )
     if algorithm in _WINOGRAD and not fits_winograd:
         raise ValueError(
-            f"conv2d: algorithm={algorithm!r} needs a 3x3 kernel, stride 1, dilation 1 and "
-            f"groups=1; received kernel {kernel}, stride {stride}, dilation {dilation}, "
-            f"groups {groups}"
+            f"conv2d: algorithm={algorithm!r} needs a kernel of at least 3x3, dilation 1 and "
+            f"groups=1; received kernel {kernel}, dilation {dilation}, groups {groups}"
         )
     return _ALGORITHMS[algorithm]
 
@@ -435,8 +458,9 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, acti
     x (N, H, W, C) and weight (KH, KW, C/groups, O). ``padding``: int, pair, explicit
     ((top, bottom), (left, right)), "valid", "same"/"same_upper" or "same_lower". ``algorithm``:
     "auto", "direct", "implicit" (implicit GEMM, what "auto" takes for most layers), "im2col",
-    "gemm" (1x1 only), "winograd" (F(2x2, 3x3): 3x3, stride 1, dilation 1, groups 1) or
-    "winograd4" (F(4x4, 3x3), same conditions); Winograd is never chosen by "auto" here, see
+    "gemm" (1x1 only), "winograd" (F(2x2, 3x3): dilation 1, groups 1, kernels of at least
+    3x3; other kernels and strides as groups of 3x3 sub-kernels at stride 1) or "winograd4"
+    (F(4x4, 3x3), same conditions); Winograd is never chosen by "auto" here, see
     ``PreparedConv2d``.
 
     >>> x = np.zeros((1, 3, 32, 32), np.float32); w = np.zeros((6, 3, 5, 5), np.float32)
@@ -468,11 +492,14 @@ class PreparedConv2d:
 
     ``prepared(x, residual=None)`` returns act(conv(x) + bias [+ residual]); ``residual`` has the
     output's shape (a ResNet shortcut added in the convolution's store) and may be written in
-    place with ``out=residual``. With ``winograd=True``, "auto" takes Winograd for 3x3 stride-1
-    convolutions with at least 64 input and output channels and outputs of at least 8 x 8
-    (measured slower than the implicit GEMM below that): F(4x4, 3x3) (4x fewer multiplications)
-    on images large enough to fill its GEMMs, else F(2x2, 3x3) (2.25x fewer); both have a
-    larger rounding error, bounded in tests/test_winograd.py.
+    place with ``out=residual``. With ``winograd=True``, "auto" takes Winograd where it measured
+    faster than the implicit GEMM: stride-1 convolutions of 3x3 or larger kernels (a 5x5 one
+    runs as four 3x3 sub-kernels over shifted inputs) with at least 64 input channels per 3x3
+    sub-kernel summed, 64 output channels and outputs of at least 7 x 7, and strided ones whose
+    stride phases split into 3x3 sub-kernels with a third of the multiplications (AlexNet's
+    11x11 stride-4 stem): F(4x4, 3x3) (4x fewer multiplications per 3x3 sub-kernel) on images
+    large enough to fill its GEMMs, else F(2x2, 3x3) (2.25x fewer); both have a larger rounding
+    error, bounded in tests/test_winograd.py.
 
     >>> conv = PreparedConv2d(np.ones((8, 3, 3, 3), np.float32), None, (3, 32, 32), padding=1)
     >>> conv(np.zeros((2, 3, 32, 32), np.float32)).shape

@@ -1,8 +1,9 @@
 """Where a model's time goes: each step of its plan timed on its own, and the work it does.
 
-``profile_plan(model, x)`` runs the model's plan (fastconv/plan.py) step by step, exactly as
-``predict`` does (same steps, same order, intermediate arrays released after their last
-reader), with a clock around every step. It is what ``fastconv profile`` prints, and what a
+``profile_plan(model, x)`` runs the model's plan (fastconv/plan.py) step by step, as
+``predict`` does (same steps, same order, same arena buffers, intermediate arrays released
+after their last reader), with a clock around every step; unlike ``predict`` it runs each step
+over the whole batch (a large batch of MobileNetV2 goes through ``predict`` in chunks). It is what ``fastconv profile`` prints, and what a
 ``Model.profile(x)`` method would return.
 
 MACs are counted as ``Model.summary`` counts them (per sample: convolutions and dense layers
@@ -46,12 +47,15 @@ def current_plan(model):
 
 
 def _run_timed(plan, model, arrays):
-    """One pass of the plan over checked input arrays; the seconds of each step."""
+    """One pass of the plan over checked input arrays; the seconds of each step. Steps write
+    into the plan's activation arena, as in ``predict``: fresh arrays of tens of megabytes
+    (batch 8) would be mapped anew by every call, and their page faults timed."""
     values = dict(zip((plan._position[t] for t in model.inputs), arrays))
+    outs = plan.arena(arrays[0].shape[0])
     seconds = []
-    for step in plan.steps:
+    for step, out in zip(plan.steps, outs):
         start = time.perf_counter()
-        values[step.output] = step.run(values, None)
+        values[step.output] = step.run(values, out)
         seconds.append(time.perf_counter() - start)
         for i in step.release:
             del values[i]

@@ -62,8 +62,9 @@ _winograd = os.environ.get("FASTCONV_WINOGRAD", "1").strip() not in ("0", "false
 
 
 def set_winograd(enabled):
-    """Lets model plans use Winograd (F(2x2, 3x3) and F(4x4, 3x3)) for eligible 3x3
-    convolutions (the default; ``FASTCONV_WINOGRAD=0`` turns it off at start). Plans made afterwards follow the setting.
+    """Lets model plans use Winograd (F(2x2, 3x3) and F(4x4, 3x3)) for eligible
+    convolutions of 3x3 or larger kernels (the default; ``FASTCONV_WINOGRAD=0`` turns it off at
+    start). Plans made afterwards follow the setting.
 
     >>> import fastconv
     >>> previous = fastconv.runtime.winograd_enabled()
@@ -77,7 +78,7 @@ def set_winograd(enabled):
 
 
 def winograd_enabled():
-    """Whether model plans may use Winograd for eligible 3x3 convolutions (see ``set_winograd``).
+    """Whether model plans may use Winograd for eligible convolutions (see ``set_winograd``).
 
     >>> import fastconv
     >>> fastconv.runtime.winograd_enabled() == fastconv.runtime.config()["winograd"]

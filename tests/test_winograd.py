@@ -1,6 +1,7 @@
 """Winograd F(2x2, 3x3) ("winograd") and F(4x4, 3x3) ("winograd4"): their error against a float64
 reference stays within a stated bound, on every ISA, with bias, activations, a fused residual,
-any output size and padding; model plans use them for eligible layers and follow
+any output size and padding, and for other kernels and strides (run as groups of 3x3
+sub-kernels); model plans use them for eligible layers and follow
 fastconv.runtime.set_winograd."""
 import numpy as np
 import pytest
@@ -35,6 +36,32 @@ def test_error_within_the_stated_bound(algorithm, isa, n, c, h, w, o, padding, r
         y = F.conv2d(x, wt, b, padding=padding, algorithm=algorithm)
     expected = ref.conv2d(x, wt, b, padding=padding)
     ref.assert_close(y, expected, 9 * c, ref.scale_of(x, wt), c=BOUND_FACTOR[algorithm])
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+@pytest.mark.parametrize("isa", list(ISA_LEVELS))
+@pytest.mark.parametrize("n,c,h,w,o,kernel,stride,padding", [
+    (1, 8, 13, 11, 12, (5, 5), 1, 2), (2, 5, 9, 10, 7, (7, 7), 1, 3),
+    (1, 6, 12, 9, 9, (5, 3), 1, (2, 1)), (1, 4, 10, 10, 6, (4, 4), 1, 0),
+    (1, 3, 11, 12, 5, (3, 6), 1, ((1, 0), (2, 3))),
+    # AlexNet's second layer: 4 x 64 GEMM channels, read in place on AVX-512.
+    (1, 64, 27, 27, 192, (5, 5), 1, 2),
+    # Strides: AlexNet's stem (16 groups of 3 channels), 7x7 and 3x3 at stride 2, mixed.
+    (2, 3, 71, 67, 16, (11, 11), 4, 2), (1, 5, 21, 20, 7, (7, 7), 2, 3),
+    (1, 4, 17, 18, 6, (3, 3), 2, 1), (1, 6, 22, 19, 9, (5, 3), (2, 1), (2, 1)),
+    (1, 3, 19, 19, 5, (5, 5), 3, 0)])
+def test_other_kernels_and_strides_as_groups(algorithm, isa, n, c, h, w, o, kernel, stride,
+                                              padding, rng):
+    """Each stride phase's taps go in 3x3 sub-kernels (zero taps past the kernel's edge), each
+    reading the input from its first tap on; the GEMMs sum them as extra input channels, so the
+    bound's K counts the groups' taps."""
+    x, wt, b = ref.rand(rng, (n, c, h, w)), ref.rand(rng, (o, c) + kernel), ref.rand(rng, (o,))
+    with isa_cap(isa):
+        y = F.conv2d(x, wt, b, stride=stride, padding=padding, algorithm=algorithm)
+    stride = (stride, stride) if isinstance(stride, int) else stride
+    groups = F._winograd_groups(kernel, stride)
+    ref.assert_close(y, ref.conv2d(x, wt, b, stride=stride, padding=padding), 9 * c * groups,
+                     ref.scale_of(x, wt), c=BOUND_FACTOR[algorithm])
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
@@ -109,11 +136,12 @@ def test_images_side_by_side_in_a_chunk(algorithm, c, size, o, rng):
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
-def test_thread_count_does_not_change_the_result(algorithm, rng):
+@pytest.mark.parametrize("kernel", [3, 5])
+def test_thread_count_does_not_change_the_result(algorithm, kernel, rng):
     """46 x 45 outputs: 144 F(4x4) tiles or 529 F(2x2), several chunks of NR tiles."""
-    x, wt = ref.rand(rng, (2, 64, 46, 45)), ref.rand(rng, (96, 64, 3, 3))
-    conv = F.PreparedConv2d(wt, ref.rand(rng, (96,)), (64, 46, 45), padding=1, activation="relu",
-                            algorithm=algorithm)
+    x, wt = ref.rand(rng, (2, 64, 46, 45)), ref.rand(rng, (96, 64, kernel, kernel))
+    conv = F.PreparedConv2d(wt, ref.rand(rng, (96,)), (64, 46, 45), padding=kernel // 2,
+                            activation="relu", algorithm=algorithm)
     previous = fastconv.get_num_threads()
     try:
         fastconv.set_num_threads(1)
@@ -152,17 +180,46 @@ def test_winograd4_non_finite(special, in_weights, rng):
         ref.assert_close(y[finite], expected[finite], 9 * 16, 1.0, c=BOUND_FACTOR["winograd4"])
 
 
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+@pytest.mark.parametrize("special", [np.nan, np.inf])
+def test_larger_kernel_non_finite(algorithm, special, rng):
+    """A 5x5 kernel padded to 6x6: a non-finite input is non-finite wherever the reference is,
+    and beyond that only within the output tiles that reach it through the padded 6x6 window;
+    the other outputs stay close to the reference."""
+    m = 4 if algorithm == "winograd4" else 2
+    for _ in range(5):
+        x, w = ref.rand(rng, (1, 6, 13, 12)), ref.rand(rng, (5, 6, 5, 5))
+        r, c = rng.integers(13), rng.integers(12)
+        x[0, rng.integers(6), r, c] = special
+        y = F.conv2d(x, w, padding=2, algorithm=algorithm)
+        with np.errstate(all="ignore"):
+            expected = ref.conv2d(x, w, padding=2)
+        bad, bad_expected = ~np.isfinite(y), ~np.isfinite(expected)
+        assert np.all(bad[bad_expected])
+        # Padded input row r + 2 is read by the tiles whose 6x6-kernel windows cover it.
+        reach = np.zeros(y.shape[2:], bool)
+        for ty in range(-(-13 // m)):
+            for tx in range(-(-12 // m)):
+                if m * ty <= r + 2 < m * ty + m + 5 and m * tx <= c + 2 < m * tx + m + 5:
+                    reach[m * ty:m * ty + m, m * tx:m * tx + m] = True
+        assert not np.any(bad[:, :, ~reach])
+        ref.assert_close(y[:, :, ~reach], expected[:, :, ~reach], 9 * 6 * 4, 1.0,
+                         c=BOUND_FACTOR[algorithm])
+
+
 def test_only_eligible_convolutions_take_winograd():
     w = np.zeros((8, 4, 3, 3), np.float32)
     for algorithm in ALGORITHMS:
-        for bad in (dict(stride=2), dict(dilation=2), dict(groups=2)):
+        for bad in (dict(dilation=2), dict(groups=2), dict(kernel=(3, 2))):
             weight = np.zeros((8, 2, 3, 3), np.float32) if bad.get("groups") else w
+            weight = np.zeros((8, 4) + bad.pop("kernel"), np.float32) if "kernel" in bad else weight
             with pytest.raises(ValueError, match=algorithm):
                 F.conv2d(np.zeros((1, 4, 8, 8), np.float32), weight, algorithm=algorithm, **bad)
 
-    def chosen(channels, size, **kwargs):
-        return F.PreparedConv2d(np.zeros((channels, channels, 3, 3)), None, (channels, size, size),
-                                padding=1, **kwargs).algorithm
+    def chosen(channels, size, kernel=3, out=None, **kwargs):
+        weight = np.zeros((out or channels, channels, kernel, kernel))
+        return F.PreparedConv2d(weight, None, (channels, size, size), padding=kernel // 2,
+                                **kwargs).algorithm
 
     for isa in ISA_LEVELS:
         with isa_cap(isa):
@@ -175,6 +232,19 @@ def test_only_eligible_convolutions_take_winograd():
         with isa_cap(isa):
             assert chosen(256, 14, winograd=True) == "winograd4"
     assert chosen(128, 56) == "implicit"  # only when asked for
+    # 5x5: four 3x3 sub-kernels, so 64 GEMM channels from 16 input channels.
+    assert chosen(64, 27, kernel=5, out=192, winograd=True) == "winograd4"  # AlexNet's conv2
+    assert chosen(32, 28, kernel=5, out=96, winograd=True) == "winograd4"
+    assert chosen(16, 28, kernel=5, out=32, winograd=True) == "implicit"  # too few out channels
+
+    def stem(kernel, stride, size):
+        weight = np.zeros((64, 3, kernel, kernel))
+        return F.PreparedConv2d(weight, None, (3, size, size), stride=stride, padding=kernel // 2,
+                                winograd=True).algorithm
+
+    assert stem(11, 4, 224) == "winograd4"  # AlexNet: 36 multiplications against 121
+    assert stem(7, 2, 224) == "implicit"  # ResNet: 36 against 49
+    assert stem(3, 2, 224) == "implicit"
 
 
 def test_plans_follow_the_setting():

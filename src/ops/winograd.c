@@ -1,5 +1,6 @@
 /* Winograd F(m x m, 3x3) convolution (Lavin and Gray, 2015), m = 2 or 4, for 3x3 kernels with
- * stride 1, dilation 1 and one group, NCHW.
+ * stride 1, dilation 1 and one group, NCHW; other kernels and strides as groups of 3x3
+ * sub-kernels (sub_kernels below).
  *
  * Each m x m output tile is computed from an (m+2)x(m+2) input tile with (m+2)^2
  * multiplications per input channel instead of 9 m^2: Y = A^T [ (G g G^T) . (B^T d B) ] A.
@@ -56,6 +57,33 @@ typedef struct winograd_variant {
   fc_winograd_output_fn output;
 } winograd_variant;
 
+/* Other kernels run as groups of 3x3 sub-kernels (zero taps past the kernel's edge). Along an
+ * axis with stride s, tap k = s * (3a + i) + r belongs to stride phase r (0 <= r < s) and
+ * sub-kernel a (0 <= i < 3): group (a, r) is a 3x3 convolution at stride 1 whose tap i reads
+ * padded input s * (output + i) + origin, origin = 3 s a + r. The layer is the sum of the
+ * groups' convolutions, which the GEMMs add up as extra input channels. 5x5 at stride 1
+ * (AlexNet's second layer): 4 groups, 4 * 36 / 16 = 9 multiplications per output and input
+ * channel with F(4x4) instead of 25; 11x11 at stride 4 (its first): 16 groups, 36 instead of
+ * 121. */
+static size_t sub_kernels(size_t kernel, size_t stride) {
+  const size_t phase_taps = (kernel + stride - 1) / stride;
+  return (phase_taps + 2) / 3;
+}
+
+/* Groups along an axis, numbered g = a * stride + r. */
+static size_t axis_groups(size_t kernel, size_t stride) {
+  return stride * sub_kernels(kernel, stride);
+}
+
+static size_t group_origin(size_t g, size_t stride) { return 3 * stride * (g / stride) + g % stride; }
+
+/* The GEMMs' input channels: the layer's, once per group; GEMM channel gc is input channel
+ * gc % C of group gc / C = gy * (groups along a row) + gx. */
+static size_t gemm_channels(const fc_conv2d_params* p) {
+  return p->in_channels * axis_groups(p->kernel_h, p->stride_h) *
+         axis_groups(p->kernel_w, p->stride_w);
+}
+
 static winograd_variant variant_of(size_t m) {
   const fc_vector_config* vk = fc_vector_config_get();
   if (m == 4) return (winograd_variant){4, 6, 36, G4, vk->winograd4_input, vk->winograd4_output};
@@ -72,7 +100,7 @@ static winograd_variant variant_of(size_t m) {
  * 64 channels on 56x56 3-10 %). Decided per layer, never per chunk, so that a tile's sums do not
  * depend on the batch. */
 static int rows_in_place(const fc_conv2d_params* p, size_t m) {
-  const size_t C = p->in_channels, O = p->out_channels;
+  const size_t C = gemm_channels(p), O = p->out_channels;
   const size_t tiles = ((p->out_h + m - 1) / m) * ((p->out_w + m - 1) / m);
   const int deep = C >= 2 * PIXELS_MIN_CHANNELS ||
                    (C >= PIXELS_MIN_CHANNELS && tiles < SMALL_CHUNK_MIN_TILES);
@@ -80,8 +108,8 @@ static int rows_in_place(const fc_conv2d_params* p, size_t m) {
 }
 
 static size_t u_size(const fc_conv2d_params* p, size_t m) {
-  if (rows_in_place(p, m)) return fc_dense_packed_size(p->in_channels, p->out_channels);
-  return fc_packed_a_size(p->out_channels, p->in_channels, fc_gemm_config_get()->mr);
+  if (rows_in_place(p, m)) return fc_dense_packed_size(gemm_channels(p), p->out_channels);
+  return fc_packed_a_size(p->out_channels, gemm_channels(p), fc_gemm_config_get()->mr);
 }
 
 size_t fc_winograd_packed_size(const fc_conv2d_params* p, size_t m) {
@@ -112,15 +140,33 @@ static void transform_kernel(const winograd_variant* v, const float* g, double* 
   }
 }
 
+/* The 3x3 sub-kernel of group `group` for output channel o and input channel c: the kernel's
+ * taps it covers, zeros past the kernel's edge. */
+static void sub_kernel(const fc_conv2d_params* p, const float* w, size_t o, size_t c, size_t group,
+                       float* g) {
+  const size_t kh = p->kernel_h, kw = p->kernel_w, sh = p->stride_h, sw = p->stride_w;
+  const size_t groups_w = axis_groups(kw, sw);
+  const size_t top = group_origin(group / groups_w, sh), left = group_origin(group % groups_w, sw);
+  const float* taps = w + (o * p->in_channels + c) * kh * kw;
+  for (size_t i = 0; i < 3; i++) {
+    for (size_t j = 0; j < 3; j++) {
+      const size_t y = top + sh * i, x = left + sw * j;
+      g[i * 3 + j] = y < kh && x < kw ? taps[y * kw + x] : 0.0f;
+    }
+  }
+}
+
 int fc_winograd_pack_weights(const fc_conv2d_params* p, size_t m, const float* w, float* packed) {
   const winograd_variant v = variant_of(m);
-  const size_t O = p->out_channels, C = p->in_channels, mr = fc_gemm_config_get()->mr;
+  const size_t O = p->out_channels, C = gemm_channels(p), mr = fc_gemm_config_get()->mr;
   float* u = (float*)fc_alloc(v.products * O * C * sizeof(float));
   if (!u) return FC_ERROR_NOMEM;
   for (size_t o = 0; o < O; o++) {
     for (size_t c = 0; c < C; c++) {
+      float g[9];
       double t[MAX_ALPHA * MAX_ALPHA];
-      transform_kernel(&v, w + (o * C + c) * 9, t);
+      sub_kernel(p, w, o, c % p->in_channels, c / p->in_channels, g);
+      transform_kernel(&v, g, t);
       for (size_t xi = 0; xi < v.products; xi++) u[(xi * O + o) * C + c] = (float)t[xi];
     }
   }
@@ -143,6 +189,8 @@ typedef struct winograd_work {
   fc_phase_layout layout;
   size_t chan;  /* floats of phase planes per channel */
   size_t chunk, pitch, tiles_w, tiles;
+  size_t groups_w;         /* groups along a row (1 for 3x3 at stride 1) */
+  size_t stride_h, stride_w; /* the layer's */
   size_t v_stride, m_stride; /* floats from one product's V or M to the next's */
   size_t images; /* per chunk: 1, or whole images of `tiles` each */
   float* planes; /* images x C channels */
@@ -150,19 +198,38 @@ typedef struct winograd_work {
   float* mt; /* M: products x O rows */
 } winograd_work;
 
-/* Input transform of the chunk's tiles [t0, t0 + tc) of an image for channel c, one tile row at
- * a time, into V's columns from image * tc on. The kernel's whole-vector writes past a row's end
- * are overwritten by the next image's, which the same thread transforms next. */
-static void input_chunk(const winograd_work* w, size_t C, size_t image, size_t c, size_t t0,
+/* Where the transform kernel's phase q = (qy, qx) of a tile starts, relative to the tile's
+ * first input, for a group of origin (oy, ox). The planes are the padded input's phases at
+ * stride S = s m (s = 1 for stride-1 layers): tile t's input i of the group is padded row
+ * S t + s i + oy. The kernel reads input i = qy + m k from its phase pointer qy at row k; that
+ * row is in phase (s qy + oy) % S, at row t + k + (s qy + oy) / S: each phase pointer moves to
+ * another phase plane and a few rows (columns) on. */
+static ptrdiff_t shifted_phase(const winograd_work* w, size_t q, size_t oy, size_t ox) {
+  const fc_phase_layout* l = &w->layout;
+  const size_t m = w->v.m, y = w->stride_h * (q / m) + oy, x = w->stride_w * (q % m) + ox;
+  const size_t phase = (y % l->stride_h) * l->stride_w + x % l->stride_w;
+  return (ptrdiff_t)(phase * l->phase_size + y / l->stride_h * l->cols + x / l->stride_w);
+}
+
+/* Input transform of the chunk's tiles [t0, t0 + tc) of an image for GEMM channel gc (input
+ * channel gc % C, read for group gc / C), one tile row at a time, into V's columns from
+ * image * tc on. The kernel's whole-vector writes past a row's end are overwritten by the
+ * next image's, which the same thread transforms next. */
+static void input_chunk(const winograd_work* w, size_t C, size_t image, size_t gc, size_t t0,
                         size_t tc) {
   const fc_phase_layout* l = &w->layout;
-  const float* base = w->planes + (image * C + c) * w->chan;
+  const size_t group = gc / C;
+  const size_t oy = group_origin(group / w->groups_w, w->stride_h);
+  const size_t ox = group_origin(group % w->groups_w, w->stride_w);
+  const float* base = w->planes + (image * C + gc % C) * w->chan;
+  ptrdiff_t offsets[MAX_ALPHA * MAX_ALPHA];
+  for (size_t q = 0; q < w->v.m * w->v.m; q++) offsets[q] = shifted_phase(w, q, oy, ox);
   for (size_t t = t0; t < t0 + tc;) {
     const size_t ty = t / w->tiles_w, tx = t % w->tiles_w;
     const size_t n = fc_min(w->tiles_w - tx, t0 + tc - t);
     const float* phases[MAX_ALPHA * MAX_ALPHA];
-    for (size_t q = 0; q < w->v.m * w->v.m; q++) phases[q] = base + q * l->phase_size + ty * l->cols + tx;
-    w->v.input(n, phases, l->cols, w->vt + c * w->pitch + image * tc + (t - t0), w->v_stride);
+    for (size_t q = 0; q < w->v.m * w->v.m; q++) phases[q] = base + offsets[q] + ty * l->cols + tx;
+    w->v.input(n, phases, l->cols, w->vt + gc * w->pitch + image * tc + (t - t0), w->v_stride);
     t += n;
   }
 }
@@ -214,16 +281,16 @@ typedef struct winograd_chunk {
 } winograd_chunk;
 
 static void input_stage(const winograd_chunk* k) {
-  const size_t C = k->p->in_channels;
+  const size_t C = k->p->in_channels, gemm_c = gemm_channels(k->p);
 #pragma omp for schedule(static)
-  for (size_t c = 0; c < C; c++) {
-    for (size_t i = 0; i < k->count; i++) input_chunk(k->w, C, i, c, k->t0, k->tc);
+  for (size_t gc = 0; gc < gemm_c; gc++) {
+    for (size_t i = 0; i < k->count; i++) input_chunk(k->w, C, i, gc, k->t0, k->tc);
   }
 }
 
 /* Product xi's GEMM, M_xi = U_xi V_xi, on `threads` (transposed when rows_in_place). */
 static int product_gemm(const winograd_chunk* k, size_t xi, int threads) {
-  const size_t C = k->p->in_channels, O = k->p->out_channels, pitch = k->w->pitch;
+  const size_t C = gemm_channels(k->p), O = k->p->out_channels, pitch = k->w->pitch;
   const size_t tiles = k->count * k->tc;
   const float* vt = k->w->vt + xi * k->w->v_stride;
   const float* u = k->packed + xi * u_size(k->p, k->w->v.m);
@@ -332,13 +399,18 @@ static int run_images(winograd_chunk k, const float* xn, int threads) {
 }
 
 static int winograd_work_init(const fc_conv2d_params* p, size_t m, winograd_work* w) {
-  const size_t C = p->in_channels, O = p->out_channels, nr = fc_gemm_config_get()->nr;
+  const size_t C = gemm_channels(p), O = p->out_channels, nr = fc_gemm_config_get()->nr;
   w->v = variant_of(m);
   const size_t tiles_h = (p->out_h + m - 1) / m;
   w->tiles_w = (p->out_w + m - 1) / m;
   w->tiles = tiles_h * w->tiles_w;
-  fc_phase_layout_init(&w->layout, p->in_h, p->in_w, tiles_h, w->tiles_w, w->v.alpha, w->v.alpha,
-                       m, m, 1, 1, p->pad_top, p->pad_left);
+  w->groups_w = axis_groups(p->kernel_w, p->stride_w);
+  w->stride_h = p->stride_h, w->stride_w = p->stride_w;
+  /* A tile's window at stride S = s m: s (alpha + 3 per further sub-kernel) padded inputs. */
+  const size_t window_h = p->stride_h * (w->v.alpha + 3 * (sub_kernels(p->kernel_h, p->stride_h) - 1));
+  const size_t window_w = p->stride_w * (w->v.alpha + 3 * (sub_kernels(p->kernel_w, p->stride_w) - 1));
+  fc_phase_layout_init(&w->layout, p->in_h, p->in_w, tiles_h, w->tiles_w, window_h, window_w,
+                       p->stride_h * m, p->stride_w * m, 1, 1, p->pad_top, p->pad_left);
   w->chan = fc_phase_planes_size(&w->layout);
   /* Large chunks keep the GEMMs wide and read each U_xi once for many tiles. */
   size_t chunk = CHUNK_FLOATS / (w->v.products * (C > O ? C : O)) / nr * nr;
@@ -355,7 +427,8 @@ static int winograd_work_init(const fc_conv2d_params* p, size_t m, winograd_work
     w->chunk = nr;
   }
   w->pitch = fc_round_up(w->images * w->chunk, FC_WINDOW_SLACK) + FC_WINDOW_SLACK;
-  w->planes = (float*)fc_workspace(FC_WS_LAYOUT, w->images * C * w->chan * sizeof(float));
+  w->planes = (float*)fc_workspace(FC_WS_LAYOUT,
+                                   w->images * p->in_channels * w->chan * sizeof(float));
   /* The transforms touch one row of each of the 36 (or 16) products per channel: with matrices
    * a multiple of 4 KiB apart (pitch 64 floats and 256 channels, or 256 and 64) those rows fall
    * in one L1 set, 8 ways deep. A cache line more per product spreads them over the sets. */
@@ -376,7 +449,7 @@ int fc_winograd_run(const fc_conv2d_params* p, size_t m, const float* packed, co
   for (size_t n = 0; n < p->batch && rc == 0; n += w.images) {
     const size_t count = fc_min(w.images, p->batch - n);
     /* One region runs all the chunks of these images: their flops decide. */
-    const int threads = fc_threads_for(2.0 * O * C * w.v.products * w.tiles * count);
+    const int threads = fc_threads_for(2.0 * O * gemm_channels(p) * w.v.products * w.tiles * count);
     const winograd_chunk k = {p, &w, packed, bias, residual ? residual + n * O * plane_out : NULL,
                               y + n * O * plane_out, count, 0, 0};
     rc = run_images(k, x + n * C * plane_in, threads);
