@@ -212,7 +212,7 @@ def test_set_algorithm_forces_and_checks_a_layer(monkeypatch, tmp_path):
     assert "conv2d[im2col] layer1.0.conv1" not in model.plan_summary(print_fn=None)
     for winograd in ("winograd", "winograd4"):
         with pytest.raises(ValueError, match=winograd):
-            model.set_algorithm("conv1", winograd)  # a 7x7 stride-2 layer
+            model.set_algorithm("layer2.0.downsample.0", winograd)  # a 1x1 layer
     with pytest.raises(ValueError, match="Conv2D"):
         model.set_algorithm("maxpool", "im2col")
 
