@@ -801,10 +801,13 @@ static void band_share(void* ctx, size_t id, size_t count) {
   const size_t step = !j->rows ? FC_STEM_BAND_PANELS : band_rows_n ? band_rows_n : 1;
   size_t u0, u1;
   fc_share(units, id, count, &u0, &u1);
+  const size_t bands = (u1 - u0 + step - 1) / step; /* of equal size: no short last band */
   int rc = 0;
   for (size_t n = 0; n < p->batch && rc == 0; n++) {
-    for (size_t u = u0; u < u1 && rc == 0; u += step) {
-      const size_t v = fc_min(u1, u + step);
+    for (size_t b = 0; b < bands && rc == 0; b++) {
+      size_t u, v;
+      fc_share(u1 - u0, b, bands, &u, &v);
+      u += u0, v += u0;
       rc = j->rows ? band_rows(j, n, u, v) : band_run(j, n, u * nr, fc_min(v * nr, j->n_cols));
     }
   }
