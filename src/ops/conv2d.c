@@ -684,8 +684,10 @@ static int conv_implicit(const fc_conv2d_params* p, const float* packed, const f
  * rows, each laid out, multiplied and stored on its own, so that each thread lays out, multiplies
  * and stores its own contiguous share of the output in one parallel region; the whole-image path
  * ran three (the layout splitting 3 channels 2 : 1 over two threads, the GEMM, the copy).
- * Measured on two threads, the layer alone, wall clock: AlexNet's 11x11 stem 0.89 -> 0.76 ms,
- * MobileNetV2's 0.30 -> 0.15, ResNet's 7x7 1.28 -> 1.16; on one thread the same speed (CPU time).
+ * Measured on two threads, the layer alone, wall clock, medians: 1-3 % faster on a quiet machine
+ * (AlexNet's 11x11 stem 0.81 -> 0.78 ms, MobileNetV2's 0.151 -> 0.131-0.134), much less slowed
+ * by a loaded one (one barrier where a preempted thread holds the other up, not two or three:
+ * AlexNet 1.00 -> 0.89, MobileNetV2 0.34 -> 0.19); on one thread the same speed (CPU time).
  * A band reads its input rows alone (the rows its taps share with the next band are laid out
  * twice), as a layer of out_h = its rows whose top padding is what falls above it. In rows mode
  * (implicit_rows) the bands are about FC_STEM_BAND_PIXELS output pixels of whole rows; in run
