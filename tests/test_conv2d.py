@@ -317,6 +317,14 @@ def test_auto_takes_gemm_for_strided_1x1_without_padding():
     assert F.PreparedConv2d(w, None, (4, 14, 14), stride=2, padding=1).algorithm == "implicit"
 
 
+def test_auto_takes_im2col_only_below_k_16_at_stride_1():
+    """VGG's conv1_1 (K = 27) is faster implicit; a one-channel 3x3 layer (K = 9) keeps im2col."""
+    rgb, gray = np.ones((64, 3, 3, 3), np.float32), np.ones((32, 1, 3, 3), np.float32)
+    assert F.PreparedConv2d(rgb, None, (3, 224, 224), padding=1).algorithm == "implicit"
+    assert F.PreparedConv2d(gray, None, (1, 28, 28), padding=1).algorithm == "im2col"
+    assert F.PreparedConv2d(gray, None, (1, 28, 28), stride=2, padding=1).algorithm == "implicit"
+
+
 # The transposed 1x1 path folds up to 10 7x7 images into one GEMM (on AVX-512 it runs image by
 # image through the pixels kernel instead, storing into the output planes): batches 1 to 23
 # (three GEMMs), on one and two threads (whole images per thread, or the GEMMs split), all
