@@ -366,10 +366,13 @@ def _conv_algorithm(algorithm, kernel, stride, pads, out_per_group, dilation=(1,
     """The algorithm code: an explicit choice (checked), or the "auto" heuristic. Winograd is
     only chosen automatically when ``winograd`` is set (model plans; see runtime.set_winograd),
     where ``_winograd_pays``; F(4x4) or F(2x2) as ``_winograd_tile`` says.
-    The implicit GEMM's fixed costs (laying out the input, copying the output) only pay off
-    from K = C/groups * KH * KW >= 32; below that (an RGB 3x3 layer) im2col is faster, at
-    stride 1 only: at stride 2 im2col's strided gathers cost more (MobileNetV2's stem measured
-    0.29 ms implicit, 0.47 ms im2col).
+    The implicit GEMM's fixed costs (laying out the input) only pay off from K = C/groups * KH *
+    KW >= 16; below that (a one-channel 3x3 layer, K = 9) im2col is as fast or faster at stride 1
+    (1 -> 32 and 1 -> 64 channels on 28 x 28: 0.157 against 0.175 ms at batch 16, 0.065 against
+    0.086 at batch 4), at stride 2 not (MobileNetV2's stem measured 0.29 ms implicit, 0.47 ms
+    im2col). From K = 18 implicit is faster, its wide outputs stored in place (one thread, CPU
+    time, AVX-512 / AVX2: VGG's conv1_1, 3 -> 64 channels on 224 x 224, 2.47 -> 1.97 / 3.45 ->
+    2.46 ms; 3 -> 64 on 64 x 64 0.198 -> 0.151; 2 -> 16 on 100 x 100 0.150 -> 0.090).
     The direct algorithm is taken for groups of one output channel (depthwise), and of up to 3
     reading one input channel; from 2 output channels reading several, or 4 reading one, the
     implicit GEMM measured faster (LeNet-5's conv1, 1 -> 6 channels 5x5: 35 against 45 us at
@@ -388,7 +391,7 @@ def _conv_algorithm(algorithm, kernel, stride, pads, out_per_group, dilation=(1,
             return _ALGORITHMS["direct"]
         if out_per_group < 8:  # thin: im2col's GEMM tiles would be mostly empty too
             return _ALGORITHMS["implicit"]
-        small_k = in_channels // groups * kernel[0] * kernel[1] < 32
+        small_k = in_channels // groups * kernel[0] * kernel[1] < 16
         return _ALGORITHMS["im2col" if small_k and stride == (1, 1) else "implicit"]
     if not isinstance(algorithm, str) or algorithm not in _ALGORITHMS:
         raise ValueError(

@@ -340,6 +340,14 @@ def test_auto_takes_gemm_for_strided_1x1_without_padding():
     assert F.PreparedConv2d(w, None, (4, 14, 14), stride=2, padding=1).algorithm == "implicit"
 
 
+def test_auto_takes_im2col_only_below_k_16_at_stride_1():
+    """VGG's conv1_1 (K = 27) is faster implicit; a one-channel 3x3 layer (K = 9) keeps im2col."""
+    rgb, gray = np.ones((64, 3, 3, 3), np.float32), np.ones((32, 1, 3, 3), np.float32)
+    assert F.PreparedConv2d(rgb, None, (3, 224, 224), padding=1).algorithm == "implicit"
+    assert F.PreparedConv2d(gray, None, (1, 28, 28), padding=1).algorithm == "im2col"
+    assert F.PreparedConv2d(gray, None, (1, 28, 28), stride=2, padding=1).algorithm == "implicit"
+
+
 # The transposed 1x1 path folds up to 10 7x7 images into one GEMM (on AVX-512 it runs image by
 # image through the pixels kernel instead, storing into the output planes): batches 1 to 23
 # (three GEMMs), on one and two threads (whole images per thread, or the GEMMs split), all
@@ -506,3 +514,27 @@ def test_implicit_narrow_rows(rng, C, O, activation):
     plain = ref_conv2d(x, w, bias)
     k, scale = C * 25 + 2, scale_of(x, w) + scale_of(bias) + scale_of(residual)
     check_row_stores(conv, x, residual, plain, activation, k, scale)
+
+
+# Stems (at most 4 input channels, groups of one) run their implicit GEMM in bands of output
+# rows, each laid out on its own (src/ops/conv2d.c conv_implicit_bands): wide outputs in bands of
+# whole rows stored in place (40 rows of 128: 5 bands), narrow ones in bands of run panels cut
+# anywhere in a row (AlexNet's 11x11 stride-4 stem on 131 x 131: 34 panels of the 34-column
+# run, bands of 16), dilation, top padding under a band at stride 4; and a bottom padding
+# taller than the kernel, which keeps the whole-image path. A residual apart and in place, two
+# threads bit-identical to one, every image equal to its result alone.
+@pytest.mark.parametrize("C,O,hw,k,stride,padding,dilation,activation", [
+    (3, 32, (40, 128), 3, 1, 1, 1, "relu6"), (3, 64, (131, 131), 11, 4, 2, 1, "relu"),
+    (1, 6, (70, 70), 5, 1, 0, 1, "tanh"), (4, 40, (33, 150), 3, 2, 2, 2, None),
+    (2, 16, (12, 70), 3, 1, ((0, 5), (1, 1)), 1, "relu")])
+def test_implicit_stem_bands(rng, C, O, hw, k, stride, padding, dilation, activation):
+    x = rand(rng, (3, C) + hw)
+    w, bias = rand(rng, (O, C, k, k)), rand(rng, (O,))
+    conv = F.PreparedConv2d(w, bias, x.shape[1:], stride, padding, dilation,
+                            activation=activation, algorithm="implicit")
+    residual = rand(rng, (3,) + conv.output_shape)
+    plain = ref_conv2d(x, w, bias, stride=stride, padding=padding, dilation=dilation)
+    scale = scale_of(x, w) + scale_of(bias) + scale_of(residual)
+    check_row_stores(conv, x, residual, plain, activation, C * k * k + 2, scale)
+    alone = np.concatenate([conv(x[i:i + 1], residual=residual[i:i + 1]) for i in range(3)])
+    np.testing.assert_array_equal(conv(x, residual=residual), alone)

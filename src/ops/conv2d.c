@@ -682,6 +682,157 @@ static int conv_implicit(const fc_conv2d_params* p, const float* packed, const f
   return rc;
 }
 
+/* A stem (stem_in_bands: an image of a few channels) runs its implicit GEMM in bands of output
+ * rows, each laid out, multiplied and stored on its own, so that each thread lays out, multiplies
+ * and stores its own contiguous share of the output in one parallel region; the whole-image path
+ * ran three (the layout splitting 3 channels 2 : 1 over two threads, the GEMM, the copy).
+ * Measured on two threads, the layer alone, wall clock, medians: 1-3 % faster on a quiet machine
+ * (AlexNet's 11x11 stem 0.81 -> 0.78 ms, MobileNetV2's 0.151 -> 0.131-0.134), much less slowed
+ * by a loaded one (one barrier where a preempted thread holds the other up, not two or three:
+ * AlexNet 1.00 -> 0.89, MobileNetV2 0.34 -> 0.19); on one thread the same speed (CPU time).
+ * A band reads its input rows alone (the rows its taps share with the next band are laid out
+ * twice), as a layer of out_h = its rows whose top padding is what falls above it. In rows mode
+ * (implicit_rows) the bands are about FC_STEM_BAND_PIXELS output pixels of whole rows; in run
+ * mode FC_STEM_BAND_PANELS NR-column panels of the run, whose output rows (cut at either end) are
+ * laid out together (512 / 8 and 4096 / 64 measured the same on one thread). Every output sums
+ * its products as in one GEMM over the image (the same tiles, K blocked the same), so results
+ * depend neither on the bands nor on the team. */
+#define FC_STEM_MAX_C 4
+#define FC_STEM_BAND_PIXELS 1024
+#define FC_STEM_BAND_PANELS 16
+
+/* Groups of one, at most FC_STEM_MAX_C input channels, no output over the input (a band's
+ * stores would overwrite the rows another band still lays out), and every output row's first
+ * tap row inside the input or the top padding (so a band's layout starts at a row of x). */
+static int stem_in_bands(const fc_conv2d_params* p, const float* x, const float* y) {
+  return p->groups == 1 && p->in_channels <= FC_STEM_MAX_C && !overwrites_input(p, x, y) &&
+         (p->out_h - 1) * p->stride_h < p->pad_top + p->in_h;
+}
+
+typedef struct band_job {
+  const fc_conv2d_params* p;
+  const float *packed, *bias, *residual, *x;
+  float* y;
+  size_t cols;   /* of the whole image's phase planes */
+  size_t n_cols; /* of the whole image's run */
+  int rows;      /* implicit_rows */
+  int rc;
+} band_job;
+
+/* Output rows [oh0, oh1) of image n laid out alone as phase planes in this thread's workspace,
+ * with their row offsets: l, planes and offsets are set. */
+static int band_fill(const band_job* j, size_t n, size_t oh0, size_t oh1, fc_phase_layout* l,
+                     float** planes, ptrdiff_t** offsets) {
+  const fc_conv2d_params* p = j->p;
+  const size_t cg = p->in_channels, taps = p->kernel_h * p->kernel_w;
+  const ptrdiff_t top = (ptrdiff_t)(oh0 * p->stride_h) - (ptrdiff_t)p->pad_top;
+  const size_t start = top > 0 ? (size_t)top : 0; /* the band's first input row */
+  fc_phase_layout_init(l, p->in_h - start, p->in_w, oh1 - oh0, p->out_w, p->kernel_h,
+                       p->kernel_w, p->stride_h, p->stride_w, p->dilation_h, p->dilation_w,
+                       (size_t)((ptrdiff_t)start - top), p->pad_left);
+  const size_t chan = fc_phase_planes_size(l);
+  *planes = (float*)fc_workspace(FC_WS_INPUT, cg * chan * sizeof(float));
+  *offsets = (ptrdiff_t*)fc_workspace(FC_WS_TABLE, cg * taps * sizeof(ptrdiff_t));
+  if (!*planes || !*offsets) return FC_ERROR_NOMEM;
+  implicit_offsets(l, cg, taps, chan, *offsets);
+  const size_t in_plane = p->in_h * p->in_w;
+  for (size_t c = 0; c < cg; c++) {
+    fc_phase_fill(l, j->x + (n * cg + c) * in_plane + start * p->in_w, 0.0f,
+                  *planes + c * chan);
+  }
+  return 0;
+}
+
+/* Rows mode: output rows [oh0, oh1) of image n, stored straight into y (a residual copied in
+ * first and accumulated). */
+static int band_rows(const band_job* j, size_t n, size_t oh0, size_t oh1) {
+  const fc_conv2d_params* p = j->p;
+  const size_t out_plane = p->out_h * p->out_w, npix = (oh1 - oh0) * p->out_w;
+  fc_phase_layout l;
+  float* planes;
+  ptrdiff_t* offsets;
+  if (band_fill(j, n, oh0, oh1, &l, &planes, &offsets) != 0) return FC_ERROR_NOMEM;
+  const size_t first = n * p->out_channels * out_plane + oh0 * p->out_w;
+  for (size_t o = 0; o < p->out_channels && j->residual && j->residual != j->y; o++) {
+    memcpy(j->y + first + o * out_plane, j->residual + first + o * out_plane,
+           npix * sizeof(float));
+  }
+  const fc_b_operand operand = {NULL, NULL, NULL, planes, offsets, p->out_w, l.cols, p->out_w};
+  return fc_gemm_packed(p->out_channels, npix, gemm_kdim(p), j->packed, &operand, j->bias, NULL,
+                        j->residual != NULL, p->activation, j->y + first, out_plane, 1);
+}
+
+/* Run mode: columns [c0, c1) of image n's run, computed into this thread's run buffer, then
+ * their valid columns stored into y, adding the residual (then the activation) if there is one. */
+static int band_run(const band_job* j, size_t n, size_t c0, size_t c1) {
+  const fc_conv2d_params* p = j->p;
+  const size_t og = p->out_channels, out_plane = p->out_h * p->out_w;
+  const size_t ldc = fc_round_up(c1 - c0, 16);
+  const size_t oh0 = c0 / j->cols, oh1 = (c1 - 1) / j->cols + 1;
+  fc_phase_layout l;
+  float* planes;
+  ptrdiff_t* offsets;
+  float* run = (float*)fc_workspace(FC_WS_OUTPUT, og * ldc * sizeof(float));
+  if (!run || band_fill(j, n, oh0, oh1, &l, &planes, &offsets) != 0) return FC_ERROR_NOMEM;
+  const fc_b_operand operand = {NULL, NULL, NULL, planes + (c0 - oh0 * j->cols), offsets};
+  const int rc = fc_gemm_packed(og, c1 - c0, gemm_kdim(p), j->packed, &operand, j->bias, NULL, 0,
+                                j->residual ? FC_ACT_NONE : p->activation, run, ldc, 1);
+  if (rc != 0) return rc;
+  const fc_vector_config* vk = fc_vector_config_get();
+  const float lo = fc_act_min(p->activation), hi = fc_act_max(p->activation);
+  for (size_t o = 0; o < og; o++) {
+    const size_t plane = (n * og + o) * out_plane;
+    for (size_t oh = oh0; oh < oh1; oh++) { /* the row's valid columns inside [c0, c1) */
+      const size_t row = oh * j->cols, b = c0 > row ? c0 : row, e = fc_min(c1, row + p->out_w);
+      if (b >= e) continue;
+      const float* src = run + o * ldc + (b - c0);
+      float* dst = j->y + plane + oh * p->out_w + (b - row);
+      if (!j->residual) {
+        memcpy(dst, src, (e - b) * sizeof(float));
+        continue;
+      }
+      vk->vadd(e - b, src, j->residual + (dst - j->y), dst, lo, hi);
+      fc_activation_row(e - b, p->activation, dst);
+    }
+  }
+  return 0;
+}
+
+/* One thread's contiguous share of every image: output rows (rows mode) or run panels. */
+static void band_share(void* ctx, size_t id, size_t count) {
+  band_job* j = (band_job*)ctx;
+  const fc_conv2d_params* p = j->p;
+  const size_t nr = fc_gemm_config_get()->nr;
+  const size_t units = j->rows ? p->out_h : (j->n_cols + nr - 1) / nr;
+  const size_t band_rows_n = FC_STEM_BAND_PIXELS / p->out_w;
+  const size_t step = !j->rows ? FC_STEM_BAND_PANELS : band_rows_n ? band_rows_n : 1;
+  size_t u0, u1;
+  fc_share(units, id, count, &u0, &u1);
+  const size_t bands = (u1 - u0 + step - 1) / step; /* of equal size: no short last band */
+  int rc = 0;
+  for (size_t n = 0; n < p->batch && rc == 0; n++) {
+    for (size_t b = 0; b < bands && rc == 0; b++) {
+      size_t u, v;
+      fc_share(u1 - u0, b, bands, &u, &v);
+      u += u0, v += u0;
+      rc = j->rows ? band_rows(j, n, u, v) : band_run(j, n, u * nr, fc_min(v * nr, j->n_cols));
+    }
+  }
+  if (rc != 0) {
+#pragma omp atomic write
+    j->rc = rc;
+  }
+}
+
+static int conv_implicit_bands(const fc_conv2d_params* p, const float* packed, const float* bias,
+                               const float* residual, const float* x, float* y) {
+  fc_phase_layout whole;
+  const size_t n_cols = implicit_layout(p, &whole);
+  band_job job = {p, packed, bias, residual, x, y, whole.cols, n_cols, implicit_rows(p, n_cols), 0};
+  fc_run_team(fc_threads_for(2.0 * p->out_channels * gemm_kdim(p) * n_cols), band_share, &job);
+  return job.rc;
+}
+
 /* Direct convolution, one output plane per task: the plane starts at its bias, each input
  * channel of its group is laid out as phase planes (src/ops/window.c) and accumulated over the
  * whole plane in one wmacc run, then the run's valid columns get the residual and activation.
@@ -789,6 +940,9 @@ static int run_algorithm(const fc_conv2d_params* p, int algorithm, const float* 
       return conv_pixels_in_place(p, packed, bias, residual, x, y);
     }
     return conv_pixel_rows(p, packed, bias, residual, x, y);
+  }
+  if (algorithm == FC_CONV_IMPLICIT && stem_in_bands(p, x, y)) {
+    return conv_implicit_bands(p, packed, bias, residual, x, y);
   }
   if (algorithm == FC_CONV_IMPLICIT) return conv_implicit(p, packed, bias, residual, x, y);
   return conv_gemm(p, algorithm, packed, bias, residual, x, y);
