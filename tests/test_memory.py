@@ -6,6 +6,7 @@ tests' arrays do not disturb it: after a warm-up (plans made, allocator pools fi
 grow by less than 2 % over the run. The figures are printed by ``python tests/test_memory.py``."""
 import functools
 import gc
+import importlib
 import json
 import os
 import subprocess
@@ -131,7 +132,8 @@ def test_a_replaced_plan_is_freed():
 
 def fastconv_function_caches():
     """Every functools cache in fastconv's loaded modules, by qualified name."""
-    import fastconv.cli, fastconv.convert, fastconv.preprocess  # noqa: F401 (load them all)
+    for name in ("fastconv.cli", "fastconv.convert", "fastconv.preprocess"):
+        importlib.import_module(name)  # load them all
 
     caches = {}
     for module_name, module in list(sys.modules.items()):
