@@ -348,30 +348,39 @@ def test_auto_takes_im2col_only_below_k_16_at_stride_1():
     assert F.PreparedConv2d(gray, None, (1, 28, 28), stride=2, padding=1).algorithm == "implicit"
 
 
+def check_batches_equal_images_alone(conv, x, residual, batches):
+    """Each image of x alone, then the first `batch` images at once for each of `batches`, on one
+    and two threads with the residual written in place: bit for bit the same. Returns the images'
+    results alone."""
+    import fastconv
+    alone = np.concatenate([conv(x[i:i + 1], residual=residual[i:i + 1]) for i in range(len(x))])
+    previous = fastconv.get_num_threads()
+    try:
+        for threads in (1, 2):
+            fastconv.set_num_threads(threads)
+            for batch in batches:
+                out = residual[:batch].copy()
+                conv(x[:batch], residual=out, out=out)
+                np.testing.assert_array_equal(out, alone[:batch],
+                                              err_msg=f"{threads} threads, batch {batch}")
+    finally:
+        fastconv.set_num_threads(previous)
+    return alone
+
+
 # The transposed 1x1 path folds up to 10 7x7 images into one GEMM (on AVX-512 it runs image by
 # image through the pixels kernel instead, storing into the output planes): batches 1 to 23
 # (three GEMMs), on one and two threads (whole images per thread, or the GEMMs split), all
 # bit-identical to each image alone and close to the reference, with a residual written in place.
 @pytest.mark.parametrize("stride", [1, 2])
 def test_gemm_1x1_images_folded(rng, stride):
-    import fastconv
     C, O, hw = 48, 72, 7 * stride
     weight, bias = rand(rng, (O, C, 1, 1)), rand(rng, (O,))
     conv = F.PreparedConv2d(weight, bias, (C, hw, hw), stride=stride, activation="relu",
                             algorithm="gemm")
     x = rand(rng, (23, C, hw, hw))
     residual = rand(rng, (23, O, 7, 7))
-    alone = np.concatenate([conv(x[i:i + 1], residual=residual[i:i + 1]) for i in range(23)])
-    previous = fastconv.get_num_threads()
-    try:
-        for threads in (1, 2):
-            fastconv.set_num_threads(threads)
-            for batch in (2, 9, 10, 11, 23):
-                out = residual[:batch].copy()
-                conv(x[:batch], residual=out, out=out)
-                np.testing.assert_array_equal(out, alone[:batch], err_msg=f"{threads} {batch}")
-    finally:
-        fastconv.set_num_threads(previous)
+    alone = check_batches_equal_images_alone(conv, x, residual, (2, 9, 10, 11, 23))
     expected = activate(ref_conv2d(x, weight, bias, stride=stride) + residual, "relu")
     assert_close(alone, expected, C + 2, scale_of(x, weight) + 2.0)
 
@@ -388,24 +397,13 @@ def test_gemm_1x1_images_folded(rng, stride):
     ((3, 1), 2, (1, 0), 13), ((3, 3), 2, 1, 8), ((3, 3), 2, 1, 2)])
 @pytest.mark.parametrize("O,groups", [(128, 1), (160, 1), (256, 2)])
 def test_implicit_transposed(rng, kernel, stride, padding, size, O, groups):
-    import fastconv
     C = 20
     weight, bias = rand(rng, (O, C // groups) + kernel), rand(rng, (O,))
     conv = F.PreparedConv2d(weight, bias, (C, size, size), stride=stride, padding=padding,
                             groups=groups, activation="relu", algorithm="implicit")
     x = rand(rng, (19, C, size, size))
     residual = rand(rng, (19,) + conv.output_shape)
-    alone = np.concatenate([conv(x[i:i + 1], residual=residual[i:i + 1]) for i in range(19)])
-    previous = fastconv.get_num_threads()
-    try:
-        for threads in (1, 2):
-            fastconv.set_num_threads(threads)
-            for batch in (2, 9, 10, 19):
-                out = residual[:batch].copy()
-                conv(x[:batch], residual=out, out=out)
-                np.testing.assert_array_equal(out, alone[:batch], err_msg=f"{threads} {batch}")
-    finally:
-        fastconv.set_num_threads(previous)
+    alone = check_batches_equal_images_alone(conv, x, residual, (2, 9, 10, 19))
     plain = ref_conv2d(x, weight, bias, stride=stride, padding=padding, groups=groups)
     k = C // groups * kernel[0] * kernel[1]
     assert_close(conv(x), activate(plain, "relu"), k + 1, scale_of(x, weight) + 1.0)
@@ -419,21 +417,13 @@ def test_implicit_transposed(rng, kernel, stride, padding, size, O, groups):
 # reference, with a residual too; other ISAs run the columns path against the same checks.
 @pytest.mark.parametrize("size", [14, 28])
 def test_implicit_transposed_in_chunks_of_k(rng, size):
-    import fastconv
     C, O = 288, 128
     weight, bias = rand(rng, (O, C, 3, 3)), rand(rng, (O,))
     conv = F.PreparedConv2d(weight, bias, (C, size, size), stride=2, padding=1,
                             activation="relu", algorithm="implicit")
     x = rand(rng, (3, C, size, size))
     residual = rand(rng, (3,) + conv.output_shape)
-    alone = np.concatenate([conv(x[i:i + 1], residual=residual[i:i + 1]) for i in range(3)])
-    previous = fastconv.get_num_threads()
-    try:
-        for threads in (1, 2):
-            fastconv.set_num_threads(threads)
-            np.testing.assert_array_equal(conv(x, residual=residual), alone, err_msg=f"{threads}")
-    finally:
-        fastconv.set_num_threads(previous)
+    alone = check_batches_equal_images_alone(conv, x, residual, (3,))
     plain = ref_conv2d(x, weight, bias, stride=2, padding=1)
     assert_close(conv(x), activate(plain, "relu"), 9 * C + 1, scale_of(x, weight) + 1.0)
     assert_close(alone, activate(plain + residual, "relu"), 9 * C + 2, scale_of(x, weight) + 2.0)
