@@ -7,8 +7,9 @@ Each checkout must be built in place (`python setup.py build_ext --inplace`). Ev
 package is loaded under its own module name, the zoo network is made once per build with the
 same weights, outputs are compared (the max difference against the first build is printed),
 then the builds run alternately, in turns, on one thread, timed by the CPU time of the calling
-thread. On a shared machine the load then falls on every build alike, which separate runs a
-minute apart do not give (their medians moved by 10 % and more).
+thread (with `--threads 2`: on two, timed by the wall clock; wants an idle machine). On a shared
+machine the load then falls on every build alike, which separate runs a minute apart do not
+give (their medians moved by 10 % and more).
 """
 import argparse
 import importlib.util
@@ -37,11 +38,12 @@ def main(argv=None):
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=6, help="turns of every build")
     parser.add_argument("--repeats", type=int, default=3, help="runs per turn (the fastest counts)")
+    parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     models = []
     for i, checkout in enumerate(args.checkouts):
         fastconv = load_build(checkout, f"fastconv_build{i}")
-        fastconv.set_num_threads(1)
+        fastconv.set_num_threads(args.threads)
         model = getattr(fastconv.models, args.network)()
         if models:
             model.set_weights(models[0].get_weights())
@@ -52,6 +54,7 @@ def main(argv=None):
     for checkout, model in zip(args.checkouts, models):
         difference = float(np.abs(model.predict(x) - reference).max())
         print(f"{checkout}: max |output - first build's| = {difference:.3g}")
+    clock = time.thread_time if args.threads == 1 else time.perf_counter
     times = [[] for _ in models]
     for r in range(args.rounds):
         order = range(len(models)) if r % 2 == 0 else reversed(range(len(models)))
@@ -59,12 +62,13 @@ def main(argv=None):
             models[i].predict(x)  # caches and branch predictors warm for this build
             runs = []
             for _ in range(args.repeats):
-                start = time.thread_time()
+                start = clock()
                 models[i].predict(x)
-                runs.append(time.thread_time() - start)
+                runs.append(clock() - start)
             times[i].append(min(runs) * 1e3)
     for checkout, t in zip(args.checkouts, times):
-        print(f"{checkout}: {args.network} batch {args.batch}, median {np.median(t):.2f} ms "
+        print(f"{checkout}: {args.network} batch {args.batch}, {args.threads} thread(s), median "
+              f"{np.median(t):.2f} ms "
               f"(turns: {' '.join(f'{v:.3g}' for v in t)})")
     return 0
 
