@@ -340,7 +340,8 @@ def _winograd_groups(kernel, stride):
     """Winograd's 3x3 sub-kernels of a layer (src/ops/winograd.c): per axis, each stride phase's
     taps in groups of 3."""
     def per_axis(k, s):
-        return s * -(-(-(-k // s)) // 3)
+        phase_taps = -(-k // s)
+        return s * -(-phase_taps // 3)
 
     return per_axis(kernel[0], stride[0]) * per_axis(kernel[1], stride[1])
 

@@ -3,8 +3,8 @@
 ``profile_plan(model, x)`` runs the model's plan (fastconv/plan.py) step by step, as
 ``predict`` does (same steps, same order, same arena buffers, intermediate arrays released
 after their last reader), with a clock around every step; unlike ``predict`` it runs each step
-over the whole batch (a large batch of MobileNetV2 goes through ``predict`` in chunks). It is what ``fastconv profile`` prints, and what a
-``Model.profile(x)`` method would return.
+over the whole batch (a large batch of MobileNetV2 goes through ``predict`` in chunks). It is
+what ``fastconv profile`` prints, and what a ``Model.profile(x)`` method would return.
 
 MACs are counted as ``Model.summary`` counts them (per sample: convolutions and dense layers
 only); a fused step is credited with the MACs of the layer it starts with.

@@ -75,7 +75,10 @@ static size_t axis_groups(size_t kernel, size_t stride) {
   return stride * sub_kernels(kernel, stride);
 }
 
-static size_t group_origin(size_t g, size_t stride) { return 3 * stride * (g / stride) + g % stride; }
+/* The first tap of group g along an axis. */
+static size_t group_origin(size_t g, size_t stride) {
+  return 3 * stride * (g / stride) + g % stride;
+}
 
 /* The GEMMs' input channels: the layer's, once per group; GEMM channel gc is input channel
  * gc % C of group gc / C = gy * (groups along a row) + gx. */
@@ -407,8 +410,9 @@ static int winograd_work_init(const fc_conv2d_params* p, size_t m, winograd_work
   w->groups_w = axis_groups(p->kernel_w, p->stride_w);
   w->stride_h = p->stride_h, w->stride_w = p->stride_w;
   /* A tile's window at stride S = s m: s (alpha + 3 per further sub-kernel) padded inputs. */
-  const size_t window_h = p->stride_h * (w->v.alpha + 3 * (sub_kernels(p->kernel_h, p->stride_h) - 1));
-  const size_t window_w = p->stride_w * (w->v.alpha + 3 * (sub_kernels(p->kernel_w, p->stride_w) - 1));
+  const size_t alpha = w->v.alpha;
+  const size_t window_h = p->stride_h * (alpha + 3 * (sub_kernels(p->kernel_h, p->stride_h) - 1));
+  const size_t window_w = p->stride_w * (alpha + 3 * (sub_kernels(p->kernel_w, p->stride_w) - 1));
   fc_phase_layout_init(&w->layout, p->in_h, p->in_w, tiles_h, w->tiles_w, window_h, window_w,
                        p->stride_h * m, p->stride_w * m, 1, 1, p->pad_top, p->pad_left);
   w->chan = fc_phase_planes_size(&w->layout);
