@@ -32,6 +32,7 @@ DRIVERS = [
     "src/ops/gemm.c",
     "src/ops/conv2d.c",
     "src/ops/dwconv.c",
+    "src/ops/chain.c",
     "src/ops/winograd.c",
     "src/ops/pool2d.c",
     "src/ops/window.c",

@@ -8,6 +8,8 @@ what runs:
   added in the convolution's store, in place when that operand is not needed afterwards) and the
   activation after it;
 - a Dense absorbs the activation that follows it;
+- a 1x1 expansion, a 3x3 depthwise and a 1x1 projection step on large images (MobileNetV2's
+  first blocks) become one depth-first chain, run band by band of rows (src/ops/chain.c);
 - convolution and dense weights are packed once into the layout their kernels read;
 - Dropout is free (the identity), every other layer runs as it is;
 - runs of consecutive steps with a native op (convolution, dense, pooling, global average
@@ -42,6 +44,10 @@ _FUSABLE = ("relu", "relu6", "tanh", "sigmoid")
 # this run it in chunks of samples that fit in _CHUNK_BYTES (half this machine's L3 cache).
 _MEMORY_BOUND_MACS_PER_BYTE = 16
 _CHUNK_BYTES = 16 << 20
+# Depth-first chains are made where the depthwise layer reads or writes at least this much per
+# sample (MobileNetV2's blocks on 112x112 and 56x56 images). On 28x28 (602 KB) they measured no
+# faster: the layers' tensors stay in L2 and L3 from one layer to the next anyway.
+_CHAIN_MIN_BYTES = 1 << 20
 _ARENAS_KEPT = 2  # batch sizes whose arenas a thread keeps (the last chunk of a batched predict)
 
 
@@ -81,10 +87,13 @@ class Plan:
         # The layers with weights (a layer without any has nothing the plan could go stale on).
         self._weights = [(layer, layer.weights) for layer in model.layers if layer.weights]
         self._winograd = runtime.winograd_enabled()
+        self._depth_first = runtime.depth_first_enabled()
         self._algorithms = dict(model._algorithms)  # the per-layer choices forced by the user
         self._tuning = tuning.generation()
         self._absorbed = set()  # nodes merged into a fused step that starts at another node
         self.steps = self._fuse()
+        if self._depth_first:
+            self.steps = self._depth_first_chains(self.steps)
         _schedule_releases(self.steps, self._outputs)
         self._mark_in_place()
         self._slot_sizes, self._copied_outputs = _assign_slots(self.steps, self._outputs)
@@ -99,8 +108,8 @@ class Plan:
         producer = {step.output: step for step in self.steps}
         for step in self.steps:
             r = step.residual
-            if (r is None or r in self._inputs or r in self._outputs or r not in step.release
-                    or r == step.inputs[0]):
+            if (r is None or step.native[0] != "conv" or r in self._inputs or r in self._outputs
+                    or r not in step.release or r == step.inputs[0]):
                 continue
             readers = [s for s in self.steps if r in s.inputs]
             step.in_place = producer[r].fresh and all(s.fresh for s in readers)
@@ -113,6 +122,7 @@ class Plan:
             if layer.weights is not weights:
                 return False
         return (self._winograd == runtime.winograd_enabled()
+                and self._depth_first == runtime.depth_first_enabled()
                 and self._algorithms == self._model._algorithms
                 and self._tuning == tuning.generation(tuning_age))
 
@@ -240,6 +250,63 @@ class Plan:
         self._absorb_activation(chain)
         return chain
 
+    # Depth-first chains --------------------------------------------------------------------------
+
+    def _depth_first_chains(self, steps):
+        """The steps with each run of 1x1 and 3x3 depthwise convolution steps that is worth
+        running depth-first (``_chain_length``) replaced by one chain step."""
+        readers = {}
+        for step in steps:
+            for i in step.inputs:
+                readers[i] = readers.get(i, 0) + 1
+        out, i = [], 0
+        while i < len(steps):
+            n = self._chain_length(steps, i, readers)
+            out.append(self._chain_step(steps[i:i + n]) if n else steps[i])
+            i += n or 1
+        return out
+
+    def _chain_length(self, steps, i, readers):
+        """How many steps from i form a chain (0: none): a 1x1 expansion (optional), a 3x3
+        depthwise and a 1x1 projection convolution, each the only reader of the one before, no
+        residual but on the last, whose depthwise input or output is at least _CHAIN_MIN_BYTES
+        per sample (below that, the layers' tensors stay in L2 anyway)."""
+        for kinds in (("gemm", "direct", "gemm"), ("direct", "gemm")):
+            run = steps[i:i + len(kinds)]
+            if len(run) < len(kinds) or [_chain_kind(s) for s in run] != list(kinds):
+                continue
+            linked = all(b.inputs[0] == a.output and readers.get(a.output) == 1
+                         and a.output not in self._outputs and a.residual is None
+                         for a, b in zip(run, run[1:]))
+            dw = run[kinds.index("direct")]
+            largest = 4 * max(math.prod(self._model._nodes[dw.inputs[0]].sample_shape),
+                              math.prod(dw.shape))
+            if linked and largest >= _CHAIN_MIN_BYTES:
+                return len(kinds)
+        return 0
+
+    def _chain_step(self, run):
+        chain = _core.ConvChainPlan([step.native[1] for step in run])
+        x_id, out_id, r_id = run[0].inputs[0], run[-1].output, run[-1].residual
+        out_shape = run[-1].shape
+
+        def run_chain(values, out):
+            x = values[x_id]
+            if out is None:
+                out = np.empty((x.shape[0],) + out_shape, np.float32)
+            chain.run(x, out, None if r_id is None else values[r_id])
+            return out
+
+        names = " + ".join(step.names for step in run)
+        algorithms = ", ".join(step.conv_algorithm for step in run)
+        describe = f"conv2d[depth-first: {algorithms}] {names}{run[-1].residual_note}"
+        step = Step([x_id] + ([r_id] if r_id is not None else []), out_id, run_chain, describe,
+                    fresh=True, shape=out_shape)
+        step.residual = r_id
+        step.native = ("chain", chain, x_id, r_id, out_id)
+        step.conv_algorithm = "depth-first"
+        return step
+
     # Steps -------------------------------------------------------------------------------------
 
     def _conv_step(self, chain):
@@ -270,9 +337,10 @@ class Plan:
             return out
 
         names = " + ".join(n.layer.name for n in chain["nodes"])
-        describe = f"conv2d[{conv.algorithm}] {names}" + (f" (+ residual {residual.layer.name})" if residual else "")
-        step = Step([x_id] + ([r_id] if r_id is not None else []), out_id, run, describe,
-                    fresh=True, shape=out_shape)
+        note = f" (+ residual {residual.layer.name})" if residual else ""
+        step = Step([x_id] + ([r_id] if r_id is not None else []), out_id, run,
+                    f"conv2d[{conv.algorithm}] {names}{note}", fresh=True, shape=out_shape)
+        step.names, step.residual_note = names, note  # what a depth-first chain step lists
         step.residual = r_id
         step.native = ("conv", plan, x_id, r_id, out_id)
         step.conv_algorithm = conv.algorithm
@@ -484,6 +552,9 @@ def _kernels(step, gemm, isa):
         if algorithm != "direct":
             return gemm
         return f"f32_{step.native[1].direct_kernel(step.in_place)}_ukernel__{isa}"
+    if kind == "chain":
+        return ", ".join(gemm if kernel == "gemm" else f"f32_{kernel}_ukernel__{isa}"
+                         for kernel in step.native[1].kernels)
     if kind == "dense":
         return f"f32_gemv_ukernel__{isa} at batch 1, else {gemm}"
     if kind == "pool":
@@ -499,6 +570,9 @@ def _program_ops(step, regs, nodes):
     if kind == "conv":
         conv, x, r, y = args
         return [("conv", conv, regs[x], -1 if r is None else regs[r], regs[y], step.in_place)]
+    if kind == "chain":
+        chain, x, r, y = args
+        return [("chain", chain, regs[x], -1 if r is None else regs[r], regs[y])]
     if kind == "dense":
         return [("dense", args[0], regs[args[1]], regs[args[2]])]
     if kind == "concat":
@@ -507,6 +581,13 @@ def _program_ops(step, regs, nodes):
         offsets = [sum(sizes[:k]) for k in range(len(parts))]
         return [("copy", regs[i], regs[y], offset) for i, offset in zip(parts, offsets)]
     return [(kind, *args[:-2], regs[args[-2]], regs[args[-1]])]  # pool, global_pool, alias
+
+
+def _chain_kind(step):
+    """A convolution step's algorithm if it can be a depth-first stage, else None."""
+    if step.native is None or step.native[0] != "conv" or not step.native[1].chainable:
+        return None
+    return step.conv_algorithm
 
 
 def _activation(name):

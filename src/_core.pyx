@@ -55,6 +55,15 @@ cdef extern from "fastconv.h" nogil:
                                   const float* packed, const float* bias, const float* residual,
                                   const float* x, float* y)
     const char* fc_conv2d_direct_kernel(const fc_conv2d_params* p, int residual_is_output)
+    enum: FC_CHAIN_MAX_STAGES
+    ctypedef struct fc_chain_stage:
+        fc_conv2d_params p
+        int algorithm, packed_tile
+        const float* weights
+        const float* bias
+    int fc_conv_chain_applies(const fc_conv2d_params* p, int algorithm)
+    int fc_conv_chain_run(const fc_chain_stage* stages, size_t n, size_t batch,
+                          const float* residual, const float* x, float* y)
     size_t fc_dense_packed_size(size_t K, size_t N)
     int fc_dense_packed_tile()
     void fc_dense_pack_weights(size_t K, size_t N, const float* w, float* packed)
@@ -406,6 +415,11 @@ cdef class Conv2dPlan:
         self.tile = fc_conv2d_packed_tile(algorithm)
         check(fc_conv2d_pack_weights(&self.p, algorithm, cptr(w), mptr(self.packed)))
 
+    @property
+    def chainable(self):
+        """Whether the layer can be a stage of a ConvChainPlan."""
+        return bool(fc_conv_chain_applies(&self.p, self.algorithm))
+
     def direct_kernel(self, bint residual_is_output=False):
         """The kernel family the direct algorithm runs for this layer (plan summaries)."""
         return fc_conv2d_direct_kernel(&self.p, residual_is_output).decode()
@@ -428,6 +442,75 @@ cdef class Conv2dPlan:
         with nogil:
             fc_call_begin()
             rc = fc_conv2d_nchw_f32_packed(&p, self.algorithm, self.tile, pw, pb, pr, px, py)
+            fc_call_end()
+        check(rc)
+
+
+cdef inline bint overlaps(const float* a, size_t na, const float* b, size_t nb):
+    return a < b + nb and b < a + na
+
+
+cdef class ConvChainPlan:
+    """Convolutions run depth-first, band by band of the last one's output rows (src/ops/chain.c):
+    ``plans`` (2 to FC_CHAIN_MAX_STAGES Conv2dPlans, each ``chainable``), each reading the
+    previous one's output. run(x, y, residual=None): x the first plan's input, y the last one's
+    output (a residual only after a 1x1 last stage, the shape of y), C-contiguous float32."""
+    cdef fc_chain_stage stages[FC_CHAIN_MAX_STAGES]
+    cdef readonly size_t n
+    cdef readonly tuple in_shape, out_shape
+    cdef list keep
+
+    def __init__(self, list plans):
+        cdef Conv2dPlan plan
+        if not 2 <= len(plans) <= FC_CHAIN_MAX_STAGES:
+            raise ValueError(f"fastconv._core.ConvChainPlan: 2 to {FC_CHAIN_MAX_STAGES} stages "
+                             f"expected; received {len(plans)}")
+        self.n, self.keep = len(plans), list(plans)
+        for i, plan in enumerate(plans):
+            if not plan.chainable:
+                raise ValueError(f"fastconv._core.ConvChainPlan: stage {i} is neither a 1x1 "
+                                 f"GEMM nor a 3x3 depthwise direct convolution")
+            self.stages[i].p = plan.p
+            self.stages[i].algorithm, self.stages[i].packed_tile = plan.algorithm, plan.tile
+            self.stages[i].weights, self.stages[i].bias = cptr(plan.packed), optional_ptr(plan.bias)
+            if i and (plan.p.in_channels, plan.p.in_h, plan.p.in_w) != self.out_shape:
+                raise ValueError(f"fastconv._core.ConvChainPlan: stage {i} reads "
+                                 f"{(plan.p.in_channels, plan.p.in_h, plan.p.in_w)}; stage "
+                                 f"{i - 1} writes {self.out_shape}")
+            self.out_shape = (plan.p.out_channels, plan.p.out_h, plan.p.out_w)
+        first = self.stages[0].p
+        self.in_shape = (first.in_channels, first.in_h, first.in_w)
+
+    @property
+    def kernels(self):
+        """What each stage runs (plan summaries): "gemm", or the depthwise row kernel."""
+        return tuple("gemm" if self.stages[i].p.kernel_h == 1 else
+                     f"dwconv3x3s{self.stages[i].p.stride_h}" for i in range(self.n))
+
+    @property
+    def takes_residual(self):
+        """Whether a residual may be added (the last stage is a 1x1 one)."""
+        return self.stages[self.n - 1].p.kernel_h == 1
+
+    def run(self, cnp.ndarray x, cnp.ndarray y, object residual=None):
+        require_shape(x, (x.shape[0],) + self.in_shape, "x")
+        require_shape(y, (x.shape[0],) + self.out_shape, "y")
+        if residual is not None:
+            if not self.takes_residual:
+                raise ValueError("fastconv._core.ConvChainPlan: a residual needs a 1x1 last stage")
+            require_shape(residual, (x.shape[0],) + self.out_shape, "residual")
+            dense_ptr(residual)
+        cdef const float* px = dense_ptr(x)
+        cdef float* py = mptr(y)
+        cdef const float* pr = optional_ptr(residual)
+        cdef size_t batch = x.shape[0]
+        cdef int rc
+        # The chain reads x band by band while it writes y: they must not share memory.
+        if overlaps(px, x.size, py, y.size):
+            raise ValueError("fastconv._core.ConvChainPlan: y must not overlap x")
+        with nogil:
+            fc_call_begin()
+            rc = fc_conv_chain_run(self.stages, self.n, batch, pr, px, py)
             fc_call_end()
         check(rc)
 
@@ -476,6 +559,7 @@ cdef enum:
     OP_GLOBAL_POOL = 3
     OP_COPY = 4    # a part of a channel concatenation
     OP_ALIAS = 5   # flatten, dropout, identity pooling: the output is the input's memory
+    OP_CHAIN = 6   # convolutions run depth-first (ConvChainPlan)
 
 cdef struct program_op:
     int kind
@@ -490,6 +574,8 @@ cdef struct program_op:
     size_t k, n             # OP_DENSE: (k inputs, n outputs)
     fc_pool2d_params pool   # planes per sample; OP_POOL
     size_t plane            # OP_GLOBAL_POOL: floats per plane
+    const fc_chain_stage* stages  # OP_CHAIN: n_stages of them
+    size_t n_stages
 
 
 cdef int run_op(const program_op* op, size_t batch, float** regs) noexcept nogil:
@@ -506,6 +592,9 @@ cdef int run_op(const program_op* op, size_t batch, float** regs) noexcept nogil
         conv.batch = batch
         return fc_conv2d_nchw_f32_packed(&conv, op.algorithm, op.tile, op.weights, op.bias,
                                          regs[op.r] if op.r >= 0 else NULL, x, y)
+    if op.kind == OP_CHAIN:
+        return fc_conv_chain_run(op.stages, op.n_stages, batch,
+                                 regs[op.r] if op.r >= 0 else NULL, x, y)
     if op.kind == OP_DENSE:
         return fc_dense_f32_packed(batch, op.n, op.k, op.tile, op.weights, op.bias,
                                    op.activation, x, y)
@@ -523,6 +612,11 @@ cdef int run_op(const program_op* op, size_t batch, float** regs) noexcept nogil
     return 0
 
 
+cdef inline double conv_macs(const fc_conv2d_params* p) noexcept:
+    return (<double>p.out_channels * p.out_h * p.out_w * p.in_channels / p.groups
+            * p.kernel_h * p.kernel_w)
+
+
 cdef class Program:
     """Plan steps run in one call: convolutions, dense layers, poolings, channel
     concatenations and aliases (flatten, dropout) over numbered registers, each a C-contiguous
@@ -531,7 +625,8 @@ cdef class Program:
     Built by fastconv/plan.py from ``ops``, a list of tuples:
     ("conv", Conv2dPlan, x, residual or -1, y, in_place), ("dense", DensePlan, x, y),
     ("pool", is_max, kernel, stride, dilation, pads, count_include_pad, (C, H, W), (OH, OW), x, y),
-    ("global_pool", is_max, plane, x, y), ("copy", x, y, offset), ("alias", x, y).
+    ("global_pool", is_max, plane, x, y), ("copy", x, y, offset), ("alias", x, y),
+    ("chain", ConvChainPlan, x, residual or -1, y).
     ``run(batch, arrays, chunk)`` takes one array (or None) per register: inputs and outputs
     must be given; registers written by an alias or an in-place convolution are None and get
     their memory from the op. With ``chunk`` < batch, the ops before the first dense layer (the
@@ -578,26 +673,51 @@ cdef class Program:
             op = &self.ops[i]
             if op.kind == OP_ALIAS:
                 continue
+            if op.kind == OP_CHAIN:
+                self._weigh_chain(op)
+                continue
             floats = op.x_sample + op.y_sample + (op.y_sample if op.r >= 0 else 0)
             self.prefix_floats += floats
             self.prefix_peak_floats = max(self.prefix_peak_floats, floats)
             if op.kind == OP_CONV:
-                self.prefix_macs += (<double>op.conv.out_channels * op.conv.out_h * op.conv.out_w
-                                     * op.conv.in_channels / op.conv.groups
-                                     * op.conv.kernel_h * op.conv.kernel_w)
+                self.prefix_macs += conv_macs(&op.conv)
+
+    cdef _weigh_chain(self, const program_op* op):
+        """A chain weighed as its layers run one by one, whose sizes the chunk rule was measured
+        on (chunks of 2 stayed the fastest for MobileNetV2 at batch 8 with chains)."""
+        cdef const fc_conv2d_params* p
+        cdef double floats
+        for j in range(op.n_stages):
+            p = &op.stages[j].p
+            floats = <double>p.in_channels * p.in_h * p.in_w + p.out_channels * p.out_h * p.out_w
+            if op.r >= 0 and j + 1 == op.n_stages:  # the residual read
+                floats += p.out_channels * p.out_h * p.out_w
+            self.prefix_floats += floats
+            self.prefix_peak_floats = max(self.prefix_peak_floats, floats)
+            self.prefix_macs += conv_macs(p)
 
     cdef void _set_op(self, program_op* op, tuple spec) except *:
         cdef Conv2dPlan conv
+        cdef ConvChainPlan chain
         cdef DensePlan dense
         kind = spec[0]
         op.r, op.in_place, op.offset = -1, False, 0
         op.weights, op.bias = NULL, NULL
+        op.stages, op.n_stages = NULL, 0
         if kind == "conv":
             conv = spec[1]
             op.kind, op.x, op.r, op.y, op.in_place = OP_CONV, spec[2], spec[3], spec[4], spec[5]
             op.conv, op.algorithm, op.tile = conv.p, conv.algorithm, conv.tile
             op.weights, op.bias = cptr(conv.packed), optional_ptr(conv.bias)
             self.keep.append(conv)
+        elif kind == "chain":
+            chain = spec[1]
+            op.kind, op.x, op.r, op.y = OP_CHAIN, spec[2], spec[3], spec[4]
+            op.stages, op.n_stages = chain.stages, chain.n
+            if op.r >= 0 and not chain.takes_residual:
+                raise ValueError("fastconv._core.Program: a chain adds a residual only after a "
+                                 "1x1 last stage")
+            self.keep.append(chain)
         elif kind == "dense":
             dense = spec[1]
             op.kind, op.x, op.y = OP_DENSE, spec[2], spec[3]
@@ -642,6 +762,10 @@ cdef class Program:
         if op.kind == OP_CONV:
             return (op.conv.in_channels * op.conv.in_h * op.conv.in_w,
                     op.conv.out_channels * op.conv.out_h * op.conv.out_w)
+        if op.kind == OP_CHAIN:
+            first, last = &op.stages[0].p, &op.stages[op.n_stages - 1].p
+            return (first.in_channels * first.in_h * first.in_w,
+                    last.out_channels * last.out_h * last.out_w)
         if op.kind == OP_DENSE:
             return (op.k, op.n)
         if op.kind == OP_POOL:

@@ -92,6 +92,23 @@ int fc_conv2d_nchw_f32_packed(const fc_conv2d_params* p, int algorithm, int pack
  * "dwconv3x3s2" or "wmacc"); residual_is_output: a residual stored in place. Plan summaries. */
 const char* fc_conv2d_direct_kernel(const fc_conv2d_params* p, int residual_is_output);
 
+/* A depth-first chain (src/ops/chain.c): stages[0 .. n-1], each the input of the next (1x1
+ * stride-1 layers with algorithm FC_CONV_GEMM, 3x3 depthwise ones with FC_CONV_DIRECT, as
+ * fc_conv_chain_applies says; p.batch is ignored), their weights as fc_conv2d_pack_weights
+ * packed them, run band by band of the last stage's output rows. x is the first stage's input,
+ * y the last one's output (not overlapping x), `residual` (or NULL: only after a 1x1 last
+ * stage, not overlapping y) is added in its store. */
+#define FC_CHAIN_MAX_STAGES 4
+typedef struct fc_chain_stage {
+  fc_conv2d_params p;
+  int algorithm, packed_tile; /* the packing's stamp: FC_ERROR_STALE if the table changed */
+  const float* weights;
+  const float* bias;
+} fc_chain_stage;
+int fc_conv_chain_applies(const fc_conv2d_params* p, int algorithm);
+int fc_conv_chain_run(const fc_chain_stage* stages, size_t n, size_t batch, const float* residual,
+                      const float* x, float* y);
+
 /* Dense layers with weights (N x K, row-major: out x in) packed once as GEMM B panels:
  * y (M x N) = act(x (M x K) * W^T + bias [+ residual]). */
 size_t fc_dense_packed_size(size_t K, size_t N);

@@ -53,6 +53,7 @@ enum fc_workspace_slot {
   FC_WS_TABLE,    /* small tables (offsets) */
   FC_WS_GEMM,     /* the GEMM driver's packed B panels */
   FC_WS_LAYOUT,   /* a whole image's phase planes (Winograd) */
+  FC_WS_CHAIN,    /* a depth-first chain's band buffers (src/ops/chain.c) */
   FC_WS_COUNT
 };
 void* fc_workspace(int slot, size_t bytes);
@@ -173,6 +174,11 @@ void fc_phase_fill(const fc_phase_layout* l, const float* x, float pad, float* p
 
 /* Depthwise 3x3 convolution at stride 1 or 2 (src/ops/dwconv.c): the direct algorithm's path
  * when every group has one input channel. */
+/* Whether a 1x1 layer of `og` output channels over `npix` pixels reads its input in place as
+ * the GEMM's B (else packs it), and whether algorithm GEMM packs p's weights as A panels (not
+ * transposed): the choices of conv_gemm, which depth-first chains make the same way. */
+int fc_gemm_reads_in_place(size_t og, size_t npix);
+int fc_conv2d_packs_gemm_a(const fc_conv2d_params* p);
 int fc_dwconv3x3_applies(const fc_conv2d_params* p);
 const char* fc_dwconv3x3_kernel(const fc_conv2d_params* p); /* which kernel it runs */
 int fc_dwconv3x3_run(const fc_conv2d_params* p, const float* w, const float* bias,

@@ -89,6 +89,10 @@ static int reads_in_place(const fc_gemm_config* cfg, size_t og, size_t npix) {
   return cfg->nr >= 32 && og <= 128 && og * npix * sizeof(float) <= ((size_t)1 << 20);
 }
 
+int fc_gemm_reads_in_place(size_t og, size_t npix) {
+  return reads_in_place(fc_gemm_config_get(), og, npix);
+}
+
 /* The phase planes of an implicit GEMM (src/ops/window.c) and the GEMM columns it computes: the
  * run less its last row's dropped columns. */
 static size_t implicit_layout(const fc_conv2d_params* p, fc_phase_layout* l) {
@@ -162,6 +166,10 @@ static int reads_pixels_in_place(const fc_conv2d_params* p, int algorithm) {
 /* Whether a layer runs transposed: where that pads better, or reading the input in place. */
 static int runs_transposed(const fc_conv2d_params* p, int algorithm) {
   return pads_better_as_rows(p, algorithm) || reads_pixels_in_place(p, algorithm);
+}
+
+int fc_conv2d_packs_gemm_a(const fc_conv2d_params* p) {
+  return !runs_transposed(p, FC_CONV_GEMM);
 }
 
 size_t fc_conv2d_packed_size(const fc_conv2d_params* p, int algorithm) {
