@@ -267,11 +267,12 @@ class Plan:
         return out
 
     def _chain_length(self, steps, i, readers):
-        """How many steps from i form a chain (0: none): a 1x1 expansion (optional), a 3x3
-        depthwise and a 1x1 projection convolution, each the only reader of the one before, no
-        residual but on the last, whose depthwise input or output is at least _CHAIN_MIN_BYTES
-        per sample (below that, the layers' tensors stay in L2 anyway)."""
-        for kinds in (("gemm", "direct", "gemm"), ("direct", "gemm")):
+        """How many steps from i form a chain (0: none): a 1x1 expansion or a stem (optional),
+        a 3x3 depthwise and a 1x1 projection convolution, each the only reader of the one
+        before, no residual but on the last, whose depthwise input or output is at least
+        _CHAIN_MIN_BYTES per sample (below that, the layers' tensors stay in L2 anyway)."""
+        for kinds in (("gemm", "direct", "gemm"), ("implicit", "direct", "gemm"),
+                      ("direct", "gemm")):
             run = steps[i:i + len(kinds)]
             if len(run) < len(kinds) or [_chain_kind(s) for s in run] != list(kinds):
                 continue

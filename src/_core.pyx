@@ -56,6 +56,7 @@ cdef extern from "fastconv.h" nogil:
                                   const float* x, float* y)
     const char* fc_conv2d_direct_kernel(const fc_conv2d_params* p, int residual_is_output)
     enum: FC_CHAIN_MAX_STAGES
+    enum: FC_CONV_IMPLICIT
     ctypedef struct fc_chain_stage:
         fc_conv2d_params p
         int algorithm, packed_tile
@@ -452,8 +453,8 @@ cdef inline bint overlaps(const float* a, size_t na, const float* b, size_t nb):
 
 cdef class ConvChainPlan:
     """Convolutions run depth-first, band by band of the last one's output rows (src/ops/chain.c):
-    ``plans`` (2 to FC_CHAIN_MAX_STAGES Conv2dPlans, each ``chainable``), each reading the
-    previous one's output. run(x, y, residual=None): x the first plan's input, y the last one's
+    ``plans`` (2 to FC_CHAIN_MAX_STAGES Conv2dPlans, each ``chainable``, a stem only first), each
+    reading the previous one's output. run(x, y, residual=None): x the first plan's input, y the last one's
     output (a residual only after a 1x1 last stage, the shape of y), C-contiguous float32."""
     cdef fc_chain_stage stages[FC_CHAIN_MAX_STAGES]
     cdef readonly size_t n
@@ -467,9 +468,9 @@ cdef class ConvChainPlan:
                              f"expected; received {len(plans)}")
         self.n, self.keep = len(plans), list(plans)
         for i, plan in enumerate(plans):
-            if not plan.chainable:
+            if not plan.chainable or (i and plan.algorithm == FC_CONV_IMPLICIT):
                 raise ValueError(f"fastconv._core.ConvChainPlan: stage {i} is neither a 1x1 "
-                                 f"GEMM nor a 3x3 depthwise direct convolution")
+                                 f"GEMM, a 3x3 depthwise direct convolution nor (first) a stem")
             self.stages[i].p = plan.p
             self.stages[i].algorithm, self.stages[i].packed_tile = plan.algorithm, plan.tile
             self.stages[i].weights, self.stages[i].bias = cptr(plan.packed), optional_ptr(plan.bias)
@@ -484,8 +485,8 @@ cdef class ConvChainPlan:
     @property
     def kernels(self):
         """What each stage runs (plan summaries): "gemm", or the depthwise row kernel."""
-        return tuple("gemm" if self.stages[i].p.kernel_h == 1 else
-                     f"dwconv3x3s{self.stages[i].p.stride_h}" for i in range(self.n))
+        return tuple(f"dwconv3x3s{self.stages[i].p.stride_h}" if self.stages[i].p.groups > 1
+                     else "gemm" for i in range(self.n))
 
     @property
     def takes_residual(self):

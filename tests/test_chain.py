@@ -76,6 +76,35 @@ def test_a_chain_computes_exactly_what_its_layers_do(cin, expanded, cout, hw, st
         fastconv.set_num_threads(previous)
 
 
+@pytest.mark.parametrize("hw, stride", [((64, 64), 2), ((70, 128), 2), ((37, 64), 1)])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_a_chain_from_a_stem_computes_exactly_what_its_layers_do(hw, stride, batch):
+    """A stem (3 input channels, implicit GEMM in rows) as the first stage, then a depthwise
+    and a 1x1 layer: MobileNetV2's features.0 and features.1. The outputs are 64 wide (a
+    multiple of the vectors, 64 or more): the implicit GEMM's rows mode, the stems chains take."""
+    rng = np.random.default_rng(batch + stride)
+    w = (rng.standard_normal((32, 3, 3, 3)) / 5).astype(np.float32)
+    stem = F.PreparedConv2d(w, rng.standard_normal(32).astype(np.float32), (3,) + hw,
+                            stride=stride, padding=1, activation="relu6", algorithm="implicit")
+    block, _ = inverted_residual(rng, 32, 32, 16, stem.output_shape[1:], 1, expand=False)
+    layers = [stem] + block
+    chain = _core.ConvChainPlan([layer._conv for layer in layers])
+    assert chain.kernels[0] == "gemm" and chain.kernels[1] == "dwconv3x3s1"
+    x = rng.standard_normal((batch, 3) + hw).astype(np.float32)
+    previous = fastconv.get_num_threads()
+    try:
+        for threads in (1, 2):
+            fastconv.set_num_threads(threads)
+            want = run_layers(layers, x)
+            got = np.full_like(want, np.nan)
+            chain.run(x, got)
+            np.testing.assert_array_equal(got, want)
+    finally:
+        fastconv.set_num_threads(previous)
+    with pytest.raises(ValueError, match="stage 1 is neither .* nor \\(first\\) a stem"):
+        _core.ConvChainPlan([block[0]._conv, stem._conv])
+
+
 def test_a_chain_agrees_with_the_float64_reference():
     rng = np.random.default_rng(7)
     layers, arguments = inverted_residual(rng, 8, 48, 8, (19, 21), 2)
@@ -170,11 +199,12 @@ def test_small_blocks_forced_algorithms_and_shared_tensors_are_not_chained():
 
 
 def test_mobilenet_v2_chains_its_high_resolution_blocks():
-    blocks = [line.split("] ")[1].split(".conv")[0]
+    firsts = [line.split("] ")[1].split(" ")[0]
               for line in depth_first_steps(models.mobilenet_v2())]
-    # features.4 (56 -> 28) too where its 1x1 layers are not transposed (AVX-512, scalar).
-    assert blocks[:3] == ["features.1", "features.2", "features.3"]
-    assert blocks[3:] in ([], ["features.4"])
+    # The stem with features.1, then features.2 and 3, and features.4 (56 -> 28) too where its
+    # 1x1 layers are not transposed (AVX-512, scalar).
+    assert firsts[:3] == ["features.0.0", "features.2.conv.0.0", "features.3.conv.0.0"]
+    assert firsts[3:] in ([], ["features.4.conv.0.0"])
 
 
 def test_a_new_kernel_table_repacks_a_chain():

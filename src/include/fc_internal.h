@@ -179,6 +179,12 @@ void fc_phase_fill(const fc_phase_layout* l, const float* x, float pad, float* p
  * transposed): the choices of conv_gemm, which depth-first chains make the same way. */
 int fc_gemm_reads_in_place(size_t og, size_t npix);
 int fc_conv2d_packs_gemm_a(const fc_conv2d_params* p);
+/* A stem (at most 4 input channels, algorithm FC_CONV_IMPLICIT) whose output rows can be
+ * computed band by band (rows mode), and output rows [oh0, oh1) of one image x of it into y,
+ * channel o's rows from y + o * y_plane. */
+int fc_conv2d_stem_rows_applies(const fc_conv2d_params* p);
+int fc_conv2d_stem_rows(const fc_conv2d_params* p, const float* packed, const float* bias,
+                        const float* x, size_t oh0, size_t oh1, float* y, size_t y_plane);
 int fc_dwconv3x3_applies(const fc_conv2d_params* p);
 const char* fc_dwconv3x3_kernel(const fc_conv2d_params* p); /* which kernel it runs */
 int fc_dwconv3x3_run(const fc_conv2d_params* p, const float* w, const float* bias,

@@ -26,6 +26,7 @@ static int is_depthwise(const fc_conv2d_params* p) {
 
 int fc_conv_chain_applies(const fc_conv2d_params* p, int algorithm) {
   if (p->activation >= FC_ACT_TANH) return 0; /* the stores clamp; nothing runs after them */
+  if (algorithm == FC_CONV_IMPLICIT) return fc_conv2d_stem_rows_applies(p);
   if (is_depthwise(p)) {
     return algorithm == FC_CONV_DIRECT && fc_dwconv3x3_applies(p) &&
            p->out_channels == p->in_channels && p->pad_top <= 2 && p->pad_left <= 2;
@@ -50,11 +51,16 @@ typedef struct rows {
   size_t lo, hi;
 } rows;
 
+/* Input rows a band of `rows` output rows of stage p spans. */
+static size_t span(const fc_conv2d_params* p, size_t rows) {
+  return (rows - 1) * p->stride_h + (p->kernel_h - 1) * p->dilation_h + 1;
+}
+
 /* The input rows that output rows `out` of stage p read (clipped to the image). */
 static rows input_rows(const fc_conv2d_params* p, rows out) {
   if (p->kernel_h == 1) return out;
   const ptrdiff_t first = (ptrdiff_t)(out.lo * p->stride_h) - (ptrdiff_t)p->pad_top;
-  const ptrdiff_t end = (ptrdiff_t)((out.hi - 1) * p->stride_h + 3) - (ptrdiff_t)p->pad_top;
+  const ptrdiff_t end = first + (ptrdiff_t)span(p, out.hi - out.lo);
   rows in = {first > 0 ? (size_t)first : 0, end > 0 ? (size_t)end : 0};
   in.hi = fc_min(in.hi, p->in_h);
   return in;
@@ -64,8 +70,7 @@ static rows input_rows(const fc_conv2d_params* p, rows out) {
 static size_t rows_needed(const fc_chain_stage* s, size_t n, size_t t, size_t band) {
   size_t r = band;
   for (size_t i = n; i-- > t;) {
-    if (s[i].p.kernel_h != 1) r = (r - 1) * s[i].p.stride_h + 3;
-    r = fc_min(r, s[i].p.in_h);
+    r = fc_min(span(&s[i].p, r), s[i].p.in_h);
   }
   return r;
 }
@@ -192,6 +197,10 @@ static int chain_band(const chain_job* j, band_tensor* t, size_t image, size_t o
     }
     if (is_depthwise(&s[i].p)) {
       depthwise_rows(&s[i], &t[i], out, todo.lo, todo.hi, zeros, spill);
+    } else if (s[i].algorithm == FC_CONV_IMPLICIT) { /* a stem: the first stage, x whole */
+      const int rc = fc_conv2d_stem_rows(&s[i].p, s[i].weights, s[i].bias, t[0].data, todo.lo,
+                                         todo.hi, row_at(out, 0, todo.lo), out->plane);
+      if (rc) return rc;
     } else {
       const size_t image_floats = s[n - 1].p.out_channels * s[n - 1].p.out_h * s[n - 1].p.out_w;
       const float* residual = i + 1 == n && j->residual ? j->residual + image * image_floats : NULL;

@@ -751,23 +751,44 @@ static int band_fill(const band_job* j, size_t n, size_t oh0, size_t oh1, fc_pha
   return 0;
 }
 
+/* Output rows [oh0, oh1) of image n into c, channel o's rows from c + o * ldc (accumulated
+ * with `accumulate`). */
+static int band_rows_into(const band_job* j, size_t n, size_t oh0, size_t oh1, int accumulate,
+                          float* c, size_t ldc) {
+  const fc_conv2d_params* p = j->p;
+  fc_phase_layout l;
+  float* planes;
+  ptrdiff_t* offsets;
+  if (band_fill(j, n, oh0, oh1, &l, &planes, &offsets) != 0) return FC_ERROR_NOMEM;
+  const fc_b_operand operand = {NULL, NULL, NULL, planes, offsets, p->out_w, l.cols, p->out_w};
+  return fc_gemm_packed(p->out_channels, (oh1 - oh0) * p->out_w, gemm_kdim(p), j->packed,
+                        &operand, j->bias, NULL, accumulate, p->activation, c, ldc, 1);
+}
+
 /* Rows mode: output rows [oh0, oh1) of image n, stored straight into y (a residual copied in
  * first and accumulated). */
 static int band_rows(const band_job* j, size_t n, size_t oh0, size_t oh1) {
   const fc_conv2d_params* p = j->p;
   const size_t out_plane = p->out_h * p->out_w, npix = (oh1 - oh0) * p->out_w;
-  fc_phase_layout l;
-  float* planes;
-  ptrdiff_t* offsets;
-  if (band_fill(j, n, oh0, oh1, &l, &planes, &offsets) != 0) return FC_ERROR_NOMEM;
   const size_t first = n * p->out_channels * out_plane + oh0 * p->out_w;
   for (size_t o = 0; o < p->out_channels && j->residual && j->residual != j->y; o++) {
     memcpy(j->y + first + o * out_plane, j->residual + first + o * out_plane,
            npix * sizeof(float));
   }
-  const fc_b_operand operand = {NULL, NULL, NULL, planes, offsets, p->out_w, l.cols, p->out_w};
-  return fc_gemm_packed(p->out_channels, npix, gemm_kdim(p), j->packed, &operand, j->bias, NULL,
-                        j->residual != NULL, p->activation, j->y + first, out_plane, 1);
+  return band_rows_into(j, n, oh0, oh1, j->residual != NULL, j->y + first, out_plane);
+}
+
+int fc_conv2d_stem_rows_applies(const fc_conv2d_params* p) {
+  fc_phase_layout whole;
+  return p->groups == 1 && p->in_channels <= FC_STEM_MAX_C &&
+         (p->out_h - 1) * p->stride_h < p->pad_top + p->in_h &&
+         implicit_rows(p, implicit_layout(p, &whole));
+}
+
+int fc_conv2d_stem_rows(const fc_conv2d_params* p, const float* packed, const float* bias,
+                        const float* x, size_t oh0, size_t oh1, float* y, size_t y_plane) {
+  const band_job job = {p, packed, bias, NULL, x, NULL, 0, 0, 1, 0};
+  return band_rows_into(&job, 0, oh0, oh1, 0, y, y_plane);
 }
 
 /* Run mode: columns [c0, c1) of image n's run, computed into this thread's run buffer, then
