@@ -8,8 +8,9 @@ what runs:
   added in the convolution's store, in place when that operand is not needed afterwards) and the
   activation after it;
 - a Dense absorbs the activation that follows it;
-- a 1x1 expansion, a 3x3 depthwise and a 1x1 projection step on large images (MobileNetV2's
-  first blocks) become one depth-first chain, run band by band of rows (src/ops/chain.c);
+- a 1x1 expansion (or a stem), a 3x3 depthwise and a 1x1 projection step on large images
+  (MobileNetV2's first blocks) become one depth-first chain, run band by band of rows
+  (src/ops/chain.c);
 - convolution and dense weights are packed once into the layout their kernels read;
 - Dropout is free (the identity), every other layer runs as it is;
 - runs of consecutive steps with a native op (convolution, dense, pooling, global average
