@@ -27,7 +27,8 @@ def load(paths):
 def pooled(cells, key):
     """{backend: median ms over every run's rounds} of one cell, and fastconv / best peer."""
     backends = cells[0][key]["results"]
-    medians = {b: float(np.median([t for run in cells for t in run[key]["results"][b]["times_ms"]]))
+    medians = {b: float(np.median([t for run in cells
+                                   for t in run[key]["results"][b]["times_ms"]]))
                for b in backends}
     best_peer = min(v for b, v in medians.items() if b != "fastconv")
     return medians, medians["fastconv"] / best_peer
