@@ -1,9 +1,9 @@
-/* Depth-first chains of convolutions: a run of 1x1 and 3x3 depthwise layers, each read only by
- * the next (MobileNetV2's inverted residual blocks: 1x1 expansion, 3x3 depthwise, 1x1
- * projection), computed band by band of the last layer's output rows. Layer by layer, the
- * expanded tensors (six times the block's channels: 4.8 MB on 112x112) go out to L3 or memory
- * and come back; here each thread keeps the rows of every intermediate tensor that its current
- * band needs in its own buffers, sized to stay in L2.
+/* Depth-first chains of convolutions: a run of 1x1 and 3x3 depthwise layers (a stem may come
+ * first), each read only by the next (MobileNetV2's inverted residual blocks: 1x1 expansion,
+ * 3x3 depthwise, 1x1 projection), computed band by band of the last layer's output rows. Layer
+ * by layer, the expanded tensors (six times the block's channels: 4.8 MB on 112x112) go out to
+ * L3 or memory and come back; here each thread keeps the rows of every intermediate tensor that
+ * its current band needs in its own buffers, sized to stay in L2.
  *
  * Intermediate tensor t holds rows [lo, hi) of each channel plane, `cap` rows apart. For the next
  * band, the rows it still needs (a depthwise layer's overlap: 1 or 2 rows) move to the front of
@@ -17,7 +17,8 @@
 #include "fc_kernels.h"
 
 /* Bytes a thread's band aims to keep in flight (intermediate rows and the band's input and
- * output rows): half of Zen 4's and Ice Lake's 1 MiB or more of L2 per core. */
+ * output rows): three quarters of Zen 4's 1 MiB of L2 per core (Ice Lake has 1.25 MiB); 512 KiB
+ * cut MobileNetV2's 112x112 block to 3-row bands, 1 MiB measured no faster (docs/kernels.md). */
 #define FC_CHAIN_BAND_BYTES (768u << 10)
 
 static int is_depthwise(const fc_conv2d_params* p) {
@@ -178,8 +179,8 @@ typedef struct chain_job {
   int rc;
 } chain_job;
 
-/* One band: output rows [o0, o1) of image `image`, t[0] and t[n] its input and output, t[1 .. n-1]
- * the thread's buffers. */
+/* One band: output rows [o0, o1) of image `image`, t[0] and t[n] its input and output,
+ * t[1 .. n-1] the thread's buffers. */
 static int chain_band(const chain_job* j, band_tensor* t, size_t image, size_t o0, size_t o1,
                       const float* zeros, float* spill) {
   const fc_chain_stage* s = j->stages;
