@@ -143,7 +143,7 @@ def test_chain_arguments_are_checked():
 
 def mobile_model(size=64):
     """A stem and two inverted residual blocks whose depthwise tensors are large enough for
-    depth-first chains (64 x 64 x 96 floats: 1.5 MB), the second with its residual add."""
+    depth-first chains (64 x 64 x 96 floats: 1.5 MB), the first with its residual add."""
     x = fastconv.Input((3, size, size))
     y = L.Conv2D(16, 3, padding=1, activation="relu")(x)
     for stride, residual in ((1, True), (2, False)):
