@@ -126,8 +126,9 @@ typedef void (*fc_dwconv_cblock_fn)(size_t planes, const fc_dw_cblock_geometry* 
  * input transform reads each tile's (m+2)x(m+2) input from m x m phase planes (phases[q] at the
  * run's first tile, rows `cols` apart) and writes V_xi of tile l at v[xi * xi_stride + l]; the
  * output transform reads M_xi at m[xi * xi_stride + l] and writes output (i, j) + bias at
- * y[(m*i + j) * y_stride + l]. Whole vectors: reads and writes may run FC_WINDOW_SLACK floats
- * past each run's end. */
+ * y[i * y_stride + m*l + j]: row i of the run's outputs, its tiles side by side, interleaved in
+ * registers. Whole vectors: reads may run FC_WINDOW_SLACK floats past each run's end, writes
+ * m * FC_WINDOW_SLACK (y_stride >= m * n rounded up to FC_WINDOW_SLACK). */
 typedef void (*fc_winograd_input_fn)(size_t n, const float* const* phases, size_t cols, float* v,
                                      size_t xi_stride);
 typedef void (*fc_winograd_output_fn)(size_t n, const float* m, size_t xi_stride, float bias,

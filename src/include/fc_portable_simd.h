@@ -46,6 +46,20 @@ static inline vf odd_lanes(vf lo, vf hi) {
   return __builtin_shuffle(lo, hi, (vi)FC_EVEN_LANES + 1);
 }
 
+/* The inverse of even_lanes / odd_lanes: lanes a0 b0 a1 b1 ... of the first half of a and b
+ * (interleave_low), of the second half (interleave_high). */
+#if VLEN == 16
+#define FC_ZIP_LOW {0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23}
+#elif VLEN == 8
+#define FC_ZIP_LOW {0, 8, 1, 9, 2, 10, 3, 11}
+#else
+#define FC_ZIP_LOW {0, 4, 1, 5}
+#endif
+static inline vf interleave_low(vf a, vf b) { return __builtin_shuffle(a, b, (vi)FC_ZIP_LOW); }
+static inline vf interleave_high(vf a, vf b) {
+  return __builtin_shuffle(a, b, (vi)FC_ZIP_LOW + VLEN / 2);
+}
+
 /* Neighbouring columns from two consecutive vectors a, b of a row: shift1 / shift2 are the
  * columns one / two to the right of a's (a moved down, b's first lanes shifted in), and
  * shift_in_last the columns one to the left of b's (a's last lane, then b's first VLEN - 1). */

@@ -237,16 +237,22 @@ static void input_chunk(const winograd_work* w, size_t C, size_t image, size_t g
   }
 }
 
+/* The row pitch of the output transform's results for tc tiles: m outputs per tile, whole
+ * vectors (the transform writes up to m * FC_WINDOW_SLACK floats past a run). */
+static size_t output_tmp_stride(size_t m, size_t tc) {
+  return m * fc_round_up(tc, FC_WINDOW_SLACK);
+}
+
 /* Output transform of the chunk's tiles of an image for output channel o: bias, residual,
  * activation, and the m x m outputs of each tile into the plane yo (tiles past the edge
- * clipped). The transform leaves output (i, j) of every tile in row i * m + j of tmp; each run
- * of the chunk's tiles along a tile row is interleaved into m rows of `line`, then stored with
- * the residual and clamp as vectors (through `line`: the residual may be the output itself). */
+ * clipped). The transform leaves output row i of the chunk's tiles, side by side, in row i of
+ * tmp; each run of tiles along a tile row is then m output rows, stored from there with the
+ * residual and clamp as vectors. */
 static void output_chunk(const fc_conv2d_params* p, const winograd_work* w, size_t image,
                          size_t o, size_t t0, size_t tc, float bias, const float* residual,
-                         float* yo, float* tmp, float* line) {
+                         float* yo, float* tmp) {
   const fc_vector_config* vk = fc_vector_config_get();
-  const size_t m = w->v.m, tmp_stride = fc_round_up(tc, FC_WINDOW_SLACK);
+  const size_t m = w->v.m, tmp_stride = output_tmp_stride(m, tc);
   const float lo = fc_act_min(p->activation), hi = fc_act_max(p->activation);
   w->v.output(tc, w->mt + o * w->pitch + image * tc, w->m_stride, bias, tmp, tmp_stride);
   for (size_t t = 0; t < tc;) {
@@ -255,10 +261,7 @@ static void output_chunk(const fc_conv2d_params* p, const winograd_work* w, size
     const size_t width = fc_min(m * n, p->out_w - x0);
     for (size_t i = 0; i < m && m * ty + i < p->out_h; i++) {
       const size_t at = (m * ty + i) * p->out_w + x0;
-      for (size_t j = 0; j < m; j++) {
-        const float* src = tmp + (i * m + j) * tmp_stride + t;
-        for (size_t q = 0; m * q + j < width; q++) line[m * q + j] = src[q];
-      }
+      const float* line = tmp + i * tmp_stride + m * t;
       if (residual) {
         vk->vadd(width, line, residual + at, yo + at, lo, hi);
       } else {
@@ -321,9 +324,8 @@ static void gemm_stage(const winograd_chunk* k, int* rc) {
 static void output_stage(const winograd_chunk* k, int* rc) {
   const fc_conv2d_params* p = k->p;
   const size_t O = p->out_channels, plane_out = p->out_h * p->out_w, m = k->w->v.m;
-  /* Per thread: the output transform's m^2 x tc results, then m x tc floats of output line. */
-  const size_t tmp_floats = m * m * fc_round_up(k->tc, FC_WINDOW_SLACK);
-  float* tmp = (float*)fc_workspace(FC_WS_TABLE, (tmp_floats + m * k->tc) * sizeof(float));
+  /* Per thread: the output transform's m output rows of the chunk's tiles. */
+  float* tmp = (float*)fc_workspace(FC_WS_TABLE, m * output_tmp_stride(m, k->tc) * sizeof(float));
   if (!tmp) {
 #pragma omp atomic write
     *rc = FC_ERROR_NOMEM;
@@ -333,7 +335,7 @@ static void output_stage(const winograd_chunk* k, int* rc) {
     for (size_t i = 0; i < k->count && tmp; i++) {
       const size_t at = (i * O + o) * plane_out;
       output_chunk(p, k->w, i, o, k->t0, k->tc, k->bias ? k->bias[o] : 0.0f,
-                   k->rn ? k->rn + at : NULL, k->yn + at, tmp, tmp + tmp_floats);
+                   k->rn ? k->rn + at : NULL, k->yn + at, tmp);
     }
   }
 }

@@ -38,8 +38,23 @@ void FC_NAME(fc_f32_winograd_input_ukernel)(size_t n, const float* const* phases
   }
 }
 
+/* Output row i of tiles l .. l + VLEN - 1 from their columns j (m of them, m = 2 or 4): tile
+ * l's m outputs side by side, m * VLEN floats at y. */
+static inline void store_interleaved2(float* y, vf c0, vf c1) {
+  store(y, interleave_low(c0, c1));
+  store(y + VLEN, interleave_high(c0, c1));
+}
+
+static inline void store_interleaved4(float* y, const vf c[4]) {
+  /* (c0, c2) and (c1, c3) zipped, then the two zipped: c0 c1 c2 c3 of each tile in turn. */
+  const vf low02 = interleave_low(c[0], c[2]), high02 = interleave_high(c[0], c[2]);
+  const vf low13 = interleave_low(c[1], c[3]), high13 = interleave_high(c[1], c[3]);
+  store_interleaved2(y, low02, low13);
+  store_interleaved2(y + 2 * VLEN, high02, high13);
+}
+
 /* Y = A^T M A + bias, A^T = [1 1 1 0; 0 1 -1 -1], from M_xi of tile l at m[xi * xi_stride + l]:
- * output (i, j) of tile l goes to y[(i * 2 + j) * y_stride + l]. */
+ * output (i, j) of tile l goes to y[i * y_stride + 2 * l + j]. */
 void FC_NAME(fc_f32_winograd_output_ukernel)(size_t n, const float* m, size_t xi_stride,
                                              float bias, float* y, size_t y_stride) {
   for (size_t l = 0; l < n; l += VLEN) {
@@ -51,8 +66,8 @@ void FC_NAME(fc_f32_winograd_output_ukernel)(size_t n, const float* m, size_t xi
       r[1][j] = s[1][j] - s[2][j] - s[3][j];
     }
     for (int i = 0; i < 2; i++) {
-      store(y + (size_t)(i * 2) * y_stride + l, r[i][0] + r[i][1] + r[i][2] + bias);
-      store(y + (size_t)(i * 2 + 1) * y_stride + l, r[i][1] - r[i][2] - r[i][3] + bias);
+      store_interleaved2(y + (size_t)i * y_stride + 2 * l, r[i][0] + r[i][1] + r[i][2] + bias,
+                         r[i][1] - r[i][2] - r[i][3] + bias);
     }
   }
 }
@@ -107,7 +122,7 @@ static inline void output_line6(const vf m[6], vf y[4]) {
 }
 
 /* Y = A^T M A + bias, from M_xi of tile l at m[xi * xi_stride + l]: output (i, j) of tile l
- * goes to y[(i * 4 + j) * y_stride + l]. */
+ * goes to y[i * y_stride + 4 * l + j]. */
 void FC_NAME(fc_f32_winograd4_output_ukernel)(size_t n, const float* m, size_t xi_stride,
                                               float bias, float* y, size_t y_stride) {
   for (size_t l = 0; l < n; l += VLEN) {
@@ -117,11 +132,13 @@ void FC_NAME(fc_f32_winograd4_output_ukernel)(size_t n, const float* m, size_t x
       for (int j = 0; j < 6; j++) s[j] = load(m + (size_t)(i * 6 + j) * xi_stride + l);
       output_line6(s, rows[i]);
     }
+    vf out[4][4]; /* out[i][j]: output (i, j) of the tiles */
     for (int j = 0; j < 4; j++) {
       const vf column[6] = {rows[0][j], rows[1][j], rows[2][j], rows[3][j], rows[4][j], rows[5][j]};
-      vf out[4];
-      output_line6(column, out);
-      for (int i = 0; i < 4; i++) store(y + (size_t)(i * 4 + j) * y_stride + l, out[i] + bias);
+      vf y_column[4];
+      output_line6(column, y_column);
+      for (int i = 0; i < 4; i++) out[i][j] = y_column[i] + bias;
     }
+    for (int i = 0; i < 4; i++) store_interleaved4(y + (size_t)i * y_stride + 4 * l, out[i]);
   }
 }
