@@ -122,15 +122,17 @@ typedef struct fc_dw_cblock_geometry {
 typedef void (*fc_dwconv_cblock_fn)(size_t planes, const fc_dw_cblock_geometry* g,
                                     const float* x, const float* w, const float* bias,
                                     const fc_window_epilogue* ep, float* buffer, float* y);
-/* Winograd F(m x m, 3x3) transforms over a run of n tiles (f32-winograd.c), m = 2 or 4: the
- * input transform reads each tile's (m+2)x(m+2) input from m x m phase planes (phases[q] at the
- * run's first tile, rows `cols` apart) and writes V_xi of tile l at v[xi * xi_stride + l]; the
+/* Winograd F(m x m, 3x3) transforms over n tiles (f32-winograd.c), m = 2 or 4: the input
+ * transform reads each tile's (m+2)x(m+2) input from m x m phase planes (phases[q] at tile 0,
+ * rows `cols` apart; the tiles in rows of row_tiles, tile l at row l / row_tiles and column
+ * l % row_tiles, row_tiles < cols when n > row_tiles) and writes V_xi of tile l at
+ * v[xi * xi_stride + l]; the
  * output transform reads M_xi at m[xi * xi_stride + l] and writes output (i, j) + bias at
  * y[i * y_stride + m*l + j]: row i of the run's outputs, its tiles side by side, interleaved in
  * registers. Whole vectors: reads may run FC_WINDOW_SLACK floats past each run's end, writes
  * m * FC_WINDOW_SLACK (y_stride >= m * n rounded up to FC_WINDOW_SLACK). */
-typedef void (*fc_winograd_input_fn)(size_t n, const float* const* phases, size_t cols, float* v,
-                                     size_t xi_stride);
+typedef void (*fc_winograd_input_fn)(size_t n, size_t row_tiles, const float* const* phases,
+                                     size_t cols, float* v, size_t xi_stride);
 typedef void (*fc_winograd_output_fn)(size_t n, const float* m, size_t xi_stride, float bias,
                                       float* y, size_t y_stride);
 /* y[i] = x[i * stride]. */
@@ -250,12 +252,12 @@ FC_DECLARE_GEMV_KERNEL(avx512f)
   void fc_f32_vcopy_strided_ukernel__##isa(size_t, const float*, size_t, float*);                \
   void fc_f32_vdeinterleave_ukernel__##isa(size_t, const float*, size_t, size_t, size_t, float,  \
                                            float* const*);                                       \
-  void fc_f32_winograd_input_ukernel__##isa(size_t, const float* const*, size_t, float*,        \
+  void fc_f32_winograd_input_ukernel__##isa(size_t, size_t, const float* const*, size_t, float*,\
                                             size_t);                                             \
   void fc_f32_winograd_output_ukernel__##isa(size_t, const float*, size_t, float, float*,        \
                                              size_t);                                            \
-  void fc_f32_winograd4_input_ukernel__##isa(size_t, const float* const*, size_t, float*,       \
-                                             size_t);                                            \
+  void fc_f32_winograd4_input_ukernel__##isa(size_t, size_t, const float* const*, size_t,       \
+                                             float*, size_t);                                    \
   void fc_f32_winograd4_output_ukernel__##isa(size_t, const float*, size_t, float, float*,       \
                                               size_t);                                           \
   void fc_f32_vclamp_ukernel__##isa(size_t, const float*, float*, float, float);                 \

@@ -215,9 +215,11 @@ static ptrdiff_t shifted_phase(const winograd_work* w, size_t q, size_t oy, size
 }
 
 /* Input transform of the chunk's tiles [t0, t0 + tc) of an image for GEMM channel gc (input
- * channel gc % C, read for group gc / C), one tile row at a time, into V's columns from
- * image * tc on. The kernel's whole-vector writes past a row's end are overwritten by the
- * next image's, which the same thread transforms next. */
+ * channel gc % C, read for group gc / C), into V's columns from image * tc on: the rest of a
+ * first tile row the chunk starts inside, then its tiles from the next row on in one call (the
+ * kernel takes rows of a narrow image several to a vector). The kernel's whole-vector writes
+ * past the last tile are overwritten by the next image's, which the same thread transforms
+ * next. */
 static void input_chunk(const winograd_work* w, size_t C, size_t image, size_t gc, size_t t0,
                         size_t tc) {
   const fc_phase_layout* l = &w->layout;
@@ -229,10 +231,11 @@ static void input_chunk(const winograd_work* w, size_t C, size_t image, size_t g
   for (size_t q = 0; q < w->v.m * w->v.m; q++) offsets[q] = shifted_phase(w, q, oy, ox);
   for (size_t t = t0; t < t0 + tc;) {
     const size_t ty = t / w->tiles_w, tx = t % w->tiles_w;
-    const size_t n = fc_min(w->tiles_w - tx, t0 + tc - t);
+    const size_t n = tx ? fc_min(w->tiles_w - tx, t0 + tc - t) : t0 + tc - t;
     const float* phases[MAX_ALPHA * MAX_ALPHA];
     for (size_t q = 0; q < w->v.m * w->v.m; q++) phases[q] = base + offsets[q] + ty * l->cols + tx;
-    w->v.input(n, phases, l->cols, w->vt + gc * w->pitch + image * tc + (t - t0), w->v_stride);
+    w->v.input(n, tx ? n : w->tiles_w, phases, l->cols,
+               w->vt + gc * w->pitch + image * tc + (t - t0), w->v_stride);
     t += n;
   }
 }
