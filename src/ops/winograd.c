@@ -214,6 +214,27 @@ static ptrdiff_t shifted_phase(const winograd_work* w, size_t q, size_t oy, size
   return (ptrdiff_t)(phase * l->phase_size + y / l->stride_h * l->cols + x / l->stride_w);
 }
 
+/* The phase offsets (shifted_phase) of the last group the input transform read, kept across
+ * the channels of the group: their divisions were 2.6 % of ResNet-18's time at two threads when
+ * computed per channel and chunk. */
+typedef struct group_phases {
+  size_t group;
+  ptrdiff_t offsets[MAX_ALPHA * MAX_ALPHA];
+} group_phases;
+
+#define NO_GROUP ((size_t)-1)
+
+static const ptrdiff_t* group_phase_offsets(const winograd_work* w, size_t group,
+                                            group_phases* cache) {
+  if (cache->group != group) {
+    const size_t oy = group_origin(group / w->groups_w, w->stride_h);
+    const size_t ox = group_origin(group % w->groups_w, w->stride_w);
+    for (size_t q = 0; q < w->v.m * w->v.m; q++) cache->offsets[q] = shifted_phase(w, q, oy, ox);
+    cache->group = group;
+  }
+  return cache->offsets;
+}
+
 /* Input transform of the chunk's tiles [t0, t0 + tc) of an image for GEMM channel gc (input
  * channel gc % C, read for group gc / C), into V's columns from image * tc on: the rest of a
  * first tile row the chunk starts inside, then its tiles from the next row on in one call (the
@@ -221,14 +242,10 @@ static ptrdiff_t shifted_phase(const winograd_work* w, size_t q, size_t oy, size
  * past the last tile are overwritten by the next image's, which the same thread transforms
  * next. */
 static void input_chunk(const winograd_work* w, size_t C, size_t image, size_t gc, size_t t0,
-                        size_t tc) {
+                        size_t tc, group_phases* phases_of) {
   const fc_phase_layout* l = &w->layout;
-  const size_t group = gc / C;
-  const size_t oy = group_origin(group / w->groups_w, w->stride_h);
-  const size_t ox = group_origin(group % w->groups_w, w->stride_w);
+  const ptrdiff_t* offsets = group_phase_offsets(w, gc / C, phases_of);
   const float* base = w->planes + (image * C + gc % C) * w->chan;
-  ptrdiff_t offsets[MAX_ALPHA * MAX_ALPHA];
-  for (size_t q = 0; q < w->v.m * w->v.m; q++) offsets[q] = shifted_phase(w, q, oy, ox);
   for (size_t t = t0; t < t0 + tc;) {
     const size_t ty = t / w->tiles_w, tx = t % w->tiles_w;
     const size_t n = tx ? fc_min(w->tiles_w - tx, t0 + tc - t) : t0 + tc - t;
@@ -291,9 +308,10 @@ typedef struct winograd_chunk {
 
 static void input_stage(const winograd_chunk* k) {
   const size_t C = k->p->in_channels, gemm_c = gemm_channels(k->p);
+  group_phases phases = {NO_GROUP, {0}}; /* each thread's own */
 #pragma omp for schedule(static)
   for (size_t gc = 0; gc < gemm_c; gc++) {
-    for (size_t i = 0; i < k->count; i++) input_chunk(k->w, C, i, gc, k->t0, k->tc);
+    for (size_t i = 0; i < k->count; i++) input_chunk(k->w, C, i, gc, k->t0, k->tc, &phases);
   }
 }
 
