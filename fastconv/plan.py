@@ -42,8 +42,10 @@ from .layers import (Activation, AdaptiveAvgPool2D, Add, AvgPool2D, BatchNormali
 
 _FUSABLE = ("relu", "relu6", "tanh", "sigmoid")
 # Segments whose convolutional part does fewer MACs per byte of activations it moves than
-# this run it in chunks of samples that fit in _CHUNK_BYTES (half this machine's L3 cache).
-_MEMORY_BOUND_MACS_PER_BYTE = 16
+# this run it in chunks of samples that fit in _CHUNK_BYTES (half this machine's L3 cache):
+# MobileNetV2 (5), GoogLeNet (20), ResNet-50 (36) and ResNet-152 (49) measured faster so at
+# batch 8, ResNet-18 (70) the same (Segment.chunk).
+_MEMORY_BOUND_MACS_PER_BYTE = 64
 _CHUNK_BYTES = 16 << 20
 # Depth-first chains are made where the depthwise layer reads or writes at least this much per
 # sample (MobileNetV2's blocks on 112x112 and 56x56 images). On 28x28 (602 KB) they measured no
@@ -517,10 +519,12 @@ class Segment:
 
     def chunk(self, batch, threads):
         """Samples the convolutional part runs at a time (0: all). Only memory-bound programs
-        (MobileNetV2: 5 MACs per byte of activations, ResNet-50 36, VGG-16 127) are cut, into
-        the fewest chunks whose largest op fits in _CHUNK_BYTES, a multiple of the threads so
-        that whole images still go to each thread. Measured at batch 8, one thread
-        (docs/benchmarks.md): MobileNetV2 15 % faster in chunks of 2, ResNets 1-2 % slower."""
+        (MobileNetV2: 5 MACs per byte of activations, GoogLeNet 20, ResNet-50 36, ResNet-152
+        49; not ResNet-18 70, VGG-16 127) are cut, into the fewest chunks whose largest op fits
+        in _CHUNK_BYTES, a multiple of the threads so that whole images still go to each
+        thread. Measured at batch 8 (docs/layers.md): MobileNetV2 15 % faster in chunks of 2;
+        since session 9's kernels also ResNet-50 (chunks of 2) 2 %, ResNet-152 2-5 %, GoogLeNet
+        (chunks of 4) 3 % on one and two threads; ResNet-18 the same."""
         if not self._fits:
             return 0
         chunk = max(threads, self._fits // threads * threads)

@@ -323,9 +323,9 @@ def test_chunks_of_samples_compute_what_the_whole_batch_does(monkeypatch, chunk)
 
 
 def test_only_memory_bound_segments_are_cut_into_chunks():
-    """MobileNetV2 (5 MACs per byte of activations) runs in chunks of a multiple of the threads
-    whose largest op fits the cache budget; ResNet-18 (70) never; LeNet-5 only at batches far
-    past what fits."""
+    """MobileNetV2 (5 MACs per byte of activations) and ResNet-50 (36) run in chunks of a
+    multiple of the threads whose largest op fits the cache budget; ResNet-18 (70) never;
+    LeNet-5 only at batches far past what fits."""
     def segment(model):
         (unit,) = model._current_plan().units
         return unit
@@ -333,6 +333,7 @@ def test_only_memory_bound_segments_are_cut_into_chunks():
     mobilenet = segment(models.mobilenet_v2())
     assert [mobilenet.chunk(8, t) for t in (1, 2)] == [2, 2]
     assert mobilenet.chunk(2, 2) == 0 and mobilenet.chunk(1, 1) == 0
+    assert [segment(models.resnet50()).chunk(8, t) for t in (1, 2)] == [2, 2]
     assert segment(models.resnet18()).chunk(8, 1) == 0
     lenet = segment(models.lenet5())
     assert lenet.chunk(8, 1) == 0
