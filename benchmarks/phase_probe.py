@@ -1,0 +1,108 @@
+"""What a slow phase of a shared machine slows: the cores, or the exchange between them?
+
+    python benchmarks/phase_probe.py cores resnet18 --seconds 120
+    python benchmarks/phase_probe.py steps resnet50 --slow-ms 38 --seconds 100
+
+`cores` repeats, every two seconds: the network at batch 1 on two cooperating threads, then two
+one-thread copies pinned one per core running at the same time (independent work), then each
+core alone, printing the three medians. Cores that slow down show in all three; an exchange
+between the cores that slows (shared data, barriers) shows only in the first.
+
+`steps` times every step of the plan (as `fastconv profile` does) on two threads, again and
+again, classing each pass by the time of a whole predict run just before it (below or above
+`--slow-ms`), and prints the steps whose median grew most from the fast passes to the slow
+ones. Linux only (CPU affinity).
+"""
+import argparse
+import os
+import sys
+import threading
+import time
+
+import numpy as np
+
+import fastconv
+from fastconv import profiling
+
+
+def median_ms(model, x, seconds, cpu=None, pause=0.0):
+    """Median latency of ``model.predict(x)`` run for ``seconds`` (on core ``cpu`` if given)."""
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})
+    times, end = [], time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        start = time.perf_counter()
+        model.predict(x)
+        times.append(time.perf_counter() - start)
+        time.sleep(pause)
+    return float(np.median(times)) * 1e3
+
+
+def probe_cores(network, seconds):
+    together, *alone = [getattr(fastconv.models, network)() for _ in range(3)]
+    x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
+    cores = sorted(os.sched_getaffinity(0))[:2]
+    end = time.time() + seconds
+    while time.time() < end:
+        os.sched_setaffinity(0, set(cores))
+        fastconv.set_num_threads(2)
+        two = median_ms(together, x, 0.7, pause=0.003)
+        fastconv.set_num_threads(1)
+        pair = {}
+        workers = [threading.Thread(target=lambda m=m, c=c: pair.update({c: median_ms(m, x, 0.7, c)}))
+                   for m, c in zip(alone, cores)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        solo = [median_ms(alone[0], x, 0.35, c) for c in cores]
+        os.sched_setaffinity(0, set(cores))
+        print(f"{time.strftime('%H:%M:%S')} two threads {two:6.2f} ms | side by side "
+              f"{pair[cores[0]]:6.2f} {pair[cores[1]]:6.2f} | alone {solo[0]:6.2f} {solo[1]:6.2f}",
+              flush=True)
+
+
+def probe_steps(network, slow_ms, seconds, top):
+    fastconv.set_num_threads(2)
+    model = getattr(fastconv.models, network)()
+    x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
+    model.predict(x)
+    plan, arrays = profiling.current_plan(model), model._input_arrays(x)
+    passes = {"fast": [], "slow": []}
+    end = time.time() + seconds
+    while time.time() < end:
+        start = time.perf_counter()
+        model.predict(x)
+        kind = "fast" if (time.perf_counter() - start) * 1e3 < slow_ms else "slow"
+        passes[kind].append(profiling._run_timed(plan, model, arrays))
+        time.sleep(0.003)
+    print(f"passes: {len(passes['fast'])} fast, {len(passes['slow'])} slow")
+    if not (passes["fast"] and passes["slow"]):
+        return
+    fast, slow = (np.median(passes[k], axis=0) * 1e3 for k in ("fast", "slow"))
+    print(f"sum of the steps: fast {fast.sum():.2f} ms, slow {slow.sum():.2f} ms")
+    for i in np.argsort(slow - fast)[::-1][:top]:
+        print(f"{fast[i]:7.3f} -> {slow[i]:7.3f} ms  x{slow[i] / fast[i]:.2f}  "
+              f"{plan.steps[i].describe[:80]}")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("mode", choices=["cores", "steps"])
+    parser.add_argument("network", help="zoo name of a 224x224 network, e.g. resnet18")
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--slow-ms", type=float, default=None,
+                        help="steps: a predict slower than this is a slow pass")
+    parser.add_argument("--top", type=int, default=15)
+    args = parser.parse_args(argv)
+    if args.mode == "cores":
+        probe_cores(args.network, args.seconds)
+    elif args.slow_ms is None:
+        parser.error("steps needs --slow-ms")
+    else:
+        probe_steps(args.network, args.slow_ms, args.seconds, args.top)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
