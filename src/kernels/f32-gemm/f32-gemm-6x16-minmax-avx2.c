@@ -26,6 +26,10 @@ FC_INLINE void tile(size_t rows, size_t kc, const float* a, const float* b,
   __m256 lo[MR], hi[MR];
 #pragma GCC unroll 6
   for (int r = 0; r < mr; r++) {
+    /* C's rows are read or written only after the kc loop: fetching them now keeps a cache
+     * miss on C (a cold output, or a residual) from stalling the end of the tile. */
+    _mm_prefetch((const char*)(c + (size_t)r * ldc), _MM_HINT_T0);
+    _mm_prefetch((const char*)(c + (size_t)r * ldc + 8 * nv - 1), _MM_HINT_T0);
     lo[r] = _mm256_setzero_ps();
     hi[r] = _mm256_setzero_ps();
   }
