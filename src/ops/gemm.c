@@ -138,9 +138,26 @@ static void pack_b_strided(const void* ctx, size_t k0, size_t kc, size_t n0, siz
   }
 }
 
+/* Rows of B copied `n` floats at a time, n a constant where inlined: a library memcpy call per
+ * 64-byte row cost 7 % of ResNet-50 (AVX2, one thread). */
+static inline __attribute__((always_inline)) void copy_rows(size_t kc, const float* src,
+                                                            size_t src_stride, size_t n,
+                                                            size_t nr, float* dst) {
+  for (size_t kk = 0; kk < kc; kk++) memcpy(dst + kk * nr, src + kk * src_stride, n * sizeof(float));
+}
+
 void fc_pack_b_matrix(const void* ctx, size_t k0, size_t kc, size_t n0, size_t nr_used,
                       size_t nr, float* dst) {
   const fc_matrix_src* s = (const fc_matrix_src*)ctx;
+  const float* src = s->b + k0 * s->n + n0;
+  if (nr_used == nr && nr == 16) {
+    copy_rows(kc, src, s->n, 16, 16, dst);
+    return;
+  }
+  if (nr_used == nr && nr == 32) {
+    copy_rows(kc, src, s->n, 32, 32, dst);
+    return;
+  }
   for (size_t kk = 0; kk < kc; kk++) {
     float* d = dst + kk * nr;
     memcpy(d, s->b + (k0 + kk) * s->n + n0, nr_used * sizeof(float));
