@@ -102,6 +102,8 @@ void fc_pack_a_rows(size_t M, size_t K, const float* base, const ptrdiff_t* rows
       for (size_t r = 1; r < used && even; r++) even = off[r] - off[r - 1] == step;
       if (even && step == 1 && mr == 8) {
         pack_rows_even(kc, base, cols + k0, off[0], 1, 8, panel);
+      } else if (even && step == 1 && mr == 6) {
+        pack_rows_even(kc, base, cols + k0, off[0], 1, 6, panel);
       } else if (even) {
         pack_rows_even(kc, base, cols + k0, off[0], step, mr, panel);
       } else if (used == 8 && mr == 8) {
