@@ -8,7 +8,7 @@ one-thread copies pinned one per core running at the same time (independent work
 core alone, printing the three medians. Cores that slow down show in all three; an exchange
 between the cores that slows (shared data, barriers) shows only in the first.
 
-`steps` times every step of the plan (as `fastconv profile` does) on two threads, again and
+`steps` times every step of the plan (as `fastconv profile` does) on two threads (`--threads`), again and
 again, classing each pass by the time of a whole predict run just before it (below or above
 `--slow-ms`), and prints the steps whose median grew most from the fast passes to the slow
 ones. Linux only (CPU affinity).
@@ -62,8 +62,8 @@ def probe_cores(network, seconds):
               flush=True)
 
 
-def probe_steps(network, slow_ms, seconds, top):
-    fastconv.set_num_threads(2)
+def probe_steps(network, slow_ms, seconds, top, threads):
+    fastconv.set_num_threads(threads)
     model = getattr(fastconv.models, network)()
     x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
     model.predict(x)
@@ -94,13 +94,14 @@ def main(argv=None):
     parser.add_argument("--slow-ms", type=float, default=None,
                         help="steps: a predict slower than this is a slow pass")
     parser.add_argument("--top", type=int, default=15)
+    parser.add_argument("--threads", type=int, default=2, help="steps: threads of the model")
     args = parser.parse_args(argv)
     if args.mode == "cores":
         probe_cores(args.network, args.seconds)
     elif args.slow_ms is None:
         parser.error("steps needs --slow-ms")
     else:
-        probe_steps(args.network, args.slow_ms, args.seconds, args.top)
+        probe_steps(args.network, args.slow_ms, args.seconds, args.top, args.threads)
     return 0
 
 
