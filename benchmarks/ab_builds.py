@@ -9,7 +9,13 @@ same weights, outputs are compared (the max difference against the first build i
 then the builds run alternately, in turns, on one thread, timed by the CPU time of the calling
 thread (with `--threads 2`: on two, timed by the wall clock; wants an idle machine). On a shared
 machine the load then falls on every build alike, which separate runs a minute apart do not
-give (their medians moved by 10 % and more).
+give (their medians moved by 10 % and more). On a machine whose speed moves in phases (of tens
+of seconds, every build alike), the ratio of each build to the first within a turn is the steady
+figure: its median over the turns is printed with the quartiles.
+
+A single convolution layer instead of a network: `conv:C,H,O,K,S` (C input channels of H x H,
+O output channels, a K x K kernel at stride S, "same"-style padding K // 2, ReLU), e.g.
+`python benchmarks/ab_builds.py conv:192,28,32,1,1 OLD NEW --rounds 30`.
 """
 import argparse
 import importlib.util
@@ -31,9 +37,18 @@ def load_build(checkout, alias):
     return module
 
 
+def make_model(fastconv, network):
+    """A zoo network by name, or one convolution layer from a `conv:C,H,O,K,S` spec."""
+    if not network.startswith("conv:"):
+        return getattr(fastconv.models, network)()
+    c, h, o, k, s = (int(v) for v in network[len("conv:"):].split(","))
+    return fastconv.Sequential([fastconv.Input((c, h, h)), fastconv.layers.Conv2D(
+        o, k, strides=s, padding=k // 2, activation="relu")])
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("network", help="zoo name, e.g. resnet50")
+    parser.add_argument("network", help="zoo name, e.g. resnet50, or conv:C,H,O,K,S")
     parser.add_argument("checkouts", nargs="+", help="checkouts built in place")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=6, help="turns of every build")
@@ -44,7 +59,7 @@ def main(argv=None):
     for i, checkout in enumerate(args.checkouts):
         fastconv = load_build(checkout, f"fastconv_build{i}")
         fastconv.set_num_threads(args.threads)
-        model = getattr(fastconv.models, args.network)()
+        model = make_model(fastconv, args.network)
         if models:
             model.set_weights(models[0].get_weights())
         models.append(model)
@@ -67,9 +82,11 @@ def main(argv=None):
                 runs.append(clock() - start)
             times[i].append(min(runs) * 1e3)
     for checkout, t in zip(args.checkouts, times):
+        ratio = np.array(t) / np.array(times[0])
+        q1, q2, q3 = np.quantile(ratio, [0.25, 0.5, 0.75])
         print(f"{checkout}: {args.network} batch {args.batch}, {args.threads} thread(s), median "
-              f"{np.median(t):.2f} ms "
-              f"(turns: {' '.join(f'{v:.3g}' for v in t)})")
+              f"{np.median(t):.3g} ms, per turn x{q2:.3f} of the first build (quartiles "
+              f"{q1:.3f}-{q3:.3f}) (turns: {' '.join(f'{v:.3g}' for v in t)})")
     return 0
 
 
