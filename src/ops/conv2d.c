@@ -127,10 +127,11 @@ static int is_strided(const fc_conv2d_params* p) { return p->stride_h != 1 || p-
  * FC_IMPLICIT_ROWS_MIN_O channels (one thread, caches flushed, AVX-512 / AVX2: GoogLeNet's 5x5
  * layers on 14x14, 16 -> 48 channels 10-17 % slower transposed, 24 -> 64 7 % / 1 %, 32 -> 128
  * 10 % / 2 % faster; ResNet's 3x3 stride-2 layers of 256 and 512 channels 5-12 % faster). Layers
- * with few output channels keep the columns (a 1x1 one reads its input in place). AVX2 (NR = 16)
- * never pads better enough: gathering 6-row A panels of pixels and transposing the tiles cost
- * more than the few rows saved (MobileNetV2's 144 and 192 -> 32 on 28x28, which alone passed
- * the test there: 0.17 -> 0.12 and 0.33 -> 0.22 ms as columns, one thread, Zen 3). */
+ * with few output channels keep the columns (a 1x1 one reads its input in place). On AVX2
+ * (NR = 16) 1x1 layers never pad better enough: packing 6-row A panels of pixels and
+ * transposing the tiles cost more than the few rows saved (MobileNetV2's 144 and 192 -> 32 on
+ * 28x28, the layers that passed the test there: 0.17 -> 0.12 and 0.33 -> 0.22 ms as columns,
+ * one thread, Zen 3); its implicit GEMMs keep the rule (docs/kernels.md). */
 #define FC_IMPLICIT_ROWS_MIN_O 128
 
 static int pads_better_as_rows(const fc_conv2d_params* p, int algorithm) {
@@ -142,7 +143,7 @@ static int pads_better_as_rows(const fc_conv2d_params* p, int algorithm) {
   else if (algorithm == FC_CONV_IMPLICIT) ncols = implicit_layout(p, &l);
   else return 0;
   if (og <= FC_IN_PLACE_MAX_PANELS * cfg->mr) return 0;
-  if (cfg->nr < 32) return 0;
+  if (algorithm == FC_CONV_GEMM && cfg->nr < 32) return 0;
   if (algorithm == FC_CONV_IMPLICIT && og < FC_IMPLICIT_ROWS_MIN_O) return 0;
   const size_t npix = p->out_h * p->out_w;
   const double cols_work = (double)fc_round_up(og, cfg->mr) * fc_round_up(ncols, vec);
