@@ -54,6 +54,10 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=6, help="turns of every build")
     parser.add_argument("--repeats", type=int, default=3, help="runs per turn (the fastest counts)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--cold", action="store_true",
+                        help="write 64 MB before every timed run, so that weights and "
+                             "activations start outside the caches (as in compare_models.py, "
+                             "where the other backends run in between)")
     args = parser.parse_args(argv)
     models = []
     for i, checkout in enumerate(args.checkouts):
@@ -70,6 +74,7 @@ def main(argv=None):
         difference = float(np.abs(model.predict(x) - reference).max())
         print(f"{checkout}: max |output - first build's| = {difference:.3g}")
     clock = time.thread_time if args.threads == 1 else time.perf_counter
+    flush = np.zeros(16 << 20, np.float32) if args.cold else None
     times = [[] for _ in models]
     for r in range(args.rounds):
         order = range(len(models)) if r % 2 == 0 else reversed(range(len(models)))
@@ -77,6 +82,8 @@ def main(argv=None):
             models[i].predict(x)  # caches and branch predictors warm for this build
             runs = []
             for _ in range(args.repeats):
+                if flush is not None:
+                    flush += 1.0
                 start = clock()
                 models[i].predict(x)
                 runs.append(clock() - start)
