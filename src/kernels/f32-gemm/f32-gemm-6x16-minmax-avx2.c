@@ -1,8 +1,9 @@
 /* fc_f32_gemm_minmax_ukernel_6x16__avx2: a 6 x 16 tile held in 12 ymm accumulators.
  * Per k: two 8-wide loads of B (a packed panel, or rows read in place), six broadcasts of the
- * A panel, twelve FMAs (broadcasting from registers with in-lane shuffles instead measured
- * half as fast on Zen 3: the shuffles compete with the FMAs for their pipes). Edge tiles of 8 or fewer columns use one vector; masked loads and
- * stores (which do not fault on masked-off lanes) keep them inside the matrix.
+ * A panel, twelve FMAs (broadcasting from registers with in-lane shuffles instead measured half
+ * as fast on Zen 3: the shuffles compete with the FMAs for their pipes). Edge tiles of 8 or
+ * fewer columns use one vector; masked loads and stores (which do not fault on masked-off
+ * lanes) keep them inside the matrix.
  * Contract: src/include/fc_kernels.h. Compiled with -mavx2 -mfma. */
 #include <immintrin.h>
 
@@ -29,8 +30,10 @@ FC_INLINE void tile(size_t rows, size_t kc, const float* a, const float* b,
   for (int r = 0; r < mr; r++) {
     /* C's rows are read or written only after the kc loop: fetching them now keeps a cache
      * miss on C (a cold output, or a residual) from stalling the end of the tile. */
-    _mm_prefetch((const char*)(c + (size_t)r * ldc), _MM_HINT_T0);
-    _mm_prefetch((const char*)(c + (size_t)r * ldc + 8 * nv - 1), _MM_HINT_T0);
+    if ((size_t)r < rows) {
+      _mm_prefetch((const char*)(c + (size_t)r * ldc), _MM_HINT_T0);
+      _mm_prefetch((const char*)(c + (size_t)r * ldc + 8 * nv - 1), _MM_HINT_T0);
+    }
     lo[r] = _mm256_setzero_ps();
     hi[r] = _mm256_setzero_ps();
   }
