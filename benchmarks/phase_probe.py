@@ -8,9 +8,9 @@ one-thread copies pinned one per core running at the same time (independent work
 core alone, printing the three medians. Cores that slow down show in all three; an exchange
 between the cores that slows (shared data, barriers) shows only in the first.
 
-`steps` times every step of the plan (as `fastconv profile` does) on two threads (`--threads`), again and
-again, classing each pass by the time of a whole predict run just before it (below or above
-`--slow-ms`), and prints the steps whose median grew most from the fast passes to the slow
+`steps` times every step of the plan (as `fastconv profile` does) on two threads (`--threads`),
+again and again, classing each pass by the time of a whole predict run just before it (below or
+above `--slow-ms`), and prints the steps whose median grew most from the fast passes to the slow
 ones. Linux only (CPU affinity).
 """
 import argparse
