@@ -163,9 +163,9 @@ void fc_pack_b_matrix(const void* ctx, size_t k0, size_t kc, size_t n0, size_t n
     copy_rows(kc, src, s->n, 32, 32, dst);
     return;
   }
-  for (size_t kk = 0; kk < kc; kk++) {
+  for (size_t kk = 0; kk < kc; kk++) { /* an edge panel: its columns past N are zero */
     float* d = dst + kk * nr;
-    memcpy(d, s->b + (k0 + kk) * s->n + n0, nr_used * sizeof(float));
+    memcpy(d, src + kk * s->n, nr_used * sizeof(float));
     for (size_t j = nr_used; j < nr; j++) d[j] = 0.0f;
   }
 }
