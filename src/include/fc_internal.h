@@ -87,6 +87,10 @@ static inline void fc_valid_range(size_t out, size_t stride, ptrdiff_t offset, s
  * B is packed per block by a callback, so im2col can write straight into B panels. */
 typedef void (*fc_pack_b_fn)(const void* ctx, size_t k0, size_t kc, size_t n0, size_t nr_used,
                              size_t nr, float* dst);
+/* The same for `panels` whole NR-column panels from column n0 at once, panel j at
+ * dst + j * kc * nr: where each row of B is long, reading it once, contiguously, is faster. */
+typedef void (*fc_pack_panels_fn)(const void* ctx, size_t k0, size_t kc, size_t n0,
+                                  size_t panels, size_t nr, float* dst);
 /* The GEMM's K block: packed panels hold FC_KC rows of K each (a caller splitting K into
  * several GEMMs over packed weights cuts it at multiples of this). */
 #define FC_KC 256
@@ -116,7 +120,8 @@ void fc_pixels_pack_rows(size_t M, size_t K, const float* base, const ptrdiff_t*
  * (fc_dense_packed_size floats). */
 void fc_pixels_pack_weights(size_t K, size_t N, const float* w, float* packed);
 /* The B operand of fc_gemm_packed, in one of three forms:
- *  - pack (+ ctx): a callback packing K x NR panels block by block (im2col, plain matrices);
+ *  - pack (+ ctx): a callback packing K x NR panels block by block (im2col, plain matrices),
+ *    with pack_panels (optional) for runs of whole panels;
  *  - packed: B packed once, in the layout of fc_dense_pack_weights;
  *  - base (+ offsets): B read in place, B[k][n] = base[offsets[k] + n] (implicit GEMM over
  *    phase planes, or a plain matrix); the kernels read no column past N - 1.
@@ -130,6 +135,7 @@ typedef struct fc_b_operand {
   const float* base;
   const ptrdiff_t* offsets;
   size_t seg, seg_b, seg_c;
+  fc_pack_panels_fn pack_panels;
 } fc_b_operand;
 /* C = act(packedA * B + ...): see fc_gemm_f32 in fastconv.h. */
 int fc_gemm_packed(size_t M, size_t N, size_t K, const float* a_packed, const fc_b_operand* b,
@@ -141,8 +147,8 @@ typedef struct fc_matrix_src {
   const float* b;
   size_t n;
 } fc_matrix_src;
-void fc_pack_b_matrix(const void* ctx, size_t k0, size_t kc, size_t n0, size_t nr_used,
-                      size_t nr, float* dst);
+/* The B operand packing `m` (which must outlive it). */
+fc_b_operand fc_matrix_operand(const fc_matrix_src* m);
 
 /* Winograd F(m x m, 3x3) convolution, m = 2 or 4 (src/ops/winograd.c). */
 size_t fc_winograd_packed_size(const fc_conv2d_params* p, size_t m);

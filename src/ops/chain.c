@@ -117,12 +117,12 @@ static int pointwise_rows(const fc_chain_stage* st, const band_tensor* in, band_
     }
   }
   const fc_matrix_src matrix = {x, in->plane};
-  fc_b_operand operand = {fc_pack_b_matrix, &matrix, NULL, NULL, NULL, 0, 0, 0};
+  fc_b_operand operand = fc_matrix_operand(&matrix);
   if (fc_gemm_reads_in_place(O, npix)) {
     ptrdiff_t* offsets = (ptrdiff_t*)fc_workspace(FC_WS_TABLE, K * sizeof(ptrdiff_t));
     if (!offsets) return FC_ERROR_NOMEM;
     for (size_t k = 0; k < K; k++) offsets[k] = (ptrdiff_t)(k * in->plane);
-    operand = (fc_b_operand){NULL, NULL, NULL, x, offsets, 0, 0, 0};
+    operand = (fc_b_operand){NULL, NULL, NULL, x, offsets, 0, 0, 0, NULL};
   }
   return fc_gemm_packed(O, npix, K, st->weights, &operand, st->bias, NULL, residual != NULL,
                         p->activation, y, out->plane, 1);

@@ -291,7 +291,7 @@ static int conv_gemm(const fc_conv2d_params* p, int algorithm, const float* pack
       if (in_place) {
         operand = (fc_b_operand){NULL, NULL, NULL, xg, offsets};
       } else if (algorithm == FC_CONV_GEMM) {
-        operand = (fc_b_operand){fc_pack_b_matrix, &matrix, NULL, NULL, NULL};
+        operand = fc_matrix_operand(&matrix);
       }
       rc = fc_gemm_packed(og, npix, kdim, packed + g * apanel, &operand, bg, NULL,
                           residual != NULL, p->activation, y + out_offset, npix, threads);

@@ -326,7 +326,7 @@ static int product_gemm(const winograd_chunk* k, size_t xi, int threads) {
     return fc_gemm_pixels(tiles, O, C, vt, pitch, u, NULL, 0, FC_ACT_NONE, mt, pitch, threads);
   }
   const fc_matrix_src src = {vt, pitch};
-  const fc_b_operand operand = {fc_pack_b_matrix, &src, NULL, NULL, NULL};
+  const fc_b_operand operand = fc_matrix_operand(&src);
   return fc_gemm_packed(O, tiles, C, u, &operand, NULL, NULL, 0, FC_ACT_NONE, mt, pitch, threads);
 }
 
