@@ -142,10 +142,12 @@ int fc_gemm_packed(size_t M, size_t N, size_t K, const float* a_packed, const fc
                    const float* bias_row, const float* bias_col, int accumulate, int activation,
                    float* c, size_t c_rs, int threads);
 
-/* A B operand that is a plain row-major K x N matrix (row stride n). */
+/* A B operand whose rows are contiguous: row k at b + k * n (a row-major matrix of row stride
+ * n), or at b + offsets[k] where offsets is given (an implicit GEMM's phase planes). */
 typedef struct fc_matrix_src {
   const float* b;
   size_t n;
+  const ptrdiff_t* offsets;
 } fc_matrix_src;
 /* The B operand packing `m` (which must outlive it). */
 fc_b_operand fc_matrix_operand(const fc_matrix_src* m);

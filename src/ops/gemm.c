@@ -140,14 +140,17 @@ static void pack_b_strided(const void* ctx, size_t k0, size_t kc, size_t n0, siz
   }
 }
 
+static const float* matrix_row(const fc_matrix_src* s, size_t k) {
+  return s->b + (s->offsets ? s->offsets[k] : (ptrdiff_t)(k * s->n));
+}
+
 /* Any panel, as the callback of a matrix operand: pack_block leaves it the edge panels. */
 static void pack_b_matrix(const void* ctx, size_t k0, size_t kc, size_t n0, size_t nr_used,
                           size_t nr, float* dst) {
   const fc_matrix_src* s = (const fc_matrix_src*)ctx;
-  const float* src = s->b + k0 * s->n + n0;
   for (size_t kk = 0; kk < kc; kk++) { /* columns past N are zero */
     float* d = dst + kk * nr;
-    memcpy(d, src + kk * s->n, nr_used * sizeof(float));
+    memcpy(d, matrix_row(s, k0 + kk) + n0, nr_used * sizeof(float));
     for (size_t j = nr_used; j < nr; j++) d[j] = 0.0f;
   }
 }
@@ -172,12 +175,11 @@ static inline __attribute__((always_inline)) void scatter_row(const float* row, 
 static void pack_b_matrix_panels(const void* ctx, size_t k0, size_t kc, size_t n0, size_t panels,
                                  size_t nr, float* dst) {
   const fc_matrix_src* s = (const fc_matrix_src*)ctx;
-  const float* src = s->b + k0 * s->n + n0;
   const size_t bytes = panels * nr * sizeof(float);
   for (size_t kk = 0; kk < kc; kk++) {
-    const float* row = src + kk * s->n;
+    const float* row = matrix_row(s, k0 + kk) + n0;
     if (kk + FC_PACK_AHEAD < kc) {
-      const char* ahead = (const char*)(row + FC_PACK_AHEAD * s->n);
+      const char* ahead = (const char*)(matrix_row(s, k0 + kk + FC_PACK_AHEAD) + n0);
       for (size_t q = 0; q < bytes; q += 64) __builtin_prefetch(ahead + q, 0, 3);
     }
     if (nr == 16) scatter_row(row, panels, kc, 16, dst + kk * nr);
