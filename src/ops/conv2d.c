@@ -575,11 +575,12 @@ static int conv_implicit_rows(const fc_conv2d_params* p, const float* packed, co
  * offset, column n output position n of the flat run (oh * cols + ow). The cost is the layout
  * copy and cols - out_w wasted columns per output row, then a copy of the valid columns into y
  * (which is where a residual is added); wide outputs skip that copy, their tiles cut at each
- * output row and stored in place (implicit_rows). The flat run's B is packed per block as a
- * matrix of offset rows: read in place, a panel's 64-byte rows straddle two cache lines at any
- * offset, 32 KiB of lines for 256 rows, all of L1; packed it is 16 KiB. Measured against in
- * place (ab_builds, caches flushed, Zen 3): ResNet-50's 3x3 stride-2 layers x0.90 / 0.96 / 0.94
- * on one thread, x0.86-0.89 / 1.00-1.08 / 0.93-1.03 on two; the network x0.98 on one thread. */
+ * output row and stored in place (implicit_rows). On AVX2 the flat run's B is packed per
+ * block as a matrix of offset rows: read in place, a panel's 64-byte rows straddle two cache
+ * lines at any offset, 32 KiB of lines for 256 rows, all of L1; packed it is 16 KiB. Measured
+ * against in place (ab_builds, caches flushed, Zen 3): ResNet-50's 3x3 stride-2 layers x0.90 /
+ * 0.96 / 0.94 on one thread, x0.86-0.89 / 1.00-1.08 / 0.93-1.03 on two; the network x0.98 on one
+ * thread. AVX-512 reads in place, as measured there (packing is not measured on AVX-512 yet). */
 typedef struct implicit_work {
   fc_phase_layout layout;
   size_t chan;         /* floats of phase planes per input channel */
@@ -667,10 +668,10 @@ static int conv_implicit(const fc_conv2d_params* p, const float* packed, const f
   const int rows = implicit_rows(p, n_cols);
   if (implicit_work_init(p, rows, &w) != 0) return FC_ERROR_NOMEM;
   const int threads = fc_threads_for(2.0 * og * kdim * n_cols);
-  const fc_matrix_src rows_src = {w.planes, 0, w.offsets};
-  fc_b_operand operand = fc_matrix_operand(&rows_src);
+  const fc_matrix_src offset_rows = {w.planes, 0, w.offsets};
+  fc_b_operand operand = {NULL, NULL, NULL, w.planes, w.offsets};
+  if (!rows && fc_gemm_config_get()->nr < 32) operand = fc_matrix_operand(&offset_rows);
   if (rows) {
-    operand = (fc_b_operand){NULL, NULL, NULL, w.planes, w.offsets};
     operand.seg = p->out_w;
     operand.seg_b = w.layout.cols;
     operand.seg_c = p->out_w;
