@@ -83,10 +83,20 @@ static size_t gemm_kdim(const fc_conv2d_params* p) {
  * (+-3 %), 256 slower (64 -> 256 on 56x56 8 %). The driver runs B read in place down the rows of
  * C, which streams badly once C is out of cache: MobileNetV2's 16 -> 96 on 112x112 (4.8 MB of
  * output) took 0.45 -> 0.68 ms in the network. AVX2 ran 64-96 channels up to 20 % slower in place
- * (512 -> 96 on 28x28) and keeps the four panels. */
+ * (512 -> 96 on 28x28) and keeps the four panels (for a chain's bands, below). */
 static int reads_in_place(const fc_gemm_config* cfg, size_t og, size_t npix) {
   if (og <= FC_IN_PLACE_MAX_PANELS * cfg->mr) return 1;
   return cfg->nr >= 32 && og <= 128 && og * npix * sizeof(float) <= ((size_t)1 << 20);
+}
+
+/* The same for a whole image's 1x1 layer. AVX2 packs it whatever og: packed row by row (see
+ * gemm.c), B measured faster than read in place even at 16-24 channels (one thread, caches
+ * flushed, Zen 3, ab_builds per turn: 480 -> 16 on 14x14 x0.76, 96 and 144 -> 24 on 56x56 x0.89 /
+ * x0.96). A depth-first chain's band rows, in L2, keep the rule above (packing those too measured
+ * MobileNetV2 x1.03 per turn, quartiles 0.99-1.04). */
+static int reads_image_in_place(size_t og, size_t npix) {
+  const fc_gemm_config* cfg = fc_gemm_config_get();
+  return cfg->nr >= 32 && reads_in_place(cfg, og, npix);
 }
 
 int fc_gemm_reads_in_place(size_t og, size_t npix) {
@@ -263,8 +273,7 @@ static int conv_gemm(const fc_conv2d_params* p, int algorithm, const float* pack
   const uintptr_t x0 = (uintptr_t)x, y0 = (uintptr_t)y;
   const int aliased = !strided && x0 < y0 + p->batch * p->out_channels * npix * sizeof(float) &&
                       y0 < x0 + p->batch * p->in_channels * in_plane * sizeof(float);
-  const int in_place = algorithm == FC_CONV_GEMM && !aliased &&
-                       reads_in_place(fc_gemm_config_get(), og, npix);
+  const int in_place = algorithm == FC_CONV_GEMM && !aliased && reads_image_in_place(og, npix);
   ptrdiff_t* offsets = NULL; /* B row k is input channel k */
   if (in_place) {
     offsets = (ptrdiff_t*)fc_workspace(FC_WS_TABLE, kdim * sizeof(ptrdiff_t));
