@@ -76,12 +76,13 @@ def block_of(module_path):
 
 
 def ort_block(node_name):
-    """The block of an ONNX Runtime node (`/layer3/layer3.1/relu_1/Relu_output_0_nchwc`)."""
+    """The block of an ONNX Runtime node: its path names each module level, a numbered child
+    with its parent's name (`/layer3/layer3.1/relu_1/Relu_output_0_nchwc` is in `layer3.1`,
+    `/inception4a/branch2/branch2.1/conv/Conv` in `inception4a`)."""
     parts = [p for p in node_name.split("/") if p]
-    for part in parts:
-        if re.search(r"\.\d", part):
-            return block_of(part)
-    return block_of(parts[0]) if parts else node_name
+    if len(parts) > 1 and re.fullmatch(re.escape(parts[0]) + r"\.\d+", parts[1]):
+        return parts[1]
+    return parts[0] if parts else node_name
 
 
 def fastconv_block(step):
