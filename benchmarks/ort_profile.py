@@ -30,35 +30,11 @@ import numpy as np
 from fastconv import cli_bench
 
 
-def node_times(onnx_path, x, threads, warmup, runs, prefix):
-    """{node name: (op type, median ms)} over `runs` profiled runs after `warmup` ones."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.enable_profiling = True
-    options.profile_file_prefix = prefix
-    session = ort.InferenceSession(onnx_path, options, providers=["CPUExecutionProvider"])
-    feed = {session.get_inputs()[0].name: x}
-    for _ in range(warmup + runs):
-        session.run(None, feed)
-    with open(session.end_profiling()) as f:
-        events = json.load(f)
-    times, ops = collections.defaultdict(list), {}
-    for event in events:
-        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
-            name = event["name"][:-len("_kernel_time")]
-            times[name].append(event["dur"] / 1e3)
-            ops[name] = event["args"].get("op_name", "?")
-    return {name: (ops[name], float(np.median(t[-runs:]))) for name, t in times.items()}
-
-
 def session(onnx_path, threads, prefix):
-    """An ONNX Runtime session as compare_models.py runs it, with its profiler on."""
+    """An ONNX Runtime session as compare_models.py runs it (all graph optimisations, no idle
+    spinning), with its profiler on."""
     import onnxruntime as ort
+
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = threads
@@ -67,6 +43,23 @@ def session(onnx_path, threads, prefix):
     options.enable_profiling = True
     options.profile_file_prefix = prefix
     return ort.InferenceSession(onnx_path, options, providers=["CPUExecutionProvider"])
+
+
+def node_times(onnx_path, x, threads, warmup, runs, prefix):
+    """{node name: (op type, median ms)} over `runs` profiled runs after `warmup` ones."""
+    sess = session(onnx_path, threads, prefix)
+    feed = {sess.get_inputs()[0].name: x}
+    for _ in range(warmup + runs):
+        sess.run(None, feed)
+    with open(sess.end_profiling()) as f:
+        events = json.load(f)
+    times, ops = collections.defaultdict(list), {}
+    for event in events:
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            name = event["name"][:-len("_kernel_time")]
+            times[name].append(event["dur"] / 1e3)
+            ops[name] = event["args"].get("op_name", "?")
+    return {name: (ops[name], float(np.median(t[-runs:]))) for name, t in times.items()}
 
 
 def block_of(module_path):
@@ -91,40 +84,46 @@ def fastconv_block(step):
     return block_of(names.split(" ")[0])
 
 
+def ort_rounds(events, warmup, rounds, runs):
+    """Per round, {block: summed median node ms} from the profiler's events of `warmup` runs
+    then `rounds` x `runs` runs (each run records the same nodes)."""
+    events = [e for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
+    per_run = len(events) // (warmup + rounds * runs)
+    per_round = []
+    for r in range(rounds):
+        first = (warmup + r * runs) * per_run
+        node_ms = collections.defaultdict(list)
+        for e in events[first:first + runs * per_run]:
+            node_ms[e["name"][:-len("_kernel_time")]].append(e["dur"] / 1e3)
+        blocks = collections.defaultdict(float)
+        for name, t in node_ms.items():
+            blocks[ort_block(name)] += float(np.median(t))
+        per_round.append(blocks)
+    return per_round
+
+
 def versus(backends, threads, rounds, runs, tmp):
     """{block: (fastconv ms, ONNX Runtime ms, median per-round ratio)}, interleaved rounds."""
     from fastconv import profiling, set_num_threads
+
     set_num_threads(threads)
-    model, x = backends.model, backends.x
     sess = session(backends.onnx_path, threads, f"{tmp}/versus")
-    feed = {sess.get_inputs()[0].name: x}
-    for _ in range(3):
+    feed = {sess.get_inputs()[0].name: backends.x}
+    warmup = 3
+    for _ in range(warmup):
         sess.run(None, feed)
-    ours, theirs = [], []
+    ours = []
     for _ in range(rounds):
-        rows = profiling.profile_plan(model, x, repeats=runs)
-        per_block = collections.defaultdict(float)
-        for row in rows:
-            per_block[fastconv_block(row["step"])] += row["median_ms"]
-        ours.append(per_block)
+        blocks = collections.defaultdict(float)
+        for row in profiling.profile_plan(backends.model, backends.x, repeats=runs):
+            blocks[fastconv_block(row["step"])] += row["median_ms"]
+        ours.append(blocks)
         for _ in range(runs):
             sess.run(None, feed)
     with open(sess.end_profiling()) as f:
-        events = [e for e in json.load(f) if e.get("cat") == "Node"
-                  and e["name"].endswith("_kernel_time")]
-    per_run = len(events) // (3 + rounds * runs)
-    events = events[3 * per_run:]
-    for r in range(rounds):
-        node_ms = collections.defaultdict(list)
-        for e in events[r * runs * per_run:(r + 1) * runs * per_run]:
-            node_ms[e["name"][:-len("_kernel_time")]].append(e["dur"] / 1e3)
-        per_block = collections.defaultdict(float)
-        for name, t in node_ms.items():
-            per_block[ort_block(name)] += float(np.median(t))
-        theirs.append(per_block)
-    blocks = sorted(set().union(*ours, *theirs))
+        theirs = ort_rounds(json.load(f), warmup, rounds, runs)
     table = {}
-    for b in blocks:
+    for b in sorted(set().union(*ours, *theirs)):
         a = np.array([o.get(b, 0.0) for o in ours])
         t = np.array([o.get(b, 0.0) for o in theirs])
         ratio = float(np.median(a / t)) if (t > 0).all() else float("nan")
@@ -166,6 +165,7 @@ def main(argv=None):
 
 
 def print_versus(table, args):
+    """The per-block table of `versus`, the blocks where fastconv loses most first."""
     ours = sum(v[0] for v in table.values())
     theirs = sum(v[1] for v in table.values())
     print(f"{args.network}, batch {args.batch}, {args.threads} thread(s), {args.rounds} rounds of "
