@@ -21,6 +21,7 @@ import numpy as np
 
 import fastconv
 from fastconv import functional as F
+from ort_profile import session as ort_session
 
 
 def onnx_conv(shape, w, b, stride, pad, path):
@@ -36,20 +37,6 @@ def onnx_conv(shape, w, b, stride, pad, path):
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
         [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
     save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
-
-
-def ort_session(path, prefix):
-    """One thread, all graph optimisations (NCHWc), no idle spinning, the profiler on."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.enable_profiling = True
-    options.profile_file_prefix = prefix
-    return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
 
 
 def conv_node_ms(session):
@@ -68,7 +55,7 @@ def compare(spec, rounds, tmp):
     b = rng.standard_normal(o).astype(np.float32)
     conv = F.PreparedConv2d(w, b, (c, h, h), stride=s, padding=k // 2, activation="relu")
     onnx_conv(x.shape, w, b, s, k // 2, f"{tmp}/layer.onnx")
-    session = ort_session(f"{tmp}/layer.onnx", f"{tmp}/profile")
+    session = ort_session(f"{tmp}/layer.onnx", 1, f"{tmp}/profile")
     expected = session.run(None, {"x": x})[0]  # a profiled run too: skipped below
     out = np.empty_like(expected)
     conv(x, out=out)
