@@ -44,7 +44,8 @@ _FUSABLE = ("relu", "relu6", "tanh", "sigmoid")
 # Segments whose convolutional part does fewer MACs per byte of activations it moves than
 # this run it in chunks of samples that fit in _CHUNK_BYTES (half this machine's L3 cache):
 # MobileNetV2 (5), GoogLeNet (20), ResNet-50 (36) and ResNet-152 (49) measured faster so at
-# batch 8, ResNet-18 (70) the same (Segment.chunk).
+# batch 8, ResNet-18 (70) the same (Segment.chunk). On several threads each thread runs its
+# share of a chunk through the whole part on its own (Segment.runs_apart).
 _MEMORY_BOUND_MACS_PER_BYTE = 64
 _CHUNK_BYTES = 16 << 20
 # Depth-first chains are made where the depthwise layer reads or writes at least this much per
@@ -489,6 +490,10 @@ class Segment:
                 self.root[y] = self.root[regs[step.residual]]
             else:
                 self.fills.append((y, index, step.shape))
+        # Floats per sample of the arena slot each filled register lives in (the samples of
+        # registers sharing a slot are placed this far apart when threads run apart).
+        self._slot_floats = {y: plan._slot_sizes[plan.steps[index].slot]
+                             for y, index, _ in self.fills if plan.steps[index].slot is not None}
         sizes = [0] * len(regs)
         for node_id, r in regs.items():
             sizes[r] = math.prod(nodes[node_id].sample_shape)
@@ -530,17 +535,32 @@ class Segment:
         chunk = max(threads, self._fits // threads * threads)
         return chunk if chunk < batch else 0
 
+    def runs_apart(self, batch, threads):
+        """Whether each thread runs its share of every chunk through the whole convolutional
+        part on its own (``_core.Program.run``'s strides) instead of the threads sharing each op
+        and joining after it: for the memory-bound programs (those cut into chunks). At batch 8
+        on two threads (Zen 3, wall clock, interleaved with op by op in one process, medians of
+        12 per-round ratios): MobileNetV2 x0.954, GoogLeNet x0.950, ResNet-50 x0.99; ResNet-18,
+        AlexNet and LeNet-5 (not chunked) measured x0.97-1.00 and stay op by op. Ctrl-C is
+        then served between chunks, not between ops."""
+        return bool(self._fits) and threads > 1 and batch > 1
+
     def run(self, values, outs, batch):
         arrays = [None] * self.size
         for r, node_id in self.inputs:
             arrays[r] = np.ascontiguousarray(values[node_id], dtype=np.float32)
-        chunk = self.chunk(batch, runtime.get_num_threads()) if self._fits else 0
+        threads = runtime.get_num_threads()
+        chunk = self.chunk(batch, threads) if self._fits else 0
+        apart = self.runs_apart(batch, threads)
+        strides = [0] * self.size if apart else None
         for r, index, shape in self.fills:
             out = outs[index]
-            if out is None or (chunk and r in self._escaping):
+            if out is None or ((chunk or apart) and r in self._escaping):
                 out = np.empty((batch,) + shape, np.float32)
+            elif apart:
+                strides[r] = self._slot_floats[r]
             arrays[r] = out
-        self.program.run(batch, arrays, chunk)
+        self.program.run(batch, arrays, chunk, strides)
         for r, node_id, shape in self.exports:
             array = arrays[self.root[r]]
             values[node_id] = array if self.root[r] == r else array.reshape((batch,) + shape)

@@ -322,6 +322,54 @@ def test_chunks_of_samples_compute_what_the_whole_batch_does(monkeypatch, chunk)
         monkeypatch.undo()
 
 
+@pytest.mark.parametrize("chunk", [0, 1, 3])
+def test_threads_running_apart_compute_what_they_compute_op_by_op(monkeypatch, chunk):
+    """Each of two threads running its share of the samples through the whole convolutional
+    part (registers sharing an arena buffer placed by the buffer's size, the dense tail on the
+    whole batch) gives the results of the threads sharing each op and of one thread, at uneven
+    shares, across in-place residuals, aliases, concatenations and depth-first chains, on
+    every predict (no race between the threads' registers)."""
+    from fastconv.plan import Segment
+    rng = np.random.default_rng(3)
+    previous = fastconv.get_num_threads()
+    fastconv.set_num_threads(2)
+    try:
+        for model, size in ((models.mobilenet_v2(input_shape=(3, 64, 64)), 64),
+                            (models.googlenet(input_shape=(3, 64, 64)), 64),
+                            (models.resnet50(input_shape=(3, 64, 64)), 64), (mixed_model(), 12)):
+            x = rng.standard_normal((5, 3, size, size)).astype(np.float32)
+            randomize_batchnorm(model)
+            monkeypatch.setattr(Segment, "chunk", lambda self, batch, threads: chunk)
+            monkeypatch.setattr(Segment, "runs_apart", lambda self, batch, threads: False)
+            model._plan = None
+            op_by_op = model.predict(x)
+            monkeypatch.setattr(Segment, "runs_apart", lambda self, batch, threads: batch > 1)
+            fastconv.set_num_threads(1)
+            one_thread = model.predict(x)
+            fastconv.set_num_threads(2)
+            for _ in range(3):
+                apart = model.predict(x)
+                for got, want, alone in zip(*(v if isinstance(v, list) else [v]
+                                              for v in (apart, op_by_op, one_thread))):
+                    np.testing.assert_array_equal(got, want)
+                    np.testing.assert_array_equal(got, alone)
+            monkeypatch.undo()
+    finally:
+        fastconv.set_num_threads(previous)
+
+
+def test_program_refuses_strides_that_do_not_fit_its_registers():
+    from fastconv import _core
+    dense = _core.DensePlan(np.ones((4, 6), np.float32), None, 0)
+    program = _core.Program([("dense", dense, 0, 1)], [6, 4])
+    x, y = np.ones((2, 6), np.float32), np.empty((2, 4), np.float32)
+    with pytest.raises(ValueError, match="2 strides expected; received 1"):
+        program.run(2, [x, y], 0, [0])
+    with pytest.raises(ValueError, match="register 0 holds 6 floats per sample; received a "
+                                         "stride of 5"):
+        program.run(2, [x, y], 0, [5, 0])
+
+
 def test_only_memory_bound_segments_are_cut_into_chunks():
     """MobileNetV2 (5 MACs per byte of activations) and ResNet-50 (36) run in chunks of a
     multiple of the threads whose largest op fits the cache budget; ResNet-18 (70) never;
