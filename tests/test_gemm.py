@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+import fastconv
 import fastconv.functional as F
 from reference import ACTIVATIONS, assert_close, dense as ref_dense, gemm as ref_gemm, rand, scale_of
 
@@ -55,6 +56,28 @@ def test_gemm_narrow_edge_columns_are_bit_identical_to_full_tiles(rng, M, activa
                                    (64, 96, 1000), (97, 129, 513)])
 def test_gemm_tall_wide_and_n_blocks(rng, M, N, K):
     check_gemm(rand(rng, (M, K)), rand(rng, (K, N)))
+
+
+@pytest.mark.parametrize("threads", [2, 3, 4])
+@pytest.mark.parametrize("M,N,K", [(64, 3136, 64), (256, 196, 300), (2048, 49, 512),
+                                   (30, 1111, 17), (600, 23, 70)])
+def test_gemm_threads_sharing_tail_panels_compute_each_tile_once(rng, threads, M, N, K):
+    """The threads take their shares' tail panels (columns, or A's rows when the team splits the
+    rows: N of at most a few panels) from queues that the others steal from: whoever computes a
+    tile, every call equals the one-thread result bit for bit (a tile computed twice with a
+    stale accumulation, or left out, would not)."""
+    a = rng.standard_normal((M, K)).astype(np.float32)
+    b = rng.standard_normal((K, N)).astype(np.float32)
+    bias = rng.standard_normal(N).astype(np.float32)
+    previous = fastconv.get_num_threads()
+    try:
+        fastconv.set_num_threads(1)
+        expected = F.gemm(a, b, bias, "relu")
+        fastconv.set_num_threads(threads)
+        for _ in range(20):
+            np.testing.assert_array_equal(F.gemm(a, b, bias, "relu"), expected)
+    finally:
+        fastconv.set_num_threads(previous)
 
 
 @pytest.mark.parametrize("activation", ACTIVATIONS)
