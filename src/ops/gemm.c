@@ -446,13 +446,25 @@ static void run_unit(const gemm_job* g, const fc_gemm_config* cfg, float* bpanel
   else column_block(g, cfg, bpanels, 0, g->n_mpanels, i0, i1);
 }
 
+/* The fewest panels a tail unit may have. A unit streams all of A through its column panels,
+ * or packs its own copy of all of B for its row panels: a column unit of A larger than a
+ * quarter of L2 (AlexNet's 384 -> 384 on 13x13: 2.6 MB) reads it from L3 again for 16 columns
+ * of work, and with 1-panel units AlexNet measured x1.05 on two threads; so such units are
+ * 4 panels or none, and row units 8 panels (48 rows against all of B). */
+static size_t min_unit(const gemm_job* g, int rows) {
+  if (rows) return 8;
+  return g->mpad * g->K * sizeof(float) > ((size_t)128 << 10) ? 4 : 1;
+}
+
 /* Sets up thread id's queue over the tail of its share [s0, s1) of panels; returns where the
  * tail starts. A column unit must fit the thread's B panels: at most a column block. */
 static size_t setup_tail(const gemm_job* g, tail_queue* q, size_t s0, size_t s1, int rows) {
-  const size_t tail = (s1 - s0) / 4, cap = rows ? s1 - s0 : g->block_panels;
-  const size_t unit = fc_min(cap, tail / 4 > 1 ? tail / 4 : 1);
-  q->first = s1 - tail, q->unit = unit, q->end = s1, q->rows = rows;
-  const uint64_t units = (tail + unit - 1) / unit;
+  const size_t least = min_unit(g, rows), cap = rows ? s1 - s0 : g->block_panels;
+  size_t tail = (s1 - s0) / 4;
+  if (tail < least) tail = 0; /* too few panels to share */
+  const size_t unit = fc_min(cap, tail / 4 > least ? tail / 4 : least);
+  q->first = s1 - tail, q->unit = unit ? unit : 1, q->end = s1, q->rows = rows;
+  const uint64_t units = (tail + q->unit - 1) / q->unit;
   __atomic_store_n(&q->word, ((units + 1) << 32) | 1u, __ATOMIC_RELEASE);
   return s1 - tail;
 }
