@@ -65,7 +65,9 @@ def test_a_chain_computes_exactly_what_its_layers_do(cin, expanded, cout, hw, st
     residual = rng.standard_normal((batch,) + layers[-1].output_shape).astype(np.float32)
     previous = fastconv.get_num_threads()
     try:
-        for threads in (1, 2):  # two threads split the rows of one image at batch 1
+        # Two or three threads split the rows of one image at batch 1 and steal the tails of
+        # each other's shares (fc_steal_queue), so the runs on several threads are repeated.
+        for threads in (1, 2, 3, 2, 3, 2):
             fastconv.set_num_threads(threads)
             for r in (None, residual):
                 want = run_layers(layers, x, r)
@@ -93,7 +95,7 @@ def test_a_chain_from_a_stem_computes_exactly_what_its_layers_do(hw, stride, bat
     x = rng.standard_normal((batch, 3) + hw).astype(np.float32)
     previous = fastconv.get_num_threads()
     try:
-        for threads in (1, 2):
+        for threads in (1, 2, 3, 2, 3, 2):
             fastconv.set_num_threads(threads)
             want = run_layers(layers, x)
             got = np.full_like(want, np.nan)

@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+import fastconv
 import fastconv.functional as F
 from reference import ACTIVATIONS, activate, assert_close, conv2d as ref_conv2d, rand, scale_of
 from threads import results_on_threads
@@ -528,3 +529,12 @@ def test_implicit_stem_bands(rng, C, O, hw, k, stride, padding, dilation, activa
     check_row_stores(conv, x, residual, plain, activation, C * k * k + 2, scale)
     alone = np.concatenate([conv(x[i:i + 1], residual=residual[i:i + 1]) for i in range(3)])
     np.testing.assert_array_equal(conv(x, residual=residual), alone)
+    previous = fastconv.get_num_threads()
+    try:  # the threads steal each other's last bands: whoever computes a band, the same result
+        fastconv.set_num_threads(1)
+        one = conv(x[:1], residual=residual[:1])
+        for threads in (2, 3, 4, 2, 3, 4):
+            fastconv.set_num_threads(threads)
+            np.testing.assert_array_equal(conv(x[:1], residual=residual[:1]), one)
+    finally:
+        fastconv.set_num_threads(previous)

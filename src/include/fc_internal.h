@@ -4,6 +4,7 @@
 
 #include <math.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "fastconv.h"
 
@@ -31,6 +32,34 @@ void fc_parallel_for(int threads, size_t n, fc_task_fn task, void* ctx);
 static inline void fc_share(size_t total, size_t id, size_t count, size_t* begin, size_t* end) {
   *begin = total * id / count;
   *end = total * (id + 1) / count;
+}
+
+/* Work a team member hands over: the tail of its share as units [0, n), which it takes from the
+ * front and the other members, done with their own shares, steal from the back. On a shared
+ * machine either of two threads may run 10-25 % slower than the other through a call, and a
+ * static split leaves the faster one waiting (docs/kernels.md, "Threads"). One word per member:
+ * front + 1 in the low half, back + 1 in the high half; zero (not open yet) has nothing. */
+typedef struct fc_steal_queue {
+  uint64_t word;
+} fc_steal_queue;
+#define FC_MAX_TEAM 64 /* queues a team keeps; a larger team splits statically */
+
+static inline void fc_steal_open(fc_steal_queue* q, size_t units) {
+  __atomic_store_n(&q->word, (((uint64_t)units + 1) << 32) | 1u, __ATOMIC_RELEASE);
+}
+
+/* A unit of q, from the front (its owner) or the back (a thief); -1 when there is none. */
+static inline ptrdiff_t fc_steal_take(fc_steal_queue* q, int from_back) {
+  uint64_t word = __atomic_load_n(&q->word, __ATOMIC_ACQUIRE);
+  for (;;) {
+    const uint64_t front = word & 0xffffffffu, back = word >> 32;
+    if (word == 0 || front >= back) return -1;
+    const uint64_t next = from_back ? ((back - 1) << 32) | front : (back << 32) | (front + 1);
+    if (__atomic_compare_exchange_n(&q->word, &word, next, 0, __ATOMIC_ACQ_REL,
+                                    __ATOMIC_ACQUIRE)) {
+      return (ptrdiff_t)(from_back ? back - 2 : front - 1);
+    }
+  }
 }
 
 /* Denormal flushing for the calling thread (src/runtime/fpmode.c): fc_fp_enter sets it if

@@ -177,6 +177,7 @@ typedef struct chain_job {
   const float* x;
   float* y;
   int rc;
+  fc_steal_queue queues[FC_MAX_TEAM]; /* each member's tail of output rows */
 } chain_job;
 
 /* One band: output rows [o0, o1) of image `image`, t[0] and t[n] its input and output,
@@ -213,13 +214,56 @@ static int chain_band(const chain_job* j, band_tensor* t, size_t image, size_t o
   return 0;
 }
 
-/* A thread's share of the batch's output rows, image by image, band by band. */
+/* Output rows [first, end) of the batch (image-major), band by band, from empty buffers: the
+ * first band of each image's part computes the rows its taps need above it. */
+static int chain_rows(const chain_job* j, size_t first, size_t end, float* buffer,
+                      const float* zeros, float* spill) {
+  const fc_chain_stage* s = j->stages;
+  const size_t n = j->n, out_h = s[n - 1].p.out_h;
+  band_tensor t[FC_CHAIN_MAX_STAGES + 1];
+  int rc = 0;
+  for (size_t g = first; g < end && rc == 0;) {
+    const size_t image = g / out_h, r0 = g % out_h, r1 = fc_min(out_h, r0 + (end - g));
+    const fc_conv2d_params* p0 = &s[0].p;
+    const fc_conv2d_params* pn = &s[n - 1].p;
+    t[0] = (band_tensor){(float*)j->x + image * p0->in_channels * p0->in_h * p0->in_w,
+                         p0->in_h * p0->in_w, p0->in_w, 0, p0->in_h};
+    t[n] = (band_tensor){j->y + image * pn->out_channels * pn->out_h * pn->out_w,
+                         pn->out_h * pn->out_w, pn->out_w, 0, pn->out_h};
+    float* next = buffer;
+    for (size_t i = 1; i < n; i++) { /* empty buffers: the part starts anywhere */
+      const size_t cap = rows_needed(s, n, i, j->band);
+      t[i] = (band_tensor){next, cap * s[i].p.in_w, s[i].p.in_w, 0, 0};
+      next += s[i].p.in_channels * cap * s[i].p.in_w;
+    }
+    for (size_t o0 = r0; o0 < r1 && rc == 0; o0 += j->band) {
+      rc = chain_band(j, t, image, o0, fc_min(r1, o0 + j->band), zeros, spill);
+    }
+    g += r1 - r0;
+  }
+  return rc;
+}
+
+/* Member id's rows [*first, *end) and the start of its tail (the last quarter, in units of
+ * *unit rows, at least a band: a unit starts from empty buffers, recomputing the rows above it
+ * that its first band's taps read). */
+static size_t chain_share_of(const chain_job* j, size_t id, size_t count, size_t* first,
+                             size_t* end, size_t* unit) {
+  fc_share(j->batch * j->stages[j->n - 1].p.out_h, id, count, first, end);
+  const size_t tail = count > 1 && count <= FC_MAX_TEAM ? (*end - *first) / 4 : 0;
+  *unit = tail / 2 > j->band ? tail / 2 : j->band;
+  return tail >= j->band ? *end - tail : *end;
+}
+
+/* A thread's share of the batch's output rows, image by image, band by band; then its tail,
+ * then the other members' tails, unit by unit (fc_steal_queue). */
 static void chain_share(void* ctx, size_t id, size_t count) {
   chain_job* j = (chain_job*)ctx;
   const fc_chain_stage* s = j->stages;
-  const size_t n = j->n, out_h = s[n - 1].p.out_h;
-  size_t first, end;
-  fc_share(j->batch * out_h, id, count, &first, &end);
+  const size_t n = j->n;
+  size_t first, end, unit;
+  const size_t tail_at = chain_share_of(j, id, count, &first, &end, &unit);
+  if (count <= FC_MAX_TEAM) fc_steal_open(&j->queues[id], (end - tail_at + unit - 1) / unit);
   if (first == end) return;
   size_t widest = 0; /* the zero row and the spill row */
   for (size_t i = 0; i < n; i++) {
@@ -237,26 +281,16 @@ static void chain_share(void* ctx, size_t id, size_t count) {
   float* spill = zeros + widest;
   memset(zeros, 0, widest * sizeof(float));
   const unsigned fp_mode = fc_fp_enter();
-  band_tensor t[FC_CHAIN_MAX_STAGES + 1];
-  int rc = 0;
-  for (size_t g = first; g < end && rc == 0;) {
-    const size_t image = g / out_h, r0 = g % out_h, r1 = fc_min(out_h, r0 + (end - g));
-    const fc_conv2d_params* p0 = &s[0].p;
-    const fc_conv2d_params* pn = &s[n - 1].p;
-    t[0] = (band_tensor){(float*)j->x + image * p0->in_channels * p0->in_h * p0->in_w,
-                         p0->in_h * p0->in_w, p0->in_w, 0, p0->in_h};
-    t[n] = (band_tensor){j->y + image * pn->out_channels * pn->out_h * pn->out_w,
-                         pn->out_h * pn->out_w, pn->out_w, 0, pn->out_h};
-    float* next = buffer;
-    for (size_t i = 1; i < n; i++) { /* empty buffers: the share starts anywhere */
-      const size_t cap = rows_needed(s, n, i, j->band);
-      t[i] = (band_tensor){next, cap * s[i].p.in_w, s[i].p.in_w, 0, 0};
-      next += s[i].p.in_channels * cap * s[i].p.in_w;
+  int rc = chain_rows(j, first, tail_at, buffer, zeros, spill);
+  for (size_t other = 0; other < count && count <= FC_MAX_TEAM && rc == 0; other++) {
+    const size_t victim = (id + other) % count; /* itself first, from the front */
+    size_t v_first, v_end, v_unit;
+    const size_t v_tail = chain_share_of(j, victim, count, &v_first, &v_end, &v_unit);
+    ptrdiff_t u;
+    while (rc == 0 && (u = fc_steal_take(&j->queues[victim], other != 0)) >= 0) {
+      const size_t r0 = v_tail + (size_t)u * v_unit;
+      rc = chain_rows(j, r0, fc_min(v_end, r0 + v_unit), buffer, zeros, spill);
     }
-    for (size_t o0 = r0; o0 < r1 && rc == 0; o0 += j->band) {
-      rc = chain_band(j, t, image, o0, fc_min(r1, o0 + j->band), zeros, spill);
-    }
-    g += r1 - r0;
   }
   if (rc) {
 #pragma omp atomic write
@@ -276,7 +310,7 @@ int fc_conv_chain_run(const fc_chain_stage* stages, size_t n, size_t batch, cons
     flops += 2.0 * batch * p->out_channels * p->out_h * p->out_w * (p->in_channels / p->groups) *
              p->kernel_h * p->kernel_w;
   }
-  chain_job job = {stages, n, batch, band_rows(stages, n), residual, x, y, 0};
+  chain_job job = {stages, n, batch, band_rows(stages, n), residual, x, y, 0, {{0}}};
   fc_run_team(fc_threads_for(flops), chain_share, &job);
   return job.rc;
 }

@@ -745,6 +745,7 @@ typedef struct band_job {
   size_t n_cols; /* of the whole image's run */
   int rows;      /* implicit_rows */
   int rc;
+  fc_steal_queue queues[FC_MAX_TEAM]; /* each member's last quarter of bands */
 } band_job;
 
 /* Output rows [oh0, oh1) of image n laid out alone as phase planes in this thread's workspace,
@@ -807,7 +808,7 @@ int fc_conv2d_stem_rows_applies(const fc_conv2d_params* p) {
 
 int fc_conv2d_stem_rows(const fc_conv2d_params* p, const float* packed, const float* bias,
                         const float* x, size_t oh0, size_t oh1, float* y, size_t y_plane) {
-  const band_job job = {p, packed, bias, NULL, x, NULL, 0, 0, 1, 0};
+  const band_job job = {p, packed, bias, NULL, x, NULL, 0, 0, 1, 0, {{0}}};
   return band_rows_into(&job, 0, oh0, oh1, 0, y, y_plane);
 }
 
@@ -847,24 +848,53 @@ static int band_run(const band_job* j, size_t n, size_t c0, size_t c1) {
   return 0;
 }
 
-/* One thread's contiguous share of every image: output rows (rows mode) or run panels. */
-static void band_share(void* ctx, size_t id, size_t count) {
-  band_job* j = (band_job*)ctx;
+/* Member `id` of `count`: its contiguous share of every image's units (output rows in rows
+ * mode, else run panels) cut into bands of equal size, `bands` per image, and item i = (image,
+ * band) of them, image-major. */
+typedef struct band_share_of {
+  size_t u0, u1, bands, items;
+} band_share_of;
+
+static band_share_of share_of(const band_job* j, size_t id, size_t count) {
   const fc_conv2d_params* p = j->p;
   const size_t nr = fc_gemm_config_get()->nr;
   const size_t units = j->rows ? p->out_h : (j->n_cols + nr - 1) / nr;
   const size_t band_rows_n = FC_STEM_BAND_PIXELS / p->out_w;
   const size_t step = !j->rows ? FC_STEM_BAND_PANELS : band_rows_n ? band_rows_n : 1;
-  size_t u0, u1;
-  fc_share(units, id, count, &u0, &u1);
-  const size_t bands = (u1 - u0 + step - 1) / step; /* of equal size: no short last band */
+  band_share_of s;
+  fc_share(units, id, count, &s.u0, &s.u1);
+  s.bands = (s.u1 - s.u0 + step - 1) / step; /* of equal size: no short last band */
+  s.items = p->batch * s.bands;
+  return s;
+}
+
+static int band_item(const band_job* j, const band_share_of* s, size_t item) {
+  const size_t n = item / s->bands, b = item % s->bands, nr = fc_gemm_config_get()->nr;
+  size_t u, v;
+  fc_share(s->u1 - s->u0, b, s->bands, &u, &v);
+  u += s->u0, v += s->u0;
+  return j->rows ? band_rows(j, n, u, v) : band_run(j, n, u * nr, fc_min(v * nr, j->n_cols));
+}
+
+/* One thread's share of every image, band by band; the last quarter of its bands is a queue the
+ * other threads steal from once their own are done (fc_steal_queue). */
+static void band_share(void* ctx, size_t id, size_t count) {
+  band_job* j = (band_job*)ctx;
+  const band_share_of mine = share_of(j, id, count);
+  const int steals = count > 1 && count <= FC_MAX_TEAM;
+  const size_t tail = steals ? mine.items / 4 : 0, own = mine.items - tail;
+  if (steals) fc_steal_open(&j->queues[id], tail);
   int rc = 0;
-  for (size_t n = 0; n < p->batch && rc == 0; n++) {
-    for (size_t b = 0; b < bands && rc == 0; b++) {
-      size_t u, v;
-      fc_share(u1 - u0, b, bands, &u, &v);
-      u += u0, v += u0;
-      rc = j->rows ? band_rows(j, n, u, v) : band_run(j, n, u * nr, fc_min(v * nr, j->n_cols));
+  for (size_t i = 0; i < own && rc == 0; i++) rc = band_item(j, &mine, i);
+  ptrdiff_t u;
+  while (steals && rc == 0 && (u = fc_steal_take(&j->queues[id], 0)) >= 0) {
+    rc = band_item(j, &mine, own + (size_t)u);
+  }
+  for (size_t other = 1; steals && other < count && rc == 0; other++) {
+    const size_t victim = (id + other) % count;
+    const band_share_of theirs = share_of(j, victim, count);
+    while (rc == 0 && (u = fc_steal_take(&j->queues[victim], 1)) >= 0) {
+      rc = band_item(j, &theirs, theirs.items - theirs.items / 4 + (size_t)u);
     }
   }
   if (rc != 0) {
@@ -877,7 +907,8 @@ static int conv_implicit_bands(const fc_conv2d_params* p, const float* packed, c
                                const float* residual, const float* x, float* y) {
   fc_phase_layout whole;
   const size_t n_cols = implicit_layout(p, &whole);
-  band_job job = {p, packed, bias, residual, x, y, whole.cols, n_cols, implicit_rows(p, n_cols), 0};
+  band_job job = {p, packed, bias, residual, x, y, whole.cols, n_cols, implicit_rows(p, n_cols), 0,
+                  {{0}}};
   fc_run_team(fc_threads_for(2.0 * p->out_channels * gemm_kdim(p) * n_cols), band_share, &job);
   return job.rc;
 }

@@ -13,7 +13,6 @@
  * block_run for its loop order). There is no barrier inside the parallel region. K is never
  * split, so every element of C sums its products in the same order whatever the thread count. */
 #include <math.h>
-#include <stdint.h>
 #include <string.h>
 
 #include "fastconv.h"
@@ -317,18 +316,13 @@ static size_t column_block_panels(size_t kc, size_t nr) {
   return fit < 1 ? 1 : fc_min(FC_NC / nr, fit);
 }
 
-/* Panels of a thread's share (of column panels, or of A's row panels when the team splits the
- * rows) that other threads may take: the last quarter of each share, in units of a quarter of
- * that (at least one panel), is a queue its owner takes from the front and the others steal
- * from the back once their own shares are done. */
-#define FC_MAX_TEAM 64
-
-/* A thread's queue of tail units in one word: front + 1 in the low half, back + 1 in the high
- * half (0: not set up yet, nothing to steal). */
+/* The tail of a thread's share (of column panels, or of A's row panels when the team splits
+ * the rows) that the other threads may take (fc_steal_queue): the last quarter of the share,
+ * in units of a quarter of that. */
 typedef struct tail_queue {
-  uint64_t word;
+  fc_steal_queue q;
   size_t first, unit, end; /* panels: where the tail starts, per unit, where the share ends */
-  int rows;                 /* of A panels (the team splits the rows), else of column panels */
+  int rows;                /* of A panels (the team splits the rows), else of column panels */
 } tail_queue;
 
 /* The arguments of fc_gemm_packed, shared by its team. */
@@ -416,21 +410,6 @@ static void column_block(const gemm_job* g, const fc_gemm_config* cfg, float* bp
   }
 }
 
-/* Takes a unit from queue q: from the front (its owner) or the back (a thief). Returns its
- * index, or -1 when the queue is empty or not set up yet. */
-static ptrdiff_t take_unit(tail_queue* q, int from_back) {
-  uint64_t word = __atomic_load_n(&q->word, __ATOMIC_ACQUIRE);
-  for (;;) {
-    const uint64_t front = word & 0xffffffffu, back = word >> 32;
-    if (word == 0 || front >= back) return -1;
-    const uint64_t next = from_back ? ((back - 1) << 32) | front : (back << 32) | (front + 1);
-    if (__atomic_compare_exchange_n(&q->word, &word, next, 0, __ATOMIC_ACQ_REL,
-                                    __ATOMIC_ACQUIRE)) {
-      return (ptrdiff_t)(from_back ? back - 2 : front - 1);
-    }
-  }
-}
-
 /* Every column block against A panels [mp0, mp1). */
 static void row_range(const gemm_job* g, const fc_gemm_config* cfg, float* bpanels, size_t mp0,
                       size_t mp1) {
@@ -464,8 +443,7 @@ static size_t setup_tail(const gemm_job* g, tail_queue* q, size_t s0, size_t s1,
   if (tail < least) tail = 0; /* too few panels to share */
   const size_t unit = fc_min(cap, tail / 4 > least ? tail / 4 : least);
   q->first = s1 - tail, q->unit = unit ? unit : 1, q->end = s1, q->rows = rows;
-  const uint64_t units = (tail + q->unit - 1) / q->unit;
-  __atomic_store_n(&q->word, ((units + 1) << 32) | 1u, __ATOMIC_RELEASE);
+  fc_steal_open(&q->q, (tail + q->unit - 1) / q->unit);
   return s1 - tail;
 }
 
@@ -500,10 +478,10 @@ static void gemm_share(void* ctx, size_t id, size_t team) {
   }
   if (mine) {
     ptrdiff_t u;
-    while ((u = take_unit(mine, 0)) >= 0) run_unit(g, cfg, bpanels, mine, (size_t)u);
+    while ((u = fc_steal_take(&mine->q, 0)) >= 0) run_unit(g, cfg, bpanels, mine, (size_t)u);
     for (size_t other = 1; other < team; other++) {
       tail_queue* q = &g->tails[(id + other) % team];
-      while ((u = take_unit(q, 1)) >= 0) run_unit(g, cfg, bpanels, q, (size_t)u);
+      while ((u = fc_steal_take(&q->q, 1)) >= 0) run_unit(g, cfg, bpanels, q, (size_t)u);
     }
   }
   fc_fp_exit(fp_mode);
@@ -520,7 +498,7 @@ int fc_gemm_packed(size_t M, size_t N, size_t K, const float* a_packed, const fc
   const size_t bsize = b->pack ? fc_min(K, FC_KC) * fc_min(npad, block_panels * nr) : 0;
   float* bbuf = (float*)fc_workspace(FC_WS_GEMM, (size_t)threads * bsize * sizeof(float));
   if (!bbuf) return FC_ERROR_NOMEM;
-  tail_queue tails[FC_MAX_TEAM] = {{0}};
+  tail_queue tails[FC_MAX_TEAM] = {{{0}}};
   gemm_job job = {M, N, K, mpad, npad, mpad / mr, n_npanels, block_panels, bsize, a_packed, b,
                   bias_row, bias_col, accumulate, activation, c, c_rs, bbuf, tails};
   fc_run_team(threads, gemm_share, &job);
