@@ -28,12 +28,6 @@ cdef extern from "fastconv.h" nogil:
     void fc_call_begin()
     void fc_call_end()
     int fc_calls_in_flight()
-
-cdef extern from "fc_internal.h" nogil:
-    ctypedef void (*fc_team_fn)(void* ctx, size_t id, size_t count) noexcept nogil
-    void fc_run_team(int threads, fc_team_fn body, void* ctx)
-    int fc_threads_for(double flops)
-    void fc_share(size_t total, size_t id, size_t count, size_t* begin, size_t* end)
     void fc_hold_calls(double seconds)
     const char* fc_build_compiler()
     const char* fc_build_flags()
@@ -95,6 +89,11 @@ cdef extern from "fc_internal.h" nogil:
     void fc_lrn_f32(size_t outer, size_t channels, size_t inner, size_t size, float alpha,
                     float beta, float k, const float* x, float* y)
 
+cdef extern from "fc_internal.h" nogil:
+    ctypedef void (*fc_team_fn)(void* ctx, size_t id, size_t count) noexcept nogil
+    void fc_run_team(int threads, fc_team_fn body, void* ctx)
+    int fc_threads_for(double flops)
+    void fc_share(size_t total, size_t id, size_t count, size_t* begin, size_t* end)
 
 cdef extern from "fc_kernels.h" nogil:
     ctypedef void (*fc_vdeinterleave_fn)(size_t n, const float* x, size_t left, size_t width,
