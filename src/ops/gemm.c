@@ -498,7 +498,9 @@ int fc_gemm_packed(size_t M, size_t N, size_t K, const float* a_packed, const fc
   const size_t bsize = b->pack ? fc_min(K, FC_KC) * fc_min(npad, block_panels * nr) : 0;
   float* bbuf = (float*)fc_workspace(FC_WS_GEMM, (size_t)threads * bsize * sizeof(float));
   if (!bbuf) return FC_ERROR_NOMEM;
-  tail_queue tails[FC_MAX_TEAM] = {{{0}}};
+  tail_queue tails[FC_MAX_TEAM]; /* used by teams only: a one-thread call (thousands per
+                                 * predict inside Winograd) skips clearing them */
+  if (threads > 1) memset(tails, 0, sizeof tails);
   gemm_job job = {M, N, K, mpad, npad, mpad / mr, n_npanels, block_panels, bsize, a_packed, b,
                   bias_row, bias_col, accumulate, activation, c, c_rs, bbuf, tails};
   fc_run_team(threads, gemm_share, &job);
