@@ -49,7 +49,8 @@ def main(argv=None):
             sys.exit("; ".join(backends.notes) or "the network could not be exported")
         runners = backends.runners
         difference = float(np.abs(runners["fastconv"](1) - runners["onnxruntime"](1)).max())
-        print(f"{args.network} batch {args.batch}: max |fastconv - ONNX Runtime| = {difference:.3g}")
+        print(f"{args.network} batch {args.batch}: max |fastconv - ONNX Runtime| = "
+              f"{difference:.3g}")
         turns = [(name, threads) for name in BACKENDS for threads in (1, 2)]
         seconds = {turn: [] for turn in turns}
         for r in range(args.rounds):
