@@ -131,6 +131,18 @@ def versus(backends, threads, rounds, runs, tmp):
     return table
 
 
+def onnx_backends(network, batch, tmp, script):
+    """fastconv and ONNX Runtime for a zoo network (cli_bench.Backends: the torchvision weights,
+    exported to `tmp`), or the script exits saying what is missing."""
+    modules = cli_bench.peer_modules()
+    if any(modules[m] is None for m in ("torch", "torchvision", "onnxruntime")):
+        sys.exit(f"{script} needs torch, torchvision and onnxruntime")
+    backends = cli_bench.Backends(network, batch, ["onnxruntime"], modules, tmp)
+    if not hasattr(backends, "onnx_path"):
+        sys.exit("; ".join(backends.notes) or "the network could not be exported")
+    return backends
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("network", help="zoo name, e.g. resnet50")
@@ -142,13 +154,8 @@ def main(argv=None):
                         help="fastconv against ONNX Runtime per block, interleaved rounds")
     parser.add_argument("--rounds", type=int, default=6, help="with --versus")
     args = parser.parse_args(argv)
-    modules = cli_bench.peer_modules()
-    if any(modules[m] is None for m in ("torch", "torchvision", "onnxruntime")):
-        sys.exit("ort_profile.py needs torch, torchvision and onnxruntime")
     with tempfile.TemporaryDirectory() as tmp:
-        backends = cli_bench.Backends(args.network, args.batch, ["onnxruntime"], modules, tmp)
-        if not hasattr(backends, "onnx_path"):
-            sys.exit("; ".join(backends.notes) or "the network could not be exported")
+        backends = onnx_backends(args.network, args.batch, tmp, "ort_profile.py")
         if args.versus:
             table = versus(backends, args.threads, args.rounds, args.runs, tmp)
             print_versus(table, args)

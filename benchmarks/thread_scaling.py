@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from fastconv import cli_bench
+from ort_profile import onnx_backends
 
 BACKENDS = ("fastconv", "onnxruntime")
 
@@ -40,14 +40,8 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=3,
                         help="timed runs per turn (the fastest counts)")
     args = parser.parse_args(argv)
-    modules = cli_bench.peer_modules()
-    if any(modules[m] is None for m in ("torch", "torchvision", "onnxruntime")):
-        sys.exit("thread_scaling.py needs torch, torchvision and onnxruntime")
     with tempfile.TemporaryDirectory() as tmp:
-        backends = cli_bench.Backends(args.network, args.batch, ["onnxruntime"], modules, tmp)
-        if "onnxruntime" not in backends.runners:
-            sys.exit("; ".join(backends.notes) or "the network could not be exported")
-        runners = backends.runners
+        runners = onnx_backends(args.network, args.batch, tmp, "thread_scaling.py").runners
         difference = float(np.abs(runners["fastconv"](1) - runners["onnxruntime"](1)).max())
         print(f"{args.network} batch {args.batch}: max |fastconv - ONNX Runtime| = "
               f"{difference:.3g}")
