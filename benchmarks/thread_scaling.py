@@ -4,10 +4,11 @@
 
 Each round runs fastconv and ONNX Runtime (a torch.onnx export, as compare_models.py makes it)
 on one thread and on two, in an order that reverses every round, each the fastest of `--repeats`
-runs by the wall clock after one untimed run. Per backend it prints the median times and the
-median over the rounds of the scaling (one-thread time over two-thread time, 2.0 at best) with
-its quartiles: within a round both thread counts met the same phase of a shared machine, which
-two separate grid cells minutes apart do not. Needs torch, torchvision and onnxruntime.
+runs by the wall clock after one untimed run, once the outputs were validated against each
+other. Per backend it prints the median times and the median over the rounds of the scaling
+(one-thread time over two-thread time, 2.0 at best) with its quartiles: within a round both
+thread counts met the same phase of a shared machine, which two separate grid cells minutes
+apart do not. Needs torch, torchvision and onnxruntime.
 """
 import argparse
 import sys
@@ -16,6 +17,7 @@ import time
 
 import numpy as np
 
+from fastconv import cli_bench
 from ort_profile import onnx_backends
 
 BACKENDS = ("fastconv", "onnxruntime")
@@ -41,10 +43,9 @@ def main(argv=None):
                         help="timed runs per turn (the fastest counts)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
-        runners = onnx_backends(args.network, args.batch, tmp, "thread_scaling.py").runners
-        difference = float(np.abs(runners["fastconv"](1) - runners["onnxruntime"](1)).max())
-        print(f"{args.network} batch {args.batch}: max |fastconv - ONNX Runtime| = "
-              f"{difference:.3g}")
+        backends = onnx_backends(args.network, args.batch, tmp, "thread_scaling.py")
+        cli_bench.validate(backends, 1)  # the outputs agree before anything is timed
+        runners = backends.runners
         turns = [(name, threads) for name in BACKENDS for threads in (1, 2)]
         seconds = {turn: [] for turn in turns}
         for r in range(args.rounds):
