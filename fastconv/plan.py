@@ -75,6 +75,10 @@ class Step:
         self.residual = None  # node id added in this step's store, if any
         self.in_place = False  # whether the store may overwrite the residual's array
         self.slot = None  # the arena buffer the step writes, if any
+        # (concatenation step, offset in floats per sample) where a native run writes this
+        # step's output, and on a concatenation the parts so written (Plan._assemble_concats).
+        self.into = None
+        self.assembled = set()
         # What the step is as an op of a _core.Program (node ids where registers go), or None
         # for steps only Python runs.
         self.native = None
@@ -100,6 +104,7 @@ class Plan:
             self.steps = self._depth_first_chains(self.steps)
         _schedule_releases(self.steps, self._outputs)
         self._mark_in_place()
+        self._assemble_concats()
         self._slot_sizes, self._copied_outputs = _assign_slots(self.steps, self._outputs)
         self.units = self._segments()
         self._local = threading.local()  # each thread's arenas: no locking on the hot path
@@ -117,6 +122,38 @@ class Plan:
                 continue
             readers = [s for s in self.steps if r in s.inputs]
             step.in_place = producer[r].fresh and all(s.fresh for s in readers)
+
+    def _assemble_concats(self):
+        """Lets the producers of a channel concatenation's parts write them straight into the
+        concatenation's buffer, so that nothing is copied (GoogLeNet's inception blocks). A part
+        qualifies when the concatenation is its only reader, it is no model output, its producer
+        is a convolution (not storing in place over a residual), a depth-first chain or a
+        pooling, and every step from the producer to the concatenation runs natively (one
+        Segment, whose program writes the part as a view of the concatenation's register).
+        Steps run one by one (``fastconv profile``) still write their own arrays and copy."""
+        index = {step.output: i for i, step in enumerate(self.steps)}
+        readers = {}
+        for step in self.steps:
+            for i in step.inputs:
+                readers[i] = readers.get(i, 0) + 1
+        nodes = self._model._nodes
+        for c, concat in enumerate(self.steps):
+            if concat.native is None or concat.native[0] != "concat" or concat.output in self._outputs:
+                continue
+            offset = 0
+            for part in concat.inputs:
+                producer = self.steps[index[part]] if part in index else None
+                if (producer is not None and readers[part] == 1 and part not in self._outputs
+                        and producer.native is not None and producer.shape is not None
+                        and producer.native[0] in ("conv", "chain", "pool")
+                        and not producer.in_place
+                        and all(s.native is not None for s in self.steps[index[part]:c])):
+                    producer.into = (concat, offset)
+                    concat.assembled.add(part)
+                offset += math.prod(nodes[part].sample_shape)
+            if concat.assembled:
+                concat.describe += (f" ({len(concat.assembled)} of {len(concat.inputs)} parts "
+                                    f"written in place)")
 
     def is_current(self, tuning_age=0.0):
         """False once any layer's weights were replaced, or the Winograd setting, a forced
@@ -480,11 +517,15 @@ class Segment:
             reg(step.output)
         self.root = list(range(len(regs)))  # register -> register whose array it uses
         ops, self.fills = [], []  # fills: (register, step index, sample shape) of step outputs
+        views = []  # (register, whole, offset): parts written into their concatenation
         for index, step in zip(indices, steps):
             ops += _program_ops(step, regs, nodes)
             y = regs[step.output]
             kind = step.native[0]
-            if kind == "alias":
+            if step.into is not None:
+                concat, offset = step.into
+                views.append((y, regs[concat.output], offset))
+            elif kind == "alias":
                 self.root[y] = self.root[regs[step.native[1]]]
             elif kind == "conv" and step.in_place:
                 self.root[y] = self.root[regs[step.residual]]
@@ -497,7 +538,7 @@ class Segment:
         sizes = [0] * len(regs)
         for node_id, r in regs.items():
             sizes[r] = math.prod(nodes[node_id].sample_shape)
-        self.program = _core.Program(ops, sizes)
+        self.program = _core.Program(ops, sizes, views)
         moved = 4 * self.program.prefix_floats  # bytes per sample
         memory_bound = 0 < self.program.prefix_macs < _MEMORY_BOUND_MACS_PER_BYTE * moved
         # Samples whose largest op fits in _CHUNK_BYTES, if the program is worth cutting.
@@ -601,11 +642,12 @@ def _program_ops(step, regs, nodes):
         return [("chain", chain, regs[x], -1 if r is None else regs[r], regs[y])]
     if kind == "dense":
         return [("dense", args[0], regs[args[1]], regs[args[2]])]
-    if kind == "concat":
+    if kind == "concat":  # the parts not already written in place are copied
         parts, y = args
         sizes = [math.prod(nodes[i].sample_shape) for i in parts]
         offsets = [sum(sizes[:k]) for k in range(len(parts))]
-        return [("copy", regs[i], regs[y], offset) for i, offset in zip(parts, offsets)]
+        return [("copy", regs[i], regs[y], offset) for i, offset in zip(parts, offsets)
+                if i not in step.assembled]
     return [(kind, *args[:-2], regs[args[-2]], regs[args[-1]])]  # pool, global_pool, alias
 
 
@@ -651,8 +693,18 @@ def _assign_slots(steps, outputs):
     holders, sizes, free = {}, [], []  # slot -> node ids that may refer to it
     slots_of = {}  # node id -> slots its array may refer to
     for step in steps:
-        if step.in_place:
+        if step.into is not None:
+            # Written into its concatenation's buffer, which is live from the first such part.
+            concat = step.into[0]
+            if concat.slot is None:
+                concat.slot = _take_slot(free, sizes, math.prod(concat.shape))
+                slots_of[concat.output] = {concat.slot}
+                holders.setdefault(concat.slot, set()).add(concat.output)
+            slots_of[step.output] = set()
+        elif step.in_place:
             slots_of[step.output] = slots_of.get(step.residual, set())
+        elif step.slot is not None:  # a concatenation whose buffer a part already took
+            pass
         elif step.shape is not None and step.output not in outputs:
             step.slot = _take_slot(free, sizes, math.prod(step.shape))
             slots_of[step.output] = {step.slot}

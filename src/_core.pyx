@@ -572,6 +572,9 @@ cdef struct program_op:
     int x, r, y             # registers: input, residual (-1: none), output
     bint in_place           # a convolution whose store overwrites its residual
     size_t x_sample, y_sample  # floats per sample of the input and output registers
+    # Floats from one sample to the next in the input, residual and output registers: their
+    # sizes, but for views into a larger register (a concatenation's part, written in place).
+    size_t x_step, r_step, y_step
     size_t offset           # OP_COPY: where the part starts in each output sample
     fc_conv2d_params conv   # batch 1; OP_CONV
     int algorithm, tile, activation, is_max
@@ -585,22 +588,38 @@ cdef struct program_op:
 
 
 cdef int run_op(const program_op* op, size_t batch, float** regs) noexcept nogil:
+    """The op over ``batch`` samples; one sample at a time where a register it reads or writes
+    is a view whose samples lie further apart than the op's own sample size."""
     cdef const float* x = regs[op.x]
-    cdef float* y
+    cdef const float* r = regs[op.r] if op.r >= 0 else NULL
+    cdef float* y = regs[op.y]
+    cdef size_t n
+    cdef int rc
+    if op.kind == OP_ALIAS:  # its register was pointed at x's memory before the run
+        return 0
+    if batch < 2 or (op.x_step == op.x_sample and op.y_step == op.y_sample
+                     and (r == NULL or op.r_step == op.y_sample)):
+        return run_op_at(op, batch, x, r, y)
+    for n in range(batch):
+        rc = run_op_at(op, 1, x + n * op.x_step, r + n * op.r_step if r != NULL else NULL,
+                       y + n * op.y_step)
+        if rc != 0:
+            return rc
+    return 0
+
+
+cdef int run_op_at(const program_op* op, size_t batch, const float* x, const float* r,
+                   float* y) noexcept nogil:
     cdef fc_conv2d_params conv
     cdef fc_pool2d_params pool
     cdef size_t n
-    if op.kind == OP_ALIAS:  # its register was pointed at x's memory before the run
-        return 0
-    y = regs[op.y]
     if op.kind == OP_CONV:
         conv = op.conv
         conv.batch = batch
-        return fc_conv2d_nchw_f32_packed(&conv, op.algorithm, op.tile, op.weights, op.bias,
-                                         regs[op.r] if op.r >= 0 else NULL, x, y)
+        return fc_conv2d_nchw_f32_packed(&conv, op.algorithm, op.tile, op.weights, op.bias, r,
+                                         x, y)
     if op.kind == OP_CHAIN:
-        return fc_conv_chain_run(op.stages, op.n_stages, batch,
-                                 regs[op.r] if op.r >= 0 else NULL, x, y)
+        return fc_conv_chain_run(op.stages, op.n_stages, batch, r, x, y)
     if op.kind == OP_DENSE:
         return fc_dense_f32_packed(batch, op.n, op.k, op.tile, op.weights, op.bias,
                                    op.activation, x, y)
@@ -614,7 +633,7 @@ cdef int run_op(const program_op* op, size_t batch, float** regs) noexcept nogil
         fc_global_pool_f32(batch * op.y_sample, op.plane, op.is_max, x, y)
         return 0
     for n in range(batch):  # OP_COPY
-        memcpy(y + n * op.y_sample + op.offset, x + n * op.x_sample, op.x_sample * sizeof(float))
+        memcpy(y + n * op.y_step + op.offset, x + n * op.x_step, op.x_sample * sizeof(float))
     return 0
 
 
@@ -665,9 +684,12 @@ cdef class Program:
     ("pool", is_max, kernel, stride, dilation, pads, count_include_pad, (C, H, W), (OH, OW), x, y),
     ("global_pool", is_max, plane, x, y), ("copy", x, y, offset), ("alias", x, y),
     ("chain", ConvChainPlan, x, residual or -1, y).
+    ``views`` lists (register, whole, offset): the register's sample n is the run of floats at
+    ``offset`` into sample n of register ``whole`` (a concatenation's part that its producer
+    writes in place, so that no copy is needed); ops touching a view run one sample at a time.
     ``run(batch, arrays, chunk)`` takes one array (or None) per register: inputs and outputs
-    must be given; registers written by an alias or an in-place convolution are None and get
-    their memory from the op. With ``chunk`` < batch, the ops before the first dense layer (the
+    must be given; registers written by an alias or an in-place convolution, and views, are
+    None and get their memory from the op or from their whole. With ``chunk`` < batch, the ops before the first dense layer (the
     convolutional part) run on ``chunk`` samples at a time, so that a chunk's activations stay
     in cache from one layer to the next, and the rest on the whole batch (each dense weight read
     once). Between ops the GIL is taken back, so Ctrl-C and other Python threads are served as
@@ -679,29 +701,49 @@ cdef class Program:
     # and written by all its ops and by the largest one (what the plan's chunk rule weighs).
     cdef readonly double prefix_macs, prefix_floats, prefix_peak_floats
     cdef size_t* sizes   # floats per sample of each register
+    cdef size_t* steps   # floats from one sample to the next: the size, or a view's whole's
+    cdef list views      # (register, whole, offset)
     cdef list keep       # the plans whose packed weights the ops point into
 
     def __cinit__(self):
         self.ops = NULL
         self.sizes = NULL
+        self.steps = NULL
 
     def __dealloc__(self):
         free(self.ops)
         free(self.sizes)
+        free(self.steps)
 
-    def __init__(self, list ops, list register_sizes):
+    def __init__(self, list ops, list register_sizes, list views=None):
         self.n_ops, self.n_regs = len(ops), len(register_sizes)
         self.ops = <program_op*>malloc(max(self.n_ops, 1) * sizeof(program_op))
         self.sizes = <size_t*>malloc(max(self.n_regs, 1) * sizeof(size_t))
-        if self.ops == NULL or self.sizes == NULL:
+        self.steps = <size_t*>malloc(max(self.n_regs, 1) * sizeof(size_t))
+        if self.ops == NULL or self.sizes == NULL or self.steps == NULL:
             raise MemoryError("fastconv: no memory for a program")
         self.keep = []
         for i, size in enumerate(register_sizes):
-            self.sizes[i] = size
+            self.sizes[i] = self.steps[i] = size
+        self.views = self._check_views(views or [])
         for i, spec in enumerate(ops):
             self._set_op(&self.ops[i], spec)
         self.prefix = next((i for i, spec in enumerate(ops) if spec[0] == "dense"), self.n_ops)
         self._weigh_prefix()
+
+    cdef list _check_views(self, list views):
+        """The views, checked to lie inside a register that is not itself a view."""
+        viewed = {v[0] for v in views}
+        for reg, whole, offset in views:
+            if not (0 <= reg < self.n_regs and 0 <= whole < self.n_regs) or whole in viewed:
+                raise ValueError(f"fastconv._core.Program: view {reg} of {whole} must join two "
+                                 f"of the {self.n_regs} registers, into one that is no view")
+            if offset < 0 or offset + self.sizes[reg] > self.sizes[whole]:
+                raise ValueError(f"fastconv._core.Program: view {reg} ({self.sizes[reg]} floats "
+                                 f"at {offset}) overruns register {whole} "
+                                 f"({self.sizes[whole]} floats per sample)")
+            self.steps[reg] = self.sizes[whole]
+        return [(int(reg), int(whole), int(offset)) for reg, whole, offset in views]
 
     cdef _weigh_prefix(self):
         cdef const program_op* op
@@ -788,6 +830,13 @@ cdef class Program:
                 raise ValueError(f"fastconv._core.Program: register {reg} of op {kind!r} "
                                  f"is not one of the {self.n_regs} registers")
         op.x_sample, op.y_sample = self.sizes[op.x], self.sizes[op.y]
+        # An alias or an in-place output lies where the register it shares lies.
+        if kind == "alias":
+            self.steps[op.y] = self.steps[op.x]
+        elif kind == "conv" and op.in_place:
+            self.steps[op.y] = self.steps[op.r]
+        op.x_step, op.y_step = self.steps[op.x], self.steps[op.y]
+        op.r_step = self.steps[op.r] if op.r >= 0 else 0
         expected = self._op_sizes(op)
         if (op.x_sample, op.y_sample) != expected[:2] or (
                 op.r >= 0 and self.sizes[op.r] != op.y_sample):
@@ -845,7 +894,7 @@ cdef class Program:
                     self._run_apart(start, min(chunk, batch - start), regs, place)
                     continue
                 for r in range(<size_t>self.n_regs):
-                    part[r] = regs[r] + start * self.sizes[r] if regs[r] != NULL else NULL
+                    part[r] = regs[r] + start * self.steps[r] if regs[r] != NULL else NULL
                 for i in range(self.prefix):
                     self._run_op(i, min(chunk, batch - start), part)
             for i in range(self.prefix, self.n_ops):
@@ -870,6 +919,8 @@ cdef class Program:
                 free(place)
                 raise ValueError(f"fastconv._core.Program: register {i} holds {self.sizes[i]} "
                                  f"floats per sample; received a stride of {strides[i]}")
+        for reg, whole, _ in self.views:  # a view's share starts where its whole's does
+            place[reg] = place[whole] or self.sizes[whole]
         for i in range(self.n_ops):
             if self.ops[i].kind == OP_ALIAS:
                 place[self.ops[i].y] = place[self.ops[i].x]
@@ -883,6 +934,10 @@ cdef class Program:
         cdef int i
         cdef cnp.ndarray a
         cdef program_op* op
+        for reg, _, _ in self.views:
+            if arrays[reg] is not None:
+                raise ValueError(f"fastconv._core.Program: register {reg} is a view; its "
+                                 f"array must be None")
         for i in range(self.n_regs):
             if arrays[i] is not None:
                 a = arrays[i]
@@ -893,6 +948,9 @@ cdef class Program:
                         f"float32 array of {batch * self.sizes[i]} floats; received "
                         f"{a.dtype} {tuple(a.shape[j] for j in range(a.ndim))}")
                 regs[i] = <float*>cnp.PyArray_DATA(a)
+        for reg, whole, offset in self.views:
+            if regs[whole] != NULL:
+                regs[reg] = regs[whole] + <size_t>offset
         for i in range(self.n_ops):
             op = &self.ops[i]
             if regs[op.x] == NULL or (op.r >= 0 and regs[op.r] == NULL):

@@ -302,6 +302,63 @@ def test_program_refuses_registers_that_do_not_fit_its_ops():
     np.testing.assert_array_equal(y, np.full((2, 4), 6.0, np.float32))
 
 
+def concat_model():
+    """Five parts joined along the channels: a 1x1 and a 3x3 convolution and a max pooling
+    (written in place), a convolution also read by another layer and one that is a model
+    output (both copied)."""
+    x = fastconv.Input((6, 9, 9))
+    stem = L.Conv2D(6, 3, padding=1, activation="relu", name="stem")(x)
+    a = L.Conv2D(5, 1, activation="relu", name="a")(stem)
+    b = L.Conv2D(3, 3, padding=1, name="b")(stem)
+    p = L.MaxPool2D(3, strides=1, padding=1, name="p")(stem)
+    shared = L.Conv2D(4, 1, name="shared")(stem)
+    out = L.Conv2D(2, 1, name="out")(stem)
+    cat = L.Concatenate(axis=1, name="cat")([a, b, p, shared, out])
+    head = L.Conv2D(7, 1, name="head")(cat)
+    side = L.GlobalAveragePooling2D(name="side")(shared)
+    return fastconv.Model(x, [head, side, out], seed=0)
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_concatenation_parts_written_in_place_give_the_layers_results(batch):
+    model = concat_model()
+    x = np.random.default_rng(4).standard_normal((batch, 6, 9, 9)).astype(np.float32)
+    planned = model.predict(x)
+    plan = model._plan
+    (concat,) = [s for s in plan.steps if s.describe.startswith("concatenate")]
+    names = {plan._model._nodes[i].layer.name for i in concat.assembled}
+    assert names == {"a", "b", "p"}
+    assert "(3 of 5 parts written in place)" in model.plan_summary(print_fn=None)
+    reference = model._run_layers([x])
+    for got, want in zip(planned, reference):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    again = model.predict(x)  # the arena reused: the first results stay the caller's
+    for first, second in zip(planned, again):
+        np.testing.assert_array_equal(first, second)
+
+
+def test_program_views_write_into_their_whole_one_sample_at_a_time():
+    """A pooling writing into the second half of each sample of a larger register, at an odd
+    batch, next to a copied part; views that overrun, nest or are given arrays are refused."""
+    from fastconv import _core
+    pool = ("pool", True, (2, 2), (2, 2), (1, 1), (0, 0, 0, 0), True, (2, 4, 4), (2, 2))
+    program = _core.Program([pool + (0, 1), ("copy", 2, 3, 0)], [32, 8, 8, 16],
+                            [(1, 3, 8)])
+    rng = np.random.default_rng(5)
+    x, first = rng.standard_normal((3, 32)).astype(np.float32), rng.standard_normal((3, 8))
+    first = first.astype(np.float32)
+    whole = np.full((3, 16), np.nan, np.float32)
+    program.run(3, [x, None, first, whole])
+    pooled = x.reshape(3, 2, 2, 2, 2, 2).max(axis=(3, 5)).reshape(3, 8)
+    np.testing.assert_array_equal(whole, np.concatenate([first, pooled], axis=1))
+    with pytest.raises(ValueError, match="register 1 is a view; its array must be None"):
+        program.run(3, [x, np.empty((3, 8), np.float32), first, whole])
+    with pytest.raises(ValueError, match="overruns register 3"):
+        _core.Program([("copy", 2, 3, 0)], [32, 8, 8, 16], [(1, 3, 9)])
+    with pytest.raises(ValueError, match="into one that is no view"):
+        _core.Program([("copy", 2, 3, 0)], [32, 8, 8, 16], [(1, 3, 8), (3, 0, 0)])
+
+
 @pytest.mark.parametrize("chunk", [1, 2, 3])
 def test_chunks_of_samples_compute_what_the_whole_batch_does(monkeypatch, chunk):
     """The convolutional part run a few samples at a time (registers offset per chunk, the dense
