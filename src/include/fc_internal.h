@@ -10,6 +10,8 @@
 
 /* Threads to use for an operator call of about `flops` floating-point operations. */
 int fc_threads_for(double flops);
+/* fc_threads_for an op of `flops` that also reads and writes `floats` from outside L2. */
+int fc_threads_for_traffic(double flops, double floats);
 int fc_in_team(void); /* inside an active parallel region */
 /* The calling thread's index in the current parallel region (0 outside one or without OpenMP). */
 int fc_thread_id(void);

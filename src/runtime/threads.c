@@ -68,6 +68,18 @@ int fc_threads_for(double flops) {
   return n;
 }
 
+/* Memory-bound ops (poolings) take as long per float they read or write, when it comes from
+ * L3 or memory (a layer's input just written by both cores, a cold output), as the GEMM takes
+ * for about this many flops: GoogLeNet's 480-channel 14x14 poolings, 0.85 Mflop, ran on one
+ * thread for 0.15-0.2 ms. Weighing their floats so (8-32 measured alike), two threads: the
+ * poolings of GoogLeNet at batch 1 x0.70, AlexNet's x0.70, VGG-16's x0.94, MobileNetV2's global
+ * pooling x0.75 (Zen 3, two threads, the plans' steps one by one, session 15). */
+#define FC_FLOPS_PER_FLOAT_MOVED 16.0
+
+int fc_threads_for_traffic(double flops, double floats) {
+  return fc_threads_for(flops + FC_FLOPS_PER_FLOAT_MOVED * floats);
+}
+
 int fc_in_team(void) {
 #ifdef _OPENMP
   return omp_in_parallel();
