@@ -62,10 +62,10 @@ def test_gemm_tall_wide_and_n_blocks(rng, M, N, K):
 @pytest.mark.parametrize("M,N,K", [(64, 3136, 64), (256, 196, 300), (2048, 49, 512),
                                    (30, 1111, 17), (600, 23, 70)])
 def test_gemm_threads_sharing_tail_panels_compute_each_tile_once(rng, threads, M, N, K):
-    """The threads take their shares' tail panels (columns, or A's rows when the team splits the
-    rows: N of at most a few panels) from queues that the others steal from: whoever computes a
-    tile, every call equals the one-thread result bit for bit (a tile computed twice with a
-    stale accumulation, or left out, would not)."""
+    """The threads take their shares' tail column panels from queues that the others steal
+    from (a split of A's rows, N of at most a few panels, shares none): whoever computes a tile,
+    every call equals the one-thread result bit for bit (a tile computed twice with a stale
+    accumulation, or left out, would not)."""
     a = rng.standard_normal((M, K)).astype(np.float32)
     b = rng.standard_normal((K, N)).astype(np.float32)
     bias = rng.standard_normal(N).astype(np.float32)

@@ -316,13 +316,11 @@ static size_t column_block_panels(size_t kc, size_t nr) {
   return fit < 1 ? 1 : fc_min(FC_NC / nr, fit);
 }
 
-/* The tail of a thread's share (of column panels, or of A's row panels when the team splits
- * the rows) that the other threads may take (fc_steal_queue): the last quarter of the share,
- * in units of a quarter of that. */
+/* The tail of a thread's share of column panels that the other threads may take
+ * (fc_steal_queue): the last quarter of the share, in units of a quarter of that. */
 typedef struct tail_queue {
   fc_steal_queue q;
   size_t first, unit, end; /* panels: where the tail starts, per unit, where the share ends */
-  int rows;                /* of A panels (the team splits the rows), else of column panels */
 } tail_queue;
 
 /* The arguments of fc_gemm_packed, shared by its team. */
@@ -410,51 +408,43 @@ static void column_block(const gemm_job* g, const fc_gemm_config* cfg, float* bp
   }
 }
 
-/* Every column block against A panels [mp0, mp1). */
-static void row_range(const gemm_job* g, const fc_gemm_config* cfg, float* bpanels, size_t mp0,
-                      size_t mp1) {
-  for (size_t p0 = 0; p0 < g->n_npanels; p0 += g->block_panels) {
-    column_block(g, cfg, bpanels, mp0, mp1, p0, fc_min(g->n_npanels, p0 + g->block_panels));
-  }
-}
-
 static void run_unit(const gemm_job* g, const fc_gemm_config* cfg, float* bpanels,
                      const tail_queue* q, size_t u) {
   const size_t i0 = q->first + u * q->unit, i1 = fc_min(q->end, i0 + q->unit);
-  if (q->rows) row_range(g, cfg, bpanels, i0, i1);
-  else column_block(g, cfg, bpanels, 0, g->n_mpanels, i0, i1);
+  column_block(g, cfg, bpanels, 0, g->n_mpanels, i0, i1);
 }
 
-/* The fewest panels a tail unit may have. A unit streams all of A through its column panels,
- * or packs its own copy of all of B for its row panels: a column unit of A larger than a
- * quarter of L2 (AlexNet's 384 -> 384 on 13x13: 2.6 MB) reads it from L3 again for 16 columns
- * of work, and with 1-panel units AlexNet measured x1.05 on two threads; so such units are
- * 4 panels or none, and row units 8 panels (48 rows against all of B). */
-static size_t min_unit(const gemm_job* g, int rows) {
-  if (rows) return 8;
+/* The fewest panels a tail unit may have. A unit streams all of A through its column panels: a
+ * unit of A larger than a quarter of L2 (AlexNet's 384 -> 384 on 13x13: 2.6 MB) reads it from
+ * L3 again for 16 columns of work, and with 1-panel units AlexNet measured x1.05 on two
+ * threads; so such units are 4 panels or none. */
+static size_t min_unit(const gemm_job* g) {
   return g->mpad * g->K * sizeof(float) > ((size_t)128 << 10) ? 4 : 1;
 }
 
-/* Sets up thread id's queue over the tail of its share [s0, s1) of panels; returns where the
- * tail starts. A column unit must fit the thread's B panels: at most a column block. */
-static size_t setup_tail(const gemm_job* g, tail_queue* q, size_t s0, size_t s1, int rows) {
-  const size_t least = min_unit(g, rows), cap = rows ? s1 - s0 : g->block_panels;
+/* Sets up thread id's queue over the tail of its share [s0, s1) of column panels; returns where
+ * the tail starts. A unit must fit the thread's B panels: at most a column block. */
+static size_t setup_tail(const gemm_job* g, tail_queue* q, size_t s0, size_t s1) {
+  const size_t least = min_unit(g);
   size_t tail = (s1 - s0) / 4;
   if (tail < least) tail = 0; /* too few panels to share */
-  const size_t unit = fc_min(cap, tail / 4 > least ? tail / 4 : least);
-  q->first = s1 - tail, q->unit = unit ? unit : 1, q->end = s1, q->rows = rows;
+  const size_t unit = fc_min(g->block_panels, tail / 4 > least ? tail / 4 : least);
+  q->first = s1 - tail, q->unit = unit ? unit : 1, q->end = s1;
   fc_steal_open(&q->q, (tail + q->unit - 1) / q->unit);
   return s1 - tail;
 }
 
 /* One thread's tiles of C. The runtime may give fewer threads than asked for, so the grid is
- * made from the team actually running. Each thread runs the first three quarters of its share,
- * then its tail queue, then steals the other threads' tail units: on a shared machine either
- * thread of two may run 10-25 % slower than the other through a call (ResNet-50 on two threads:
- * the threads' times differed by 7 ms per predict of 60-75 over its GEMMs, by 34 of 92 in a slow
- * phase). A thread stealing rows packs its own copy of the B panels, as the row split does. No
- * thread waits for another inside the team; every tile is still computed by one thread in the
- * same K order, so results do not depend on who computes it. */
+ * made from the team actually running. When the team splits the columns, each thread runs the
+ * first three quarters of its share, then its tail queue, then steals the other threads' tail
+ * units: on a shared machine either thread of two may run 10-25 % slower than the other
+ * through a call (ResNet-50 on two threads: the threads' times differed by 7 ms per predict of
+ * 60-75 over its GEMMs, by 34 of 92 in a slow phase). Every tile is still computed by one
+ * thread in the same K order, so results do not depend on who computes it. A split of the rows
+ * (few column panels: 7x7 images) shares no tail: a unit of rows, even the thread's own, packs
+ * all of B again for its 48 rows, and without the units the layers ran x0.935-0.958 on two
+ * threads (2048 -> 512, 512 -> 2048, 832 -> 384 and 320 -> 1280 channels on 7x7; ResNet-50
+ * x0.991 / x0.994 at batch 1; GoogLeNet, ResNet-152, MobileNetV2 x1.00; Zen 3, session 15). */
 static void gemm_share(void* ctx, size_t id, size_t team) {
   const gemm_job* g = (const gemm_job*)ctx;
   const fc_gemm_config* cfg = fc_gemm_config_get();
@@ -466,15 +456,11 @@ static void gemm_share(void* ctx, size_t id, size_t team) {
   fc_share(g->n_mpanels, id % tm, tm, &mp0, &mp1);
   fc_share(g->n_npanels, id / tm, tn, &np0, &np1);
   if (id >= tm * tn) np1 = np0; /* a thread left over by the grid */
-  const int by_rows = tm > 1 && tn == 1, by_cols = tm == 1 && tn > 1;
-  tail_queue* mine = (by_rows || by_cols) && team <= FC_MAX_TEAM ? &g->tails[id] : NULL;
-  if (mine && by_rows) {
-    row_range(g, cfg, bpanels, mp0, setup_tail(g, mine, mp0, mp1, 1));
-  } else {
-    const size_t own_end = mine ? setup_tail(g, mine, np0, np1, 0) : np1;
-    for (size_t p0 = np0; p0 < own_end; p0 += g->block_panels) {
-      column_block(g, cfg, bpanels, mp0, mp1, p0, fc_min(own_end, p0 + g->block_panels));
-    }
+  const int by_cols = tm == 1 && tn > 1;
+  tail_queue* mine = by_cols && team <= FC_MAX_TEAM ? &g->tails[id] : NULL;
+  const size_t own_end = mine ? setup_tail(g, mine, np0, np1) : np1;
+  for (size_t p0 = np0; p0 < own_end; p0 += g->block_panels) {
+    column_block(g, cfg, bpanels, mp0, mp1, p0, fc_min(own_end, p0 + g->block_panels));
   }
   if (mine) {
     ptrdiff_t u;
