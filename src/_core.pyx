@@ -689,11 +689,11 @@ cdef class Program:
     writes in place, so that no copy is needed); ops touching a view run one sample at a time.
     ``run(batch, arrays, chunk)`` takes one array (or None) per register: inputs and outputs
     must be given; registers written by an alias or an in-place convolution, and views, are
-    None and get their memory from the op or from their whole. With ``chunk`` < batch, the ops before the first dense layer (the
-    convolutional part) run on ``chunk`` samples at a time, so that a chunk's activations stay
-    in cache from one layer to the next, and the rest on the whole batch (each dense weight read
-    once). Between ops the GIL is taken back, so Ctrl-C and other Python threads are served as
-    between separate calls."""
+    None and get their memory from the op or from their whole. With ``chunk`` < batch, the ops
+    before the first dense layer (the convolutional part) run on ``chunk`` samples at a time,
+    so that a chunk's activations stay in cache from one layer to the next, and the rest on the
+    whole batch (each dense weight read once). Between ops the GIL is taken back, so Ctrl-C and
+    other Python threads are served as between separate calls."""
     cdef program_op* ops
     cdef int n_ops, n_regs
     cdef readonly int prefix  # ops before the first dense op (all when there is none)
