@@ -138,7 +138,8 @@ class Plan:
                 readers[i] = readers.get(i, 0) + 1
         nodes = self._model._nodes
         for c, concat in enumerate(self.steps):
-            if concat.native is None or concat.native[0] != "concat" or concat.output in self._outputs:
+            if (concat.native is None or concat.native[0] != "concat"
+                    or concat.output in self._outputs):
                 continue
             offset = 0
             for part in concat.inputs:

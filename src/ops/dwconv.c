@@ -135,7 +135,8 @@ const char* fc_dwconv3x3_kernel(const fc_conv2d_params* p) {
  * (Zen 3, session 15). */
 static int dw_threads(size_t planes, size_t in_plane, size_t out_plane, const float* residual) {
   const double flops = 2.0 * 9 * planes * out_plane;
-  return fc_threads_for_traffic(flops, (double)planes * (in_plane + (residual ? 2 : 1) * out_plane));
+  const double floats = (double)planes * (in_plane + (residual ? 2 : 1) * out_plane);
+  return fc_threads_for_traffic(flops, floats);
 }
 
 /* The flat kernel over each thread's share of the batch's planes, one call per image in it. */

@@ -90,12 +90,20 @@ static void pool_plane(const fc_pool2d_params* p, const fc_vector_config* vk, co
   }
 }
 
+/* Threads for a pooling of `flops_per_output` per output: its input and output floats weigh
+ * more than its arithmetic (fc_threads_for_traffic). */
+static int pool_threads(const fc_pool2d_params* p, double flops_per_output) {
+  const double outputs = (double)p->planes * p->out_h * p->out_w;
+  return fc_threads_for_traffic(flops_per_output * outputs,
+                                (double)p->planes * p->in_h * p->in_w + outputs);
+}
+
 static int pool2d(const fc_pool2d_params* p, int is_max, const float* x, float* y) {
   const fc_vector_config* vk = fc_vector_config_get();
   pool_setup s;
   if (pool_setup_init(p, is_max, &s) != 0) return FC_ERROR_NOMEM;
   const size_t in_plane = p->in_h * p->in_w, out_plane = p->out_h * p->out_w;
-  const int threads = fc_threads_for_traffic((double)p->planes * out_plane * p->kernel_h * p->kernel_w, (double)p->planes * (in_plane + out_plane));
+  const int threads = pool_threads(p, (double)p->kernel_h * p->kernel_w);
   int rc = 0;
 #pragma omp parallel num_threads(threads)
   {
@@ -145,7 +153,7 @@ static void max_pool2x2_row(void* ctx, size_t row) {
 static void max_pool2x2_rows(const fc_pool2d_params* p, const float* x, float* y) {
   const size_t rows = p->planes * p->out_h;
   pool_rows_job job = {p, fc_vector_config_get()->maxpool2x2, x, y};
-  fc_parallel_for(fc_threads_for_traffic(4.0 * (double)rows * p->out_w, 5.0 * (double)rows * p->out_w), rows, max_pool2x2_row, &job);
+  fc_parallel_for(pool_threads(p, 4.0), rows, max_pool2x2_row, &job);
 }
 
 /* 3x3 windows at stride 1 or 2 on both axes (GoogLeNet, ResNet, AlexNet), at most one column
@@ -184,7 +192,7 @@ static void max_pool3x3_rows(const fc_pool2d_params* p, const float* x, float* y
   const size_t bands = (p->out_h + FC_MAXPOOL_ROWS - 1) / FC_MAXPOOL_ROWS;
   const size_t tasks = p->planes * bands, in_plane = p->in_h * p->in_w;
   const size_t out_plane = p->out_h * p->out_w;
-  const int threads = fc_threads_for_traffic(9.0 * (double)p->planes * out_plane, (double)p->planes * (in_plane + out_plane));
+  const int threads = pool_threads(p, 9.0);
 #pragma omp parallel for schedule(static) num_threads(threads)
   for (size_t t = 0; t < tasks; t++) {
     const size_t c = t / bands, oh = (t % bands) * FC_MAXPOOL_ROWS;
@@ -207,7 +215,7 @@ static int max_pool3x3_flat(const fc_pool2d_params* p) {
 static void max_pool3x3_flat_run(const fc_pool2d_params* p, const float* x, float* y) {
   const fc_maxpool3x3_flat_fn kernel = fc_vector_config_get()->maxpool3x3s1_flat;
   const size_t plane = p->in_h * p->in_w;
-#pragma omp parallel num_threads(fc_threads_for_traffic(9.0 * (double)p->planes * plane, 2.0 * (double)p->planes * plane))
+#pragma omp parallel num_threads(pool_threads(p, 9.0))
   {
     const size_t id = (size_t)fc_thread_id(), team = (size_t)fc_thread_count();
     size_t first, end;
@@ -259,7 +267,8 @@ static float plane_mean(const float* x, size_t n) {
 }
 
 void fc_global_pool_f32(size_t planes, size_t plane_size, int is_max, const float* x, float* y) {
-  const int threads = fc_threads_for_traffic((double)planes * plane_size, (double)planes * plane_size);
+  const double floats = (double)planes * plane_size;
+  const int threads = fc_threads_for_traffic(floats, floats);
 #pragma omp parallel for schedule(static) num_threads(threads)
   for (size_t c = 0; c < planes; c++) {
     const float* xc = x + c * plane_size;
