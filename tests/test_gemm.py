@@ -37,15 +37,16 @@ def test_gemm_tile_edges(rng, M, K):
 @pytest.mark.parametrize("activation", [None, "relu6", "sigmoid"])
 @pytest.mark.parametrize("M", [1, 8, 9, 17, 24, 40])
 def test_gemm_narrow_edge_columns_are_bit_identical_to_full_tiles(rng, M, activation):
-    # The last 1-8 columns past a multiple of 32 (AVX-512) run through the transposed narrow
-    # kernel, two A panels at a time; inside a wider B the same columns are in full tiles. Each
-    # element sums the same products in the same order either way.
+    # The last 1-8 columns past a multiple of 32 (AVX-512), 1-4 past a multiple of 16 (AVX2),
+    # run through the transposed narrow kernel, two A panels at a time; inside a wider B the
+    # same columns are in full tiles. Each element sums the same products in the same order
+    # either way.
     K = 600  # three K blocks: the narrow kernel accumulates into C
     a = rand(rng, (M, K), -3, 3)
     b_full = rand(rng, (K, 72), -3, 3)
     bias = rand(rng, (72,), -2, 2)
     wide = F.gemm(a, b_full, bias=bias, activation=activation)
-    for n in (33, 36, 37, 40, 65, 68):
+    for n in (33, 34, 35, 36, 37, 40, 50, 65, 68):
         y = F.gemm(a, np.ascontiguousarray(b_full[:, :n]), bias=bias[:n], activation=activation)
         np.testing.assert_array_equal(y, wide[:, :n], err_msg=f"M={M} N={n}")
     check_gemm(a, np.ascontiguousarray(b_full[:, :68]), bias[:68], activation)

@@ -184,7 +184,7 @@ typedef struct fc_gemm_config {
   size_t mr;
   size_t nr;
   const char* name;
-  fc_gemm_narrow_fn narrow; /* NULL: edge panels go through fn (AVX2, scalar) */
+  fc_gemm_narrow_fn narrow; /* NULL: edge panels go through fn (scalar) */
   size_t narrow_cols;
   fc_gemm_pixels_fn pixels; /* NULL: 1x1 layers keep their other paths (AVX2, scalar) */
 } fc_gemm_config;
@@ -223,6 +223,10 @@ const fc_vector_config* fc_vector_config_get(void);
 FC_GEMM_UKERNEL(fc_f32_gemm_minmax_ukernel_4x8__scalar);
 FC_GEMM_UKERNEL(fc_f32_gemm_minmax_ukernel_6x16__avx2);
 FC_GEMM_UKERNEL(fc_f32_gemm_minmax_ukernel_8x32__avx512f);
+void fc_f32_gemm_narrow_ukernel_12x4__avx2(size_t rows, size_t cols, size_t kc, const float* a,
+                                           size_t a_stride, const float* b, size_t b_stride,
+                                           const ptrdiff_t* b_offsets, float* c, size_t ldc,
+                                           const fc_gemm_epilogue* ep);
 void fc_f32_gemm_narrow_ukernel_16x8__avx512f(size_t rows, size_t cols, size_t kc,
                                               const float* a, size_t a_stride, const float* b,
                                               size_t b_stride, const ptrdiff_t* b_offsets,

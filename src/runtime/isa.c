@@ -53,7 +53,7 @@ static const fc_gemm_config gemm_configs[] = {
      "f32_gemm_minmax_ukernel_4x8__scalar"},
 #if defined(FC_HAVE_X86_KERNELS)
     {fc_f32_gemm_minmax_ukernel_6x16__avx2, fc_f32_gemv_ukernel__avx2, 6, 16,
-     "f32_gemm_minmax_ukernel_6x16__avx2"},
+     "f32_gemm_minmax_ukernel_6x16__avx2", fc_f32_gemm_narrow_ukernel_12x4__avx2, 4},
     {fc_f32_gemm_minmax_ukernel_8x32__avx512f, fc_f32_gemv_ukernel__avx512f, 8, 32,
      "f32_gemm_minmax_ukernel_8x32__avx512f", fc_f32_gemm_narrow_ukernel_16x8__avx512f, 8,
      fc_f32_gemm_pixels_ukernel_8x32__avx512f},
