@@ -26,6 +26,22 @@ typedef struct fc_gemm_epilogue {
   float max;
 } fc_gemm_epilogue;
 
+/* The epilogue of the narrow kernels for column j of rows r0 .. r0 + n - 1 of C, from their sums,
+ * element by element in the tile kernels' order (C, row bias, column bias, the clamp that keeps
+ * NaN): there C's columns are strided, and these are few elements. */
+static inline void fc_narrow_epilogue(const float* sums, size_t n, size_t r0, size_t j, float* c,
+                                      size_t ldc, const fc_gemm_epilogue* ep) {
+  for (size_t r = 0; r < n; r++) {
+    float* cr = c + (r0 + r) * ldc + j;
+    float v = sums[r];
+    if (ep->accumulate) v = *cr + v;
+    if (ep->bias_row) v = v + ep->bias_row[r0 + r];
+    if (ep->bias_col) v = v + ep->bias_col[j];
+    v = ep->min > v ? ep->min : v;
+    *cr = ep->max < v ? ep->max : v;
+  }
+}
+
 /* C[0:rows, 0:cols] (row stride ldc) = A_panel (kc x MR, k-major) * B (kc x cols), followed by
  * the epilogue; 1 <= rows <= MR, 1 <= cols <= NR, kc >= 1. B is a packed panel (row k at
  * b + k * NR, 64-byte aligned, zero past cols) when b_offsets is NULL; otherwise it is read in

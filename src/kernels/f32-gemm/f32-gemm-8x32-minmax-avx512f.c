@@ -133,22 +133,12 @@ FC_INLINE void narrow_tile(size_t kc, const float* a, size_t a_stride, const flo
       if (np == 2) acc[1][j] = _mm256_fmadd_ps(a1, bj, acc[1][j]);
     }
   }
-  /* The epilogue element by element, in the tile kernel's order (C, row bias, column bias, the
-   * clamp that keeps NaN): C's columns are strided here, and these are few elements. */
   float sums[MR] __attribute__((aligned(32)));
   for (int p = 0; p < np; p++) {
     const size_t r0 = (size_t)p * MR, n = rows - r0 < MR ? rows - r0 : MR;
     for (size_t j = 0; j < cols; j++) {
       _mm256_store_ps(sums, acc[p][j]);
-      for (size_t r = 0; r < n; r++) {
-        float* cr = c + (r0 + r) * ldc + j;
-        float v = sums[r];
-        if (ep->accumulate) v = *cr + v;
-        if (ep->bias_row) v = v + ep->bias_row[r0 + r];
-        if (ep->bias_col) v = v + ep->bias_col[j];
-        v = ep->min > v ? ep->min : v;
-        *cr = ep->max < v ? ep->max : v;
-      }
+      fc_narrow_epilogue(sums, n, r0, j, c, ldc, ep);
     }
   }
 }
