@@ -180,21 +180,27 @@ FC_INLINE void narrow_tile(size_t kc, const float* a, size_t a_stride, const flo
   }
 }
 
+/* The edge's columns through narrow_tile compiled for 1, 2 or 4 of them (a one-column edge
+ * costs one broadcast per k, not four), for np A panels. */
+FC_INLINE void narrow_columns(size_t kc, const float* a, size_t a_stride, const float* b,
+                              size_t b_stride, const ptrdiff_t* b_offsets, float* c, size_t ldc,
+                              const fc_gemm_epilogue* ep, size_t rows, size_t cols, const int np) {
+  if (cols == 1) {
+    narrow_tile(kc, a, a_stride, b, b_stride, b_offsets, c, ldc, ep, rows, cols, np, 1);
+  } else if (cols == 2) {
+    narrow_tile(kc, a, a_stride, b, b_stride, b_offsets, c, ldc, ep, rows, cols, np, 2);
+  } else {
+    narrow_tile(kc, a, a_stride, b, b_stride, b_offsets, c, ldc, ep, rows, cols, np, 4);
+  }
+}
+
 void fc_f32_gemm_narrow_ukernel_12x4__avx2(size_t rows, size_t cols, size_t kc, const float* a,
                                            size_t a_stride, const float* b, size_t b_stride,
                                            const ptrdiff_t* b_offsets, float* c, size_t ldc,
                                            const fc_gemm_epilogue* ep) {
-  /* Compiled for 1, 2 and 4 columns: a one-column edge costs one broadcast per k, not four. */
-  const int np = rows > MR ? 2 : 1;
-  if (cols == 1) {
-    if (np == 2) narrow_tile(kc, a, a_stride, b, b_stride, b_offsets, c, ldc, ep, rows, cols, 2, 1);
-    else narrow_tile(kc, a, a_stride, b, b_stride, b_offsets, c, ldc, ep, rows, cols, 1, 1);
-  } else if (cols == 2) {
-    if (np == 2) narrow_tile(kc, a, a_stride, b, b_stride, b_offsets, c, ldc, ep, rows, cols, 2, 2);
-    else narrow_tile(kc, a, a_stride, b, b_stride, b_offsets, c, ldc, ep, rows, cols, 1, 2);
-  } else if (np == 2) {
-    narrow_tile(kc, a, a_stride, b, b_stride, b_offsets, c, ldc, ep, rows, cols, 2, 4);
+  if (rows > MR) {
+    narrow_columns(kc, a, a_stride, b, b_stride, b_offsets, c, ldc, ep, rows, cols, 2);
   } else {
-    narrow_tile(kc, a, a_stride, b, b_stride, b_offsets, c, ldc, ep, rows, cols, 1, 4);
+    narrow_columns(kc, a, a_stride, b, b_stride, b_offsets, c, ldc, ep, rows, cols, 1);
   }
 }
