@@ -7,6 +7,10 @@ what runs:
   then a ReLU/ReLU6/tanh/sigmoid activation, then a residual ``Add`` (whose other operand is
   added in the convolution's store, in place when that operand is not needed afterwards) and the
   activation after it;
+- a 1x1 convolution step adding a projection shortcut (another 1x1 convolution step, at a
+  stride, with no activation and no other reader: ResNet's downsample) takes it in: one GEMM
+  over both inputs' channels (``_core.ConvSumPlan``), where the kernel table would run both as
+  packed GEMMs;
 - a Dense absorbs the activation that follows it;
 - a 1x1 expansion (or a stem), a 3x3 depthwise and a 1x1 projection step on large images
   (MobileNetV2's first blocks) become one depth-first chain, run band by band of rows
@@ -102,6 +106,7 @@ class Plan:
         self.steps = self._fuse()
         if self._depth_first:
             self.steps = self._depth_first_chains(self.steps)
+        self.steps = self._projection_sums(self.steps)
         _schedule_releases(self.steps, self._outputs)
         self._mark_in_place()
         self._assemble_concats()
@@ -350,6 +355,78 @@ class Plan:
         step.conv_algorithm = "depth-first"
         return step
 
+    # Projection shortcuts ----------------------------------------------------------------------
+
+    def _projection_sums(self, steps):
+        """The steps with each 1x1 convolution that adds a projection shortcut (ResNet's
+        bottleneck conv3 + BN + add, with the downsample conv + BN) and the shortcut's step
+        replaced by one ConvSumPlan step: a GEMM over both inputs' channels, so the shortcut's
+        output is never stored and read back, and the residual store is a plain one."""
+        readers = {}
+        for step in steps:
+            for i in step.inputs:
+                readers[i] = readers.get(i, 0) + 1
+        producer = {step.output: step for step in steps}
+        fused, dropped = {}, set()
+        for step in steps:
+            shortcut = producer.get(step.residual)
+            if shortcut is not None and readers[shortcut.output] == 1:
+                made = self._projection_sum(step, shortcut)
+                if made is not None:
+                    fused[id(step)] = made
+                    dropped.add(id(shortcut))
+        return [fused.get(id(step), step) for step in steps if id(step) not in dropped]
+
+    def _projection_sum(self, step, shortcut):
+        """The fused step for ``step`` adding ``shortcut``'s output, or None: both 1x1 GEMM steps
+        of one group, the shortcut with no activation or residual of its own and no model
+        output, at most one of them strided (equally on both axes), and the fused GEMM the way
+        the kernel table in force would run them (_core.conv_sum_applies)."""
+        pair = (step, shortcut)
+        if any(s.native[0] != "conv" or s.conv_algorithm != "gemm"
+               or s.chain["nodes"][0].layer.groups != 1 for s in pair):
+            return None
+        if (shortcut.residual is not None or shortcut.chain["activation"] is not None
+                or shortcut.output in self._outputs):
+            return None
+        strides = [tuple(s.chain["nodes"][0].layer.strides) for s in pair]
+        if strides[0] != (1, 1):  # the unstrided layer reads its input in place: first
+            pair, strides = pair[::-1], strides[::-1]
+        (a, b), (stride, stride_w) = pair, strides[1]
+        if strides[0] != (1, 1) or stride != stride_w:
+            return None
+        nodes = self._model._nodes
+        in_a, in_b = (nodes[s.inputs[0]].sample_shape for s in pair)
+        out_channels = step.shape[0]
+        if not _core.conv_sum_applies(out_channels, in_a, in_b, stride):
+            return None
+        (ka, bias_a), (kb, bias_b) = (_folded(s.chain["nodes"][0].layer, s.chain["bn"]) for s in pair)
+        bias = None
+        if bias_a is not None or bias_b is not None:
+            bias = np.zeros(out_channels, np.float32)
+            for part in (bias_a, bias_b):
+                bias += 0 if part is None else part
+        plan = _core.ConvSumPlan(ka, kb, bias, in_a, in_b, stride,
+                                 F._ACTIVATIONS[step.chain["activation"]])
+        return self._sum_step(plan, a.inputs[0], b.inputs[0], step,
+                              f"{step.names} + {shortcut.names}")
+
+    def _sum_step(self, plan, xa_id, xb_id, replaced, names):
+        out_id, out_shape = replaced.output, replaced.shape
+
+        def run(values, out):
+            xa = values[xa_id]
+            if out is None:
+                out = np.empty((xa.shape[0],) + out_shape, np.float32)
+            plan.run(xa, values[xb_id], out)
+            return out
+
+        step = Step(list(dict.fromkeys([xa_id, xb_id])), out_id, run,
+                    f"conv2d[gemm+shortcut] {names}", fresh=True, shape=out_shape)
+        step.native = ("conv_sum", plan, xa_id, xb_id, out_id)
+        step.conv_algorithm = "gemm"
+        return step
+
     # Steps -------------------------------------------------------------------------------------
 
     def _conv_step(self, chain):
@@ -384,6 +461,7 @@ class Plan:
         step = Step([x_id] + ([r_id] if r_id is not None else []), out_id, run,
                     f"conv2d[{conv.algorithm}] {names}{note}", fresh=True, shape=out_shape)
         step.names, step.residual_note = names, note  # what a depth-first chain step lists
+        step.chain = chain  # what a projection sum re-folds (_projection_sums)
         step.residual = r_id
         step.native = ("conv", plan, x_id, r_id, out_id)
         step.conv_algorithm = conv.algorithm
@@ -613,6 +691,8 @@ class Segment:
 def _kernels(step, gemm, isa):
     """The micro-kernels a step runs (src/include/fc_kernels.h), for plan summaries."""
     kind = step.native[0] if step.native is not None else None
+    if kind == "conv_sum":
+        return gemm
     if kind == "conv":
         algorithm = step.conv_algorithm
         if algorithm in ("winograd", "winograd4"):
@@ -641,6 +721,9 @@ def _program_ops(step, regs, nodes):
     if kind == "chain":
         chain, x, r, y = args
         return [("chain", chain, regs[x], -1 if r is None else regs[r], regs[y])]
+    if kind == "conv_sum":
+        plan, xa, xb, y = args
+        return [("conv_sum", plan, regs[xa], regs[xb], regs[y])]
     if kind == "dense":
         return [("dense", args[0], regs[args[1]], regs[args[2]])]
     if kind == "concat":  # the parts not already written in place are copied

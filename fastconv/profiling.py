@@ -7,7 +7,7 @@ over the whole batch (a large batch of MobileNetV2 goes through ``predict`` in c
 what ``fastconv profile`` prints, and what a ``Model.profile(x)`` method would return.
 
 MACs are counted as ``Model.summary`` counts them (per sample: convolutions and dense layers
-only); a fused step is credited with the MACs of the layer it starts with.
+only); a fused step is credited with the MACs of every layer it runs.
 """
 import time
 
@@ -28,14 +28,17 @@ def model_macs(model):
 
 def step_kind(describe):
     """The operator of a plan step from its description: ``conv2d[winograd]``, ``dense``,
-    ``maxpool2d``, ..."""
-    return describe.split(" ", 1)[0]
+    ``maxpool2d``, ``conv2d[depth-first: gemm, direct, gemm]``, ..."""
+    head = describe.split(" ", 1)[0]
+    if "[" in head and "]" not in head:  # a bracket with spaces in it
+        head = describe.split("]", 1)[0] + "]"
+    return head
 
 
-def _step_layer(describe):
-    """The name of the first layer a step runs (``conv2d[im2col] conv1 + bn1`` -> ``conv1``)."""
-    parts = describe.split(" ", 1)
-    return parts[1].split(" + ", 1)[0].split(" (+ residual", 1)[0] if len(parts) == 2 else ""
+def _step_layers(describe):
+    """The layers a step runs (``conv2d[im2col] conv1 + bn1 (+ residual x)`` -> conv1, bn1)."""
+    names = describe[len(step_kind(describe)):].split(" (", 1)[0]
+    return [name.strip() for name in names.split(" + ") if name.strip()]
 
 
 def current_plan(model):
@@ -81,7 +84,7 @@ def profile_plan(model, x, repeats=5):
     rows = []
     for i, step in enumerate(plan.steps):
         median_ms = float(np.median(passes[:, i]))
-        macs = macs_per_layer.get(_step_layer(step.describe), 0) * batch
+        macs = sum(macs_per_layer.get(name, 0) for name in _step_layers(step.describe)) * batch
         gflops = 2.0 * macs / (median_ms * 1e-3) / 1e9 if macs and median_ms > 0 else None
         rows.append({"index": i, "step": step.describe, "kind": step_kind(step.describe),
                      "median_ms": median_ms, "times_ms": passes[:, i].tolist(), "macs": macs,

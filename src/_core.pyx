@@ -55,6 +55,14 @@ cdef extern from "fastconv.h" nogil:
                                   const float* packed, const float* bias, const float* residual,
                                   const float* x, float* y)
     const char* fc_conv2d_direct_kernel(const fc_conv2d_params* p, int residual_is_output)
+    int fc_conv2d_sum_applies(const fc_conv2d_params* a, const fc_conv2d_params* b)
+    size_t fc_conv2d_sum_packed_size(size_t out_channels, size_t in_channels)
+    void fc_conv2d_sum_pack_weights(size_t out_channels, size_t in_channels, const float* w,
+                                    float* packed)
+    int fc_conv2d_sum_packed(const fc_conv2d_params* a, const fc_conv2d_params* b,
+                             int packed_tile, const float* packed, const float* bias,
+                             const float* xa, const float* xb, float* y)
+    enum: FC_CONV_GEMM
     enum: FC_CHAIN_MAX_STAGES
     enum: FC_CONV_IMPLICIT
     ctypedef struct fc_chain_stage:
@@ -521,6 +529,86 @@ cdef class ConvChainPlan:
         check(rc)
 
 
+cdef inline void pointwise_params(fc_conv2d_params* p, size_t out_channels, tuple in_chw,
+                                  tuple out_hw, size_t stride, int activation):
+    p.batch, p.out_channels, p.groups, p.activation = 1, out_channels, 1, activation
+    p.in_channels, p.in_h, p.in_w = in_chw
+    p.out_h, p.out_w = out_hw
+    p.kernel_h = p.kernel_w = p.dilation_h = p.dilation_w = 1
+    p.stride_h = p.stride_w = stride
+    p.pad_top = p.pad_left = 0
+
+
+def conv_sum_applies(size_t out_channels, tuple in_a, tuple in_b, size_t stride):
+    """Whether a ConvSumPlan is the way to run its two layers on the kernel table in force
+    (fc_conv2d_sum_applies): where each would run as a packed GEMM on its own."""
+    cdef fc_conv2d_params a, b
+    out_hw = (in_a[1], in_a[2])
+    pointwise_params(&a, out_channels, in_a, out_hw, 1, 0)
+    pointwise_params(&b, out_channels, in_b, out_hw, stride, 0)
+    return bool(fc_conv2d_sum_applies(&a, &b))
+
+
+cdef class ConvSumPlan:
+    """Two 1x1 convolutions into one output, summed before the activation:
+    y = act(w_a * x_a + w_b * x_b[:, :, ::stride, ::stride] + bias), run as one GEMM over the
+    channels of both inputs (ResNet's bottleneck conv3 and its projection shortcut), with the
+    weights [w_a | w_b] packed once. w_a (O, Ca, 1, 1) and w_b (O, Cb, 1, 1) float32, bias (O,)
+    or None (the two layers' biases summed); in_a (Ca, H, W), in_b (Cb, HB, WB) whose pixels at
+    the stride give H x W. run(x_a, x_b, y): C-contiguous float32, y overlapping neither input."""
+    cdef fc_conv2d_params a, b
+    cdef int tile
+    cdef object packed, bias
+    cdef readonly tuple in_a_shape, in_b_shape, out_shape
+
+    def __init__(self, object w_a, object w_b, object bias, tuple in_a, tuple in_b,
+                 size_t stride, int activation):
+        cdef size_t o = w_a.shape[0], h = in_a[1], w = in_a[2]
+        if w_a.ndim != 4 or w_b.ndim != 4 or w_a.shape[2:] != (1, 1) or w_b.shape[2:] != (1, 1):
+            raise ValueError(f"fastconv._core.ConvSumPlan: two 1x1 kernels expected; received "
+                             f"{w_a.shape} and {w_b.shape}")
+        if (w_b.shape[0] != o or w_a.shape[1] != in_a[0] or w_b.shape[1] != in_b[0] or stride < 1
+                or ((in_b[1] - 1) // stride + 1, (in_b[2] - 1) // stride + 1) != (h, w)):
+            raise ValueError(f"fastconv._core.ConvSumPlan: kernels {w_a.shape} and {w_b.shape} "
+                             f"over inputs {in_a} and {in_b} at stride {stride} do not make "
+                             f"one ({o}, {h}, {w}) output")
+        pointwise_params(&self.a, o, in_a, (h, w), 1, activation)
+        pointwise_params(&self.b, o, in_b, (h, w), stride, activation)
+        self.in_a_shape, self.in_b_shape, self.out_shape = in_a, in_b, (o, h, w)
+        if bias is not None:
+            require_shape(bias, (o,), "bias")
+            dense_ptr(bias)
+        self.bias = bias
+        k = self.a.in_channels + self.b.in_channels
+        import numpy as np
+        weights = np.ascontiguousarray(np.concatenate(
+            [w_a.reshape(o, -1), w_b.reshape(o, -1)], axis=1), dtype=np.float32)
+        self.packed = aligned_empty(fc_conv2d_sum_packed_size(o, k))
+        self.tile = fc_conv2d_packed_tile(FC_CONV_GEMM)
+        fc_conv2d_sum_pack_weights(o, k, cptr(weights), mptr(self.packed))
+
+    def run(self, cnp.ndarray x_a, cnp.ndarray x_b, cnp.ndarray y):
+        cdef size_t batch = x_a.shape[0]
+        require_shape(x_a, (batch,) + self.in_a_shape, "x_a")
+        require_shape(x_b, (batch,) + self.in_b_shape, "x_b")
+        require_shape(y, (batch,) + self.out_shape, "y")
+        cdef const float* pa = dense_ptr(x_a)
+        cdef const float* pb = dense_ptr(x_b)
+        cdef float* py = mptr(y)
+        if overlaps(pa, x_a.size, py, y.size) or overlaps(pb, x_b.size, py, y.size):
+            raise ValueError("fastconv._core.ConvSumPlan: y must not overlap x_a or x_b")
+        cdef fc_conv2d_params a = self.a, b = self.b
+        a.batch = b.batch = batch
+        cdef const float* pw = cptr(self.packed)
+        cdef const float* pbias = optional_ptr(self.bias)
+        cdef int rc
+        with nogil:
+            fc_call_begin()
+            rc = fc_conv2d_sum_packed(&a, &b, self.tile, pw, pbias, pa, pb, py)
+            fc_call_end()
+        check(rc)
+
+
 cdef class DensePlan:
     """A dense layer with its (out, in) weights packed once as GEMM B panels.
     run(x, y): x (M, in), y (M, out), C-contiguous float32."""
@@ -566,17 +654,20 @@ cdef enum:
     OP_COPY = 4    # a part of a channel concatenation
     OP_ALIAS = 5   # flatten, dropout, identity pooling: the output is the input's memory
     OP_CHAIN = 6   # convolutions run depth-first (ConvChainPlan)
+    OP_CONV_SUM = 7  # two 1x1 convolutions summed (ConvSumPlan): x and x2 in
 
 cdef struct program_op:
     int kind
     int x, r, y             # registers: input, residual (-1: none), output
+    int x2                  # OP_CONV_SUM: the second input's register (else -1)
     bint in_place           # a convolution whose store overwrites its residual
     size_t x_sample, y_sample  # floats per sample of the input and output registers
     # Floats from one sample to the next in the input, residual and output registers: their
     # sizes, but for views into a larger register (a concatenation's part, written in place).
-    size_t x_step, r_step, y_step
+    size_t x_step, r_step, y_step, x2_step
     size_t offset           # OP_COPY: where the part starts in each output sample
-    fc_conv2d_params conv   # batch 1; OP_CONV
+    fc_conv2d_params conv   # batch 1; OP_CONV, and OP_CONV_SUM's layer over x
+    fc_conv2d_params conv2  # batch 1; OP_CONV_SUM's layer over x2
     int algorithm, tile, activation, is_max
     const float* weights
     const float* bias
@@ -592,25 +683,31 @@ cdef int run_op(const program_op* op, size_t batch, float** regs) noexcept nogil
     is a view whose samples lie further apart than the op's own sample size."""
     cdef const float* x = regs[op.x]
     cdef const float* r = regs[op.r] if op.r >= 0 else NULL
+    cdef const float* x2 = regs[op.x2] if op.x2 >= 0 else NULL
     cdef float* y = regs[op.y]
     cdef size_t n
     cdef int rc
     if op.kind == OP_ALIAS:  # its register was pointed at x's memory before the run
         return 0
     if batch < 2 or (op.x_step == op.x_sample and op.y_step == op.y_sample
-                     and (r == NULL or op.r_step == op.y_sample)):
-        return run_op_at(op, batch, x, r, y)
+                     and (r == NULL or op.r_step == op.y_sample)
+                     and (x2 == NULL or op.x2_step == conv_input_size(&op.conv2))):
+        return run_op_at(op, batch, x, x2, r, y)
     for n in range(batch):
-        rc = run_op_at(op, 1, x + n * op.x_step, r + n * op.r_step if r != NULL else NULL,
-                       y + n * op.y_step)
+        rc = run_op_at(op, 1, x + n * op.x_step, x2 + n * op.x2_step if x2 != NULL else NULL,
+                       r + n * op.r_step if r != NULL else NULL, y + n * op.y_step)
         if rc != 0:
             return rc
     return 0
 
 
-cdef int run_op_at(const program_op* op, size_t batch, const float* x, const float* r,
-                   float* y) noexcept nogil:
-    cdef fc_conv2d_params conv
+cdef inline size_t conv_input_size(const fc_conv2d_params* p) noexcept nogil:
+    return p.in_channels * p.in_h * p.in_w
+
+
+cdef int run_op_at(const program_op* op, size_t batch, const float* x, const float* x2,
+                   const float* r, float* y) noexcept nogil:
+    cdef fc_conv2d_params conv, conv2
     cdef fc_pool2d_params pool
     cdef size_t n
     if op.kind == OP_CONV:
@@ -620,6 +717,10 @@ cdef int run_op_at(const program_op* op, size_t batch, const float* x, const flo
                                          x, y)
     if op.kind == OP_CHAIN:
         return fc_conv_chain_run(op.stages, op.n_stages, batch, r, x, y)
+    if op.kind == OP_CONV_SUM:
+        conv, conv2 = op.conv, op.conv2
+        conv.batch = conv2.batch = batch
+        return fc_conv2d_sum_packed(&conv, &conv2, op.tile, op.weights, op.bias, x, x2, y)
     if op.kind == OP_DENSE:
         return fc_dense_f32_packed(batch, op.n, op.k, op.tile, op.weights, op.bias,
                                    op.activation, x, y)
@@ -683,7 +784,7 @@ cdef class Program:
     ("conv", Conv2dPlan, x, residual or -1, y, in_place), ("dense", DensePlan, x, y),
     ("pool", is_max, kernel, stride, dilation, pads, count_include_pad, (C, H, W), (OH, OW), x, y),
     ("global_pool", is_max, plane, x, y), ("copy", x, y, offset), ("alias", x, y),
-    ("chain", ConvChainPlan, x, residual or -1, y).
+    ("chain", ConvChainPlan, x, residual or -1, y), ("conv_sum", ConvSumPlan, x_a, x_b, y).
     ``views`` lists (register, whole, offset): the register's sample n is the run of floats at
     ``offset`` into sample n of register ``whole`` (a concatenation's part that its producer
     writes in place, so that no copy is needed); ops touching a view run one sample at a time.
@@ -757,9 +858,12 @@ cdef class Program:
                 self._weigh_chain(op)
                 continue
             floats = op.x_sample + op.y_sample + (op.y_sample if op.r >= 0 else 0)
+            if op.kind == OP_CONV_SUM:
+                floats += conv_input_size(&op.conv2)
+                self.prefix_macs += conv_macs(&op.conv2)
             self.prefix_floats += floats
             self.prefix_peak_floats = max(self.prefix_peak_floats, floats)
-            if op.kind == OP_CONV:
+            if op.kind in (OP_CONV, OP_CONV_SUM):
                 self.prefix_macs += conv_macs(&op.conv)
 
     cdef _weigh_chain(self, const program_op* op):
@@ -779,9 +883,10 @@ cdef class Program:
     cdef void _set_op(self, program_op* op, tuple spec) except *:
         cdef Conv2dPlan conv
         cdef ConvChainPlan chain
+        cdef ConvSumPlan conv_sum
         cdef DensePlan dense
         kind = spec[0]
-        op.r, op.in_place, op.offset = -1, False, 0
+        op.r, op.x2, op.in_place, op.offset = -1, -1, False, 0
         op.weights, op.bias = NULL, NULL
         op.stages, op.n_stages = NULL, 0
         if kind == "conv":
@@ -798,6 +903,12 @@ cdef class Program:
                 raise ValueError("fastconv._core.Program: a chain adds a residual only after a "
                                  "1x1 last stage")
             self.keep.append(chain)
+        elif kind == "conv_sum":
+            conv_sum = spec[1]
+            op.kind, op.x, op.x2, op.y = OP_CONV_SUM, spec[2], spec[3], spec[4]
+            op.conv, op.conv2, op.tile = conv_sum.a, conv_sum.b, conv_sum.tile
+            op.weights, op.bias = cptr(conv_sum.packed), optional_ptr(conv_sum.bias)
+            self.keep.append(conv_sum)
         elif kind == "dense":
             dense = spec[1]
             op.kind, op.x, op.y = OP_DENSE, spec[2], spec[3]
@@ -825,7 +936,7 @@ cdef class Program:
             op.kind = OP_ALIAS
         else:
             raise ValueError(f"fastconv._core.Program: unknown op {kind!r}")
-        for reg in (op.x, op.y, op.r):
+        for reg in (op.x, op.y, op.r, op.x2):
             if reg < -1 or reg >= self.n_regs:
                 raise ValueError(f"fastconv._core.Program: register {reg} of op {kind!r} "
                                  f"is not one of the {self.n_regs} registers")
@@ -837,16 +948,18 @@ cdef class Program:
             self.steps[op.y] = self.steps[op.r]
         op.x_step, op.y_step = self.steps[op.x], self.steps[op.y]
         op.r_step = self.steps[op.r] if op.r >= 0 else 0
+        op.x2_step = self.steps[op.x2] if op.x2 >= 0 else 0
         expected = self._op_sizes(op)
         if (op.x_sample, op.y_sample) != expected[:2] or (
-                op.r >= 0 and self.sizes[op.r] != op.y_sample):
+                op.r >= 0 and self.sizes[op.r] != op.y_sample) or (
+                op.kind == OP_CONV_SUM and self.sizes[op.x2] != conv_input_size(&op.conv2)):
             raise ValueError(f"fastconv._core.Program: op {kind!r} reads and writes "
                              f"{expected[:2]} floats per sample; its registers hold "
                              f"({op.x_sample}, {op.y_sample})")
 
     cdef tuple _op_sizes(self, const program_op* op):
         """Floats per sample the op reads and writes, from its own geometry."""
-        if op.kind == OP_CONV:
+        if op.kind in (OP_CONV, OP_CONV_SUM):  # OP_CONV_SUM's x2: _set_op
             return (op.conv.in_channels * op.conv.in_h * op.conv.in_w,
                     op.conv.out_channels * op.conv.out_h * op.conv.out_w)
         if op.kind == OP_CHAIN:
@@ -953,7 +1066,8 @@ cdef class Program:
                 regs[reg] = regs[whole] + <size_t>offset
         for i in range(self.n_ops):
             op = &self.ops[i]
-            if regs[op.x] == NULL or (op.r >= 0 and regs[op.r] == NULL):
+            if (regs[op.x] == NULL or (op.r >= 0 and regs[op.r] == NULL)
+                    or (op.x2 >= 0 and regs[op.x2] == NULL)):
                 raise ValueError(f"fastconv._core.Program: op {i} reads a register with no array")
             if op.kind == OP_ALIAS:
                 regs[op.y] = regs[op.x]

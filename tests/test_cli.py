@@ -17,6 +17,7 @@ import pytest
 import fastconv
 from fastconv import cli, cli_bench
 from fastconv.profiling import layer_macs, model_macs, profile_plan
+from fastconv.runtime import isa_cap
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -109,6 +110,16 @@ def test_profile_plan_counts_every_step_and_the_macs():
     assert counted == 2 * model_macs(model)  # every MAC credited to exactly one step, batch 2
     assert all(len(r["times_ms"]) == 2 and r["median_ms"] > 0 for r in rows)
     assert layer_macs(model)["conv1"] == 118_013_952
+
+
+@pytest.mark.parametrize("name,size,fused", [("resnet50", 96, "conv2d[gemm+shortcut]"),
+                                             ("mobilenet_v2", 224, "conv2d[depth-first:")])
+def test_profile_credits_fused_steps_with_every_layer_s_macs(name, size, fused):
+    model = getattr(fastconv.models, name)(input_shape=(3, size, size))
+    with isa_cap("avx2"):  # where ResNet-50's shortcuts fuse (conv_sum_applies)
+        rows = profile_plan(model, np.zeros((1, 3, size, size), np.float32), repeats=1)
+    assert any(r["step"].startswith(fused) for r in rows)
+    assert sum(r["macs"] for r in rows) == model_macs(model)
 
 
 # bench -------------------------------------------------------------------------------------------

@@ -538,3 +538,57 @@ def test_implicit_stem_bands(rng, C, O, hw, k, stride, padding, dilation, activa
             np.testing.assert_array_equal(conv(x[:1], residual=residual[:1]), one)
     finally:
         fastconv.set_num_threads(previous)
+
+
+# Two 1x1 layers summed into one output (ResNet's bottleneck conv3 with its projection shortcut,
+# src/ops/conv2d.c fc_conv2d_sum_packed): one GEMM over both inputs' channels, the second input
+# subsampled at its stride. Against two float64 convolutions: K blocks split across the inputs
+# (64 + 300 channels: the first block holds both), strides 1 to 3, edge tiles, every
+# activation; images split across threads or run alone bit-identical to one thread.
+@pytest.mark.parametrize("ca,cb,O,hw,stride", [
+    (64, 64, 40, (14, 14), 1), (64, 300, 17, (7, 9), 2), (5, 3, 7, (5, 6), 3), (1, 1, 1, (1, 1), 2),
+    (200, 120, 33, (6, 6), 2)])
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_conv_sum_of_two_pointwise_layers(rng, ca, cb, O, hw, stride, activation):
+    from fastconv import _core
+    h, w = hw
+    xa = rand(rng, (3, ca, h, w))
+    xb = rand(rng, (3, cb, (h - 1) * stride + 1 + stride // 2, (w - 1) * stride + 1))
+    wa, wb, bias = rand(rng, (O, ca, 1, 1)), rand(rng, (O, cb, 1, 1)), rand(rng, (O,))
+    plan = _core.ConvSumPlan(wa, wb, bias, xa.shape[1:], xb.shape[1:], stride,
+                             F._ACTIVATIONS[activation])
+
+    def run(xa=xa, xb=xb):
+        y = np.empty((xa.shape[0], O, h, w), np.float32)
+        plan.run(xa, xb, y)
+        return y
+
+    ref = activate(ref_conv2d(xa, wa, bias) + ref_conv2d(xb, wb, stride=stride), activation)
+    assert_close(run(), ref, ca + cb + 1, scale_of(xa, wa) + scale_of(xb, wb) + scale_of(bias))
+    one, two = results_on_threads(run)
+    np.testing.assert_array_equal(one, two)
+    alone = np.concatenate([run(xa[i:i + 1], xb[i:i + 1]) for i in range(3)])
+    np.testing.assert_array_equal(one, alone)
+
+
+def test_conv_sum_refuses_what_does_not_make_one_output(rng):
+    from fastconv import _core
+    wa, wb = rand(rng, (4, 3, 1, 1)), rand(rng, (4, 5, 1, 1))
+    with pytest.raises(ValueError, match="two 1x1 kernels"):
+        _core.ConvSumPlan(rand(rng, (4, 3, 3, 3)), wb, None, (3, 6, 6), (5, 6, 6), 1, 0)
+    with pytest.raises(ValueError, match=r"do not make one \(4, 6, 6\) output"):
+        _core.ConvSumPlan(wa, wb, None, (3, 6, 6), (5, 6, 6), 2, 0)  # 6x6 at stride 2: 3x3
+    with pytest.raises(ValueError, match="do not make one"):
+        _core.ConvSumPlan(wa, wb, None, (3, 6, 6), (4, 6, 6), 1, 0)  # w_b reads 5 channels
+    with pytest.raises(ValueError, match="bias must have shape"):
+        _core.ConvSumPlan(wa, wb, np.zeros(3, np.float32), (3, 6, 6), (5, 12, 11), 2, 0)
+    plan = _core.ConvSumPlan(wa, wb, None, (3, 6, 6), (5, 12, 11), 2, 0)
+    xa, xb = rand(rng, (2, 3, 6, 6)), rand(rng, (2, 5, 12, 11))
+    with pytest.raises(ValueError, match=r"x_b must have shape \(2, 5, 12, 11\)"):
+        plan.run(xa, xb[:1], np.empty((2, 4, 6, 6), np.float32))
+    with pytest.raises(ValueError, match="C-contiguous float32"):
+        plan.run(xa, xb.astype(np.float64), np.empty((2, 4, 6, 6), np.float32))
+    shared = np.empty((2, 3, 6, 6), np.float32)
+    with pytest.raises(ValueError, match="must not overlap"):
+        _core.ConvSumPlan(rand(rng, (3, 3, 1, 1)), rand(rng, (3, 5, 1, 1)), None, (3, 6, 6),
+                          (5, 12, 11), 2, 0).run(shared, xb, shared)

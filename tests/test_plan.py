@@ -137,6 +137,62 @@ def test_both_add_operands_from_convolutions():
     assert len(model._plan.steps) == 2
 
 
+def projection_block(stride=2, shortcut_first=False, shortcut_relu=False, shortcut_read=False,
+                     shortcut_is_output=False, biases=True):
+    """A bottleneck's end: a 1x1 conv + BN adding a projection shortcut (1x1 conv + BN at
+    `stride` over the block input), as ResNet-50 has at the start of each stage."""
+    x = fastconv.Input((6, 10, 10))
+    stem = L.Conv2D(8, 3, padding=1, activation="relu", name="stem")(x)
+
+    def shortcut():
+        s = L.BatchNormalization(name="bnd")(L.Conv2D(40, 1, strides=stride, use_bias=biases,
+                                                      name="down")(stem))
+        return L.ReLU(name="relu_d")(s) if shortcut_relu else s
+
+    short = shortcut() if shortcut_first else None
+    mid = L.Conv2D(5, 3, strides=stride, padding=1, activation="relu", name="mid")(stem)
+    main = L.BatchNormalization(name="bn3")(L.Conv2D(40, 1, use_bias=biases, name="conv3")(mid))
+    short = short if shortcut_first else shortcut()
+    y = L.Add(activation="relu", name="add")([main, short])
+    outputs = [y]
+    if shortcut_read:
+        outputs.append(L.GlobalAveragePooling2D(name="gap")(short))
+    if shortcut_is_output:
+        outputs.append(short)
+    return fastconv.Model(x, outputs if len(outputs) > 1 else y, seed=0)
+
+
+@pytest.mark.parametrize("variant,fused", [
+    ({}, True), ({"stride": 1}, True), ({"stride": 3}, True), ({"biases": False}, True),
+    ({"shortcut_first": True}, True), ({"shortcut_relu": True}, False),
+    ({"shortcut_read": True}, False), ({"shortcut_is_output": True}, False)])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_projection_shortcut_fused_into_the_convolution_adding_it(variant, fused, batch):
+    model = projection_block(**variant)
+    randomize_batchnorm(model)
+    x = np.random.default_rng(5).standard_normal((batch, 6, 10, 10)).astype(np.float32)
+    with isa_cap("avx2"):  # where the fused GEMM applies to every layer (conv_sum_applies)
+        planned = model.predict(x)
+        summary = model.plan_summary(print_fn=None)
+    reference = model._run_layers([x.copy()])
+    for got, expected in zip(planned if isinstance(planned, list) else [planned], reference):
+        assert np.abs(got - expected).max() <= 1e-5 * np.abs(expected).max()
+    sums = [line for line in summary.splitlines() if "conv2d[gemm+shortcut]" in line]
+    assert len(sums) == fused
+    if fused:
+        assert "conv3 + bn3 + add" in sums[0] and "down + bnd" in sums[0]
+        assert len(model._plan.steps) == 3  # stem, mid, the sum
+
+
+def test_resnet50_fuses_each_stage_s_projection_shortcut():
+    model = models.resnet50()
+    with isa_cap("avx2"):
+        lines = model.plan_summary(print_fn=None).splitlines()
+    sums = [line.split()[2] for line in lines if "conv2d[gemm+shortcut]" in line]
+    assert sums == [f"layer{i}.0.conv3" for i in range(1, 5)]
+    assert not any(line.split()[2].endswith("downsample.0") for line in lines)  # no step alone
+
+
 def test_replaced_weights_and_a_new_kernel_table_rebuild_the_plan():
     model = models.lenet5()
     x = np.random.default_rng(5).standard_normal((4, 1, 32, 32)).astype(np.float32)

@@ -92,6 +92,22 @@ int fc_conv2d_nchw_f32_packed(const fc_conv2d_params* p, int algorithm, int pack
  * "dwconv3x3s2" or "wmacc"); residual_is_output: a residual stored in place. Plan summaries. */
 const char* fc_conv2d_direct_kernel(const fc_conv2d_params* p, int residual_is_output);
 
+/* Two 1x1 convolutions into one output, summed before the activation (ResNet's bottleneck conv3
+ * and its projection shortcut): y = act(Wa * xa + Wb * xb + bias), a over xa at stride 1, b
+ * over xb at any stride, both with no padding, one group, and a's output geometry, batch and
+ * activation. Computed as one GEMM over both inputs' channels, its weights [Wa | Wb] (O x
+ * (Ca + Cb), row-major) packed once by fc_conv2d_sum_pack_weights (stamped with
+ * fc_conv2d_packed_tile(FC_CONV_GEMM)); y overlaps neither input. fc_conv2d_sum_applies: whether
+ * the layers would run as such GEMMs on their own (not transposed, B packed), where the fused
+ * GEMM measured faster. */
+int fc_conv2d_sum_applies(const fc_conv2d_params* a, const fc_conv2d_params* b);
+size_t fc_conv2d_sum_packed_size(size_t out_channels, size_t in_channels);
+void fc_conv2d_sum_pack_weights(size_t out_channels, size_t in_channels, const float* w,
+                                float* packed);
+int fc_conv2d_sum_packed(const fc_conv2d_params* a, const fc_conv2d_params* b, int packed_tile,
+                         const float* packed, const float* bias, const float* xa,
+                         const float* xb, float* y);
+
 /* A depth-first chain (src/ops/chain.c): stages[0 .. n-1], each the input of the next (1x1
  * stride-1 layers with algorithm FC_CONV_GEMM, 3x3 depthwise ones with FC_CONV_DIRECT, as
  * fc_conv_chain_applies says; p.batch is ignored), their weights as fc_conv2d_pack_weights

@@ -174,11 +174,15 @@ int fc_gemm_packed(size_t M, size_t N, size_t K, const float* a_packed, const fc
                    float* c, size_t c_rs, int threads);
 
 /* A B operand whose rows are contiguous: row k at b + k * n (a row-major matrix of row stride
- * n), or at b + offsets[k] where offsets is given (an implicit GEMM's phase planes). */
+ * n), or at b + offsets[k] where offsets is given (an implicit GEMM's phase planes). With b2,
+ * rows from `split` on are a second matrix stacked below: row k >= split at
+ * b2 + (k - split) * n (the two inputs of fc_conv2d_sum_packed). */
 typedef struct fc_matrix_src {
   const float* b;
   size_t n;
   const ptrdiff_t* offsets;
+  const float* b2;
+  size_t split;
 } fc_matrix_src;
 /* The B operand packing `m` (which must outlive it). */
 fc_b_operand fc_matrix_operand(const fc_matrix_src* m);

@@ -1040,25 +1040,21 @@ static int image_team(const fc_conv2d_params* p, int algorithm) {
   return p->batch % team == 0 || p->batch >= 4 * team ? (int)team : 0;
 }
 
+/* Runs images [n0, n0 + count) of a batch on the calling thread (or its inner team). */
+typedef int (*images_fn)(const void* ctx, size_t n0, size_t count);
+
 /* Each thread convolves its contiguous share of the images on its own (the drivers it calls run
  * single-threaded inside the team, fc_threads_for); every image is computed as on one thread,
  * so results do not depend on the split. */
-static int run_images(const fc_conv2d_params* p, int team, int algorithm, const float* packed,
-                      const float* bias, const float* residual, const float* x, float* y) {
-  const size_t in_size = p->in_channels * p->in_h * p->in_w;
-  const size_t out_size = p->out_channels * p->out_h * p->out_w;
+static int run_images(size_t batch, int team, images_fn run, const void* ctx) {
   int rc = 0;
 #pragma omp parallel num_threads(team)
   {
     const size_t id = (size_t)fc_thread_id(), count = (size_t)fc_thread_count();
     size_t n0, n1;
-    fc_share(p->batch, id, count, &n0, &n1);
+    fc_share(batch, id, count, &n0, &n1);
     if (n1 > n0) {
-      fc_conv2d_params part = *p;
-      part.batch = n1 - n0;
-      const int status = run_algorithm(&part, algorithm, packed, bias,
-                                       residual ? residual + n0 * out_size : NULL,
-                                       x + n0 * in_size, y + n0 * out_size);
+      const int status = run(ctx, n0, n1 - n0);
       if (status != 0) {
 #pragma omp atomic write
         rc = status;
@@ -1068,13 +1064,104 @@ static int run_images(const fc_conv2d_params* p, int team, int algorithm, const 
   return rc;
 }
 
+typedef struct conv_call {
+  const fc_conv2d_params* p;
+  int algorithm;
+  const float *packed, *bias, *residual, *x;
+  float* y;
+} conv_call;
+
+static int conv_images(const void* ctx, size_t n0, size_t count) {
+  const conv_call* c = (const conv_call*)ctx;
+  const size_t in_size = c->p->in_channels * c->p->in_h * c->p->in_w;
+  const size_t out_size = c->p->out_channels * c->p->out_h * c->p->out_w;
+  fc_conv2d_params part = *c->p;
+  part.batch = count;
+  return run_algorithm(&part, c->algorithm, c->packed, c->bias,
+                       c->residual ? c->residual + n0 * out_size : NULL, c->x + n0 * in_size,
+                       c->y + n0 * out_size);
+}
+
 int fc_conv2d_nchw_f32_packed(const fc_conv2d_params* p, int algorithm, int packed_tile,
                               const float* packed, const float* bias, const float* residual,
                               const float* x, float* y) {
   if (packed_tile != fc_conv2d_packed_tile(algorithm)) return FC_ERROR_STALE;
   const int team = image_team(p, algorithm);
-  if (team > 0) return run_images(p, team, algorithm, packed, bias, residual, x, y);
+  if (team > 0) {
+    const conv_call call = {p, algorithm, packed, bias, residual, x, y};
+    return run_images(p->batch, team, conv_images, &call);
+  }
   return run_algorithm(p, algorithm, packed, bias, residual, x, y);
+}
+
+/* Two 1x1 layers summed (fastconv.h): the combined layer, K = both inputs' channels. */
+static fc_conv2d_params sum_params(const fc_conv2d_params* a, const fc_conv2d_params* b) {
+  fc_conv2d_params sum = *a;
+  sum.in_channels = a->in_channels + b->in_channels;
+  return sum;
+}
+
+int fc_conv2d_sum_applies(const fc_conv2d_params* a, const fc_conv2d_params* b) {
+  const fc_conv2d_params sum = sum_params(a, b);
+  return !runs_transposed(a, FC_CONV_GEMM) && !runs_transposed(b, FC_CONV_GEMM) &&
+         !runs_transposed(&sum, FC_CONV_GEMM) &&
+         !reads_image_in_place(a->out_channels, a->out_h * a->out_w);
+}
+
+size_t fc_conv2d_sum_packed_size(size_t out_channels, size_t in_channels) {
+  return fc_packed_a_size(out_channels, in_channels, fc_gemm_config_get()->mr);
+}
+
+void fc_conv2d_sum_pack_weights(size_t out_channels, size_t in_channels, const float* w,
+                                float* packed) {
+  fc_pack_a(out_channels, in_channels, w, (ptrdiff_t)in_channels, 1, fc_gemm_config_get()->mr,
+            packed);
+}
+
+typedef struct sum_call {
+  const fc_conv2d_params *a, *b;
+  const float *packed, *bias, *xa, *xb;
+  float* y;
+} sum_call;
+
+/* Per image: B is xa's channels over xb's (subsampled at a stride), packed block by block like
+ * any matrix operand (fc_matrix_src's second base), so nothing is concatenated in memory. */
+static int sum_images(const void* ctx, size_t n0, size_t count) {
+  const sum_call* c = (const sum_call*)ctx;
+  const fc_conv2d_params *a = c->a, *b = c->b;
+  const size_t o = a->out_channels, k = a->in_channels + b->in_channels;
+  const size_t npix = a->out_h * a->out_w, b_image = b->in_channels * b->in_h * b->in_w;
+  const int threads = fc_threads_for(2.0 * o * k * npix);
+  float* sub = NULL;
+  if (is_strided(b)) {
+    sub = (float*)fc_workspace(FC_WS_LAYOUT, b->in_channels * npix * sizeof(float));
+    if (!sub) return FC_ERROR_NOMEM;
+  }
+  int rc = 0;
+  for (size_t n = n0; n < n0 + count && rc == 0; n++) {
+    const float* xb = c->xb + n * b_image;
+    if (sub) {
+      subsample(b, xb, sub, threads);
+      xb = sub;
+    }
+    const fc_matrix_src matrix = {c->xa + n * a->in_channels * npix, npix, NULL, xb,
+                                  a->in_channels};
+    const fc_b_operand operand = fc_matrix_operand(&matrix);
+    rc = fc_gemm_packed(o, npix, k, c->packed, &operand, c->bias, NULL, 0, a->activation,
+                        c->y + n * o * npix, npix, threads);
+  }
+  return rc;
+}
+
+int fc_conv2d_sum_packed(const fc_conv2d_params* a, const fc_conv2d_params* b, int packed_tile,
+                         const float* packed, const float* bias, const float* xa,
+                         const float* xb, float* y) {
+  if (packed_tile != fc_conv2d_packed_tile(FC_CONV_GEMM)) return FC_ERROR_STALE;
+  const fc_conv2d_params sum = sum_params(a, b);
+  const sum_call call = {a, b, packed, bias, xa, xb, y};
+  const int team = image_team(&sum, FC_CONV_GEMM);
+  return team > 0 ? run_images(a->batch, team, sum_images, &call)
+                  : sum_images(&call, 0, a->batch);
 }
 
 int fc_conv2d_nchw_f32(const fc_conv2d_params* p, int algorithm, const float* x, const float* w,

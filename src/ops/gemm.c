@@ -141,6 +141,7 @@ static void pack_b_strided(const void* ctx, size_t k0, size_t kc, size_t n0, siz
 }
 
 static const float* matrix_row(const fc_matrix_src* s, size_t k) {
+  if (s->b2 && k >= s->split) return s->b2 + (k - s->split) * s->n;
   return s->b + (s->offsets ? s->offsets[k] : (ptrdiff_t)(k * s->n));
 }
 
