@@ -383,7 +383,7 @@ class Plan:
         output, at most one of them strided (equally on both axes), and the fused GEMM the way
         the kernel table in force would run them (_core.conv_sum_applies)."""
         pair = (step, shortcut)
-        if any(s.native[0] != "conv" or s.conv_algorithm != "gemm"
+        if any(s.native is None or s.native[0] != "conv" or s.conv_algorithm != "gemm"
                or s.chain["nodes"][0].layer.groups != 1 for s in pair):
             return None
         if (shortcut.residual is not None or shortcut.chain["activation"] is not None

@@ -184,6 +184,18 @@ def test_projection_shortcut_fused_into_the_convolution_adding_it(variant, fused
         assert len(model._plan.steps) == 3  # stem, mid, the sum
 
 
+def test_a_residual_made_by_a_python_step_is_no_projection_shortcut():
+    # The residual's producer runs only in Python (a standalone BatchNormalization): planning
+    # must leave the residual add as it is.
+    x = fastconv.Input((4, 6, 6))
+    side = L.BatchNormalization(name="side")(x)
+    model = fastconv.Model(x, L.Add(name="add")([L.Conv2D(4, 1, name="c")(x), side]), seed=0)
+    randomize_batchnorm(model)
+    with isa_cap("avx2"):
+        assert_plan_matches_layers(model, np.random.default_rng(6).standard_normal((2, 4, 6, 6)))
+    assert "conv2d[gemm] c + add (+ residual side)" in model.plan_summary(print_fn=None)
+
+
 def test_resnet50_fuses_each_stage_s_projection_shortcut():
     model = models.resnet50()
     with isa_cap("avx2"):
