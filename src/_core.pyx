@@ -936,8 +936,11 @@ cdef class Program:
             op.kind = OP_ALIAS
         else:
             raise ValueError(f"fastconv._core.Program: unknown op {kind!r}")
-        for reg in (op.x, op.y, op.r, op.x2):
-            if reg < -1 or reg >= self.n_regs:
+        # The input and output registers must be given; a residual, and a second input but for
+        # OP_CONV_SUM's, may be -1.
+        for reg, optional in ((op.x, False), (op.y, False), (op.r, True),
+                              (op.x2, op.kind != OP_CONV_SUM)):
+            if not (0 <= reg < self.n_regs or (optional and reg == -1)):
                 raise ValueError(f"fastconv._core.Program: register {reg} of op {kind!r} "
                                  f"is not one of the {self.n_regs} registers")
         op.x_sample, op.y_sample = self.sizes[op.x], self.sizes[op.y]

@@ -354,6 +354,18 @@ def test_program_refuses_registers_that_do_not_fit_its_ops():
         _core.Program([("dense", dense, 0, 1)], [5, 4])
     with pytest.raises(ValueError, match="register 2"):
         _core.Program([("alias", 0, 2)], [5, 5])
+    with pytest.raises(ValueError, match="register -1"):
+        _core.Program([("alias", -1, 0)], [5, 5])
+    ones = np.ones((2, 4, 1, 1), np.float32)
+    conv_sum = _core.ConvSumPlan(ones[:, :3], ones[:, :1], None, (3, 2, 2), (1, 4, 4), 2, 0)
+    with pytest.raises(ValueError, match="register -1"):  # its second input is no option
+        _core.Program([("conv_sum", conv_sum, 0, -1, 1)], [12, 8])
+    with pytest.raises(ValueError, match="floats per sample"):
+        _core.Program([("conv_sum", conv_sum, 0, 2, 1)], [12, 8, 15])
+    program = _core.Program([("conv_sum", conv_sum, 0, 2, 1)], [12, 8, 16])
+    out = np.empty((2, 8), np.float32)
+    program.run(2, [np.ones((2, 12), np.float32), out, np.ones((2, 16), np.float32)])
+    np.testing.assert_array_equal(out, np.full((2, 8), 4.0, np.float32))  # 3 + 1 per output
     with pytest.raises(ValueError, match="overruns|floats per sample"):
         _core.Program([("copy", 0, 1, 3)], [4, 6])
     program = _core.Program([("dense", dense, 0, 1)], [6, 4])
