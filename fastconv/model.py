@@ -212,6 +212,10 @@ class Model:
 
         ``data_format`` is the layout of ``x`` and of the 4-D results: None means the model's
         own; the other one is transposed at the boundary (NHWC images into an NCHW model)."""
+        if batch_size is None and data_format is None:
+            y = self._predict_direct(x)
+            if y is not None:
+                return y
         if not self._swaps_layout(data_format):
             return self._predict(x, batch_size)
         into_model = self.data_format == "channels_first"
@@ -220,6 +224,17 @@ class Model:
         if not self._list_outputs:
             return _swap_layout(results, not into_model)
         return [_swap_layout(r, not into_model) for r in results]
+
+    def _predict_direct(self, x):
+        """The common case the short way (fastconv/plan.py, ``Plan.run_direct``): a current
+        plan and one C-contiguous float32 input array; else None."""
+        plan = self._plan
+        if plan is None or not plan.is_current(_TUNING_RECHECK_SECONDS):
+            return None
+        try:
+            return plan.run_direct(x)
+        except _core.StaleWeightsError:  # the general path makes the plan again
+            return None
 
     def _swaps_layout(self, data_format):
         if data_format is None or data_format == self.data_format:

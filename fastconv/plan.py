@@ -57,6 +57,7 @@ _CHUNK_BYTES = 16 << 20
 # faster: the layers' tensors stay in L2 and L3 from one layer to the next anyway.
 _CHAIN_MIN_BYTES = 1 << 20
 _ARENAS_KEPT = 2  # batch sizes whose arenas a thread keeps (the last chunk of a batched predict)
+_NOTHING_BOUND = {}  # a thread's BoundPrograms before its first direct run (never written)
 
 
 def plannable(model):
@@ -112,6 +113,7 @@ class Plan:
         self._assemble_concats()
         self._slot_sizes, self._copied_outputs = _assign_slots(self.steps, self._outputs)
         self.units = self._segments()
+        self._direct = self._direct_registers()
         self._local = threading.local()  # each thread's arenas: no locking on the hot path
 
     def _mark_in_place(self):
@@ -188,7 +190,10 @@ class Plan:
                  for step in self.steps]
         arenas[batch] = views
         if len(arenas) > _ARENAS_KEPT:
-            arenas.popitem(last=False)
+            dropped, _ = arenas.popitem(last=False)
+            bound = getattr(self._local, "bound", {})  # run_direct's programs over that arena
+            for key in [key for key in bound if key[0] == dropped]:
+                del bound[key]
         return views
 
     def run(self, arrays):
@@ -209,6 +214,56 @@ class Plan:
         # the caller keeps it while the next run reuses the buffer.
         return [values[i].copy() if i in self._copied_outputs else values[i]
                 for i in self._output_ids]
+
+    def run_direct(self, x):
+        """The output for one input array on the common plan (``_direct_registers``), through
+        a ``_core.BoundProgram`` made once per thread, batch size and thread count; None where
+        that does not apply (then ``run`` does): x not a C-contiguous float32 array of the
+        input's shape, or an empty batch. After an idle gap the general path's Python (each
+        object and line of code it touches fetched from memory again) cost LeNet-5 more than
+        its kernels: docs/layers.md, "A predict's fixed cost"."""
+        if self._direct is None or type(x) is not np.ndarray or x.ndim != self._direct[2]:
+            return None
+        key = (x.shape[0], _core.get_num_threads())
+        bound = getattr(self._local, "bound", _NOTHING_BOUND).get(key)
+        if bound is None:
+            if key[0] == 0:
+                return None
+            bound = self._bind_direct(*key)
+        return bound.run(x)
+
+    def _direct_registers(self):
+        """(input register, output register, input ndim) when the plan is one native segment
+        whose only input is the model's and whose only export is the model's output, written
+        into an array of its own; else None."""
+        if (len(self.units) != 1 or not isinstance(self.units[0], Segment)
+                or len(self._output_ids) != 1 or self._copied_outputs
+                or self._model._list_outputs):
+            return None
+        segment = self.units[0]
+        if [node for _, node in segment.inputs] != self._input_ids or len(segment.exports) != 1:
+            return None
+        out_reg, out_id, _ = segment.exports[0]
+        if out_id != self._output_ids[0] or segment.root[out_reg] != out_reg:
+            return None
+        in_shape = self._model._nodes[self._input_ids[0]].sample_shape
+        return segment.inputs[0][0], out_reg, 1 + len(in_shape)
+
+    def _bind_direct(self, batch, threads):
+        """The calling thread's BoundProgram for a batch size and thread count, over its arena
+        (dropped with that batch size's arena, ``arena``)."""
+        segment, (in_reg, out_reg, _) = self.units[0], self._direct
+        outs = self.arena(batch)
+        arrays, chunk, strides = segment.bind(outs, batch, threads)
+        arrays[out_reg] = None
+        nodes = self._model._nodes
+        bound = _core.BoundProgram(segment.program, arrays, batch, chunk, strides, in_reg,
+                                   nodes[self._input_ids[0]].sample_shape, out_reg,
+                                   nodes[self._output_ids[0]].sample_shape)
+        if not hasattr(self._local, "bound"):
+            self._local.bound = {}
+        self._local.bound[(batch, threads)] = bound
+        return bound
 
     def _segments(self):
         """The plan's units in order: a Segment for each run of steps that have a native op, the
@@ -665,11 +720,11 @@ class Segment:
         then served between chunks, not between ops."""
         return bool(self._fits) and threads > 1 and batch > 1
 
-    def run(self, values, outs, batch):
+    def bind(self, outs, batch, threads):
+        """The program's arrays for a run (the step outputs' arena buffers in ``outs``, fresh
+        arrays for model outputs and for the fills that must not share a buffer; None for the
+        inputs), its chunk and its strides."""
         arrays = [None] * self.size
-        for r, node_id in self.inputs:
-            arrays[r] = np.ascontiguousarray(values[node_id], dtype=np.float32)
-        threads = runtime.get_num_threads()
         chunk = self.chunk(batch, threads) if self._fits else 0
         apart = self.runs_apart(batch, threads)
         strides = [0] * self.size if apart else None
@@ -680,6 +735,12 @@ class Segment:
             elif apart:
                 strides[r] = self._slot_floats[r]
             arrays[r] = out
+        return arrays, chunk, strides
+
+    def run(self, values, outs, batch):
+        arrays, chunk, strides = self.bind(outs, batch, runtime.get_num_threads())
+        for r, node_id in self.inputs:
+            arrays[r] = np.ascontiguousarray(values[node_id], dtype=np.float32)
         self.program.run(batch, arrays, chunk, strides)
         for r, node_id, shape in self.exports:
             array = arrays[self.root[r]]

@@ -989,6 +989,9 @@ cdef class Program:
         sharing an arena buffer must be given the buffer's floats per sample there, so that
         each thread's samples lie apart from the other's in every register; the registers read
         after the convolutional part must have their own arrays (0)."""
+        self._run(batch, arrays, chunk, strides)
+
+    cdef _run(self, size_t batch, list arrays, size_t chunk, list strides):
         if len(arrays) != self.n_regs:
             raise ValueError(f"fastconv._core.Program: {self.n_regs} registers expected; "
                              f"received {len(arrays)}")
@@ -1112,3 +1115,58 @@ cdef class Program:
             fc_call_end()
         check(rc)
         PyErr_CheckSignals()
+
+
+cdef class BoundProgram:
+    """A Program with every register but the input and the fresh outputs bound to its arrays,
+    for one batch size and thread count: what a plan's ``run_direct`` calls on its common case
+    (one input, one output, every step native). ``run(x)`` gives x to the input register,
+    allocates the outputs and runs the program with no Python in between: after an idle gap,
+    the interpreter's general path (its code and objects gone from the caches) cost more than
+    LeNet-5's kernels (docs/layers.md)."""
+    cdef Program program
+    cdef list arrays
+    cdef size_t batch, chunk
+    cdef list strides
+    cdef int in_reg, out_reg
+    cdef tuple in_shape
+    cdef int out_ndim
+    cdef cnp.npy_intp out_dims[8]
+
+    def __init__(self, Program program, list arrays, size_t batch, size_t chunk, list strides,
+                 int in_reg, tuple in_shape, int out_reg, tuple out_shape):
+        if not (0 <= in_reg < program.n_regs and 0 <= out_reg < program.n_regs
+                and len(arrays) == program.n_regs):
+            raise ValueError(f"fastconv._core.BoundProgram: registers 0 to {program.n_regs - 1} "
+                             f"expected; received input {in_reg}, output {out_reg} and "
+                             f"{len(arrays)} arrays")
+        if arrays[in_reg] is not None or arrays[out_reg] is not None:
+            raise ValueError("fastconv._core.BoundProgram: the input and output registers' "
+                             "arrays must be None (they are given per run)")
+        self.program, self.arrays, self.batch = program, list(arrays), batch
+        self.chunk, self.strides = chunk, strides
+        self.in_reg, self.in_shape = in_reg, (batch,) + in_shape
+        if len(out_shape) + 1 > 8:
+            raise ValueError(f"fastconv._core.BoundProgram: at most 7 output dimensions "
+                             f"expected; received {out_shape}")
+        self.out_reg, self.out_ndim = out_reg, len(out_shape) + 1
+        self.out_dims[0] = batch
+        for i, n in enumerate(out_shape):
+            self.out_dims[i + 1] = n
+
+    def run(self, object x):
+        """The output for x, or None if x is not a C-contiguous float32 ndarray of the bound
+        input shape (the caller's general path converts it or says what is wrong)."""
+        if type(x) is not cnp.ndarray:
+            return None
+        cdef cnp.ndarray a = x
+        if not (cnp.PyArray_IS_C_CONTIGUOUS(a) and cnp.PyArray_TYPE(a) == cnp.NPY_FLOAT32
+                and (<object>x).shape == self.in_shape):
+            return None
+        cdef cnp.ndarray y = cnp.PyArray_EMPTY(self.out_ndim, self.out_dims, cnp.NPY_FLOAT32, 0)
+        self.arrays[self.in_reg], self.arrays[self.out_reg] = a, y
+        try:
+            self.program._run(self.batch, self.arrays, self.chunk, self.strides)
+        finally:  # keep no reference to the caller's arrays
+            self.arrays[self.in_reg] = self.arrays[self.out_reg] = None
+        return y

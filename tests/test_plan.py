@@ -208,7 +208,8 @@ def test_resnet50_fuses_each_stage_s_projection_shortcut():
 def test_replaced_weights_and_a_new_kernel_table_rebuild_the_plan():
     model = models.lenet5()
     x = np.random.default_rng(5).standard_normal((4, 1, 32, 32)).astype(np.float32)
-    before = model.predict(x)
+    model.predict(x)
+    before = model.predict(x)  # the direct path's program (Plan.run_direct), bound
     conv = model.get_layer("conv1")
     conv.set_weights([conv.weights["kernel"] * 2, conv.weights["bias"] + 1])
     after = model.predict(x)
@@ -481,6 +482,7 @@ def test_threads_running_apart_compute_what_they_compute_op_by_op(monkeypatch, c
             model._plan = None
             op_by_op = model.predict(x)
             monkeypatch.setattr(Segment, "runs_apart", lambda self, batch, threads: batch > 1)
+            model._plan = None  # a plan binds its programs' chunks and strides once per batch
             fastconv.set_num_threads(1)
             one_thread = model.predict(x)
             fastconv.set_num_threads(2)
@@ -523,3 +525,105 @@ def test_only_memory_bound_segments_are_cut_into_chunks():
     lenet = segment(models.lenet5())
     assert lenet.chunk(8, 1) == 0
     assert lenet.chunk(100000, 2) % 2 == 0 and 0 < lenet.chunk(100000, 2) < 100000
+
+
+def test_a_plain_input_takes_the_direct_path_and_gives_the_general_path_s_results():
+    """One C-contiguous float32 array into a plan that is one native segment: predict runs a
+    BoundProgram per thread, batch size and thread count (Plan.run_direct) and must give what
+    the general path (Plan.run) gives, in a fresh array each call, keeping no reference to the
+    caller's input."""
+    import sys
+
+    model = models.lenet5()
+    previous = fastconv.get_num_threads()
+    rng = np.random.default_rng(11)
+    try:
+        for threads in (1, 2):
+            fastconv.set_num_threads(threads)
+            for batch in (1, 3):
+                x = rng.standard_normal((batch, 1, 32, 32)).astype(np.float32)
+                refs = sys.getrefcount(x)
+                first = model.predict(x)  # makes the plan through the general path
+                second = model.predict(x)
+                assert (batch, threads) in model._plan._local.bound
+                assert sys.getrefcount(x) == refs
+                general = model._plan.run([x])[0]
+                np.testing.assert_array_equal(first, general)
+                np.testing.assert_array_equal(second, general)
+                assert second is not first and not np.shares_memory(second, first)
+                kept = second.copy()
+                model.predict(-x)
+                np.testing.assert_array_equal(second, kept)
+    finally:
+        fastconv.set_num_threads(previous)
+
+
+def test_inputs_the_direct_path_does_not_take_go_the_general_way():
+    model = models.lenet5()
+    x = np.random.default_rng(12).standard_normal((2, 1, 32, 32)).astype(np.float32)
+    want = model.predict(x)
+    plan = model._plan
+    assert plan.run_direct(x) is not None
+    for other in (x.astype(np.float64), np.asfortranarray(x), x.tolist()):
+        assert plan.run_direct(other) is None
+        np.testing.assert_allclose(model.predict(other), want, rtol=1e-6)
+    assert plan.run_direct(x[:, :, :, :31].copy()) is None
+    with pytest.raises(ValueError, match=r"expects arrays shaped \(batch, 1, 32, 32\)"):
+        model.predict(x[:, :, :, :31].copy())
+    assert plan.run_direct(x[:0]) is None and model.predict(x[:0]).shape == (0, 10)
+    np.testing.assert_array_equal(model.predict(x, batch_size=1), want)
+    # A model given a list of outputs returns a list: not the direct path's single array.
+    inp = fastconv.Input((1, 32, 32))
+    listed = fastconv.Model(inp, [L.Conv2D(2, 3)(inp)], seed=0)
+    assert listed._current_plan()._direct is None and isinstance(listed.predict(x), list)
+
+
+def test_direct_programs_are_dropped_with_their_arena():
+    model = models.lenet5()
+    model.predict(np.zeros((2, 1, 32, 32), np.float32))
+    plan = model._plan
+    threads = fastconv.get_num_threads()
+    for batch in (1, 2, 3, 4):
+        model.predict(np.zeros((batch, 1, 32, 32), np.float32))
+    assert sorted(plan._local.bound) == [(3, threads), (4, threads)]
+
+
+def test_bound_program_arguments_are_checked():
+    from fastconv import _core
+    dense = _core.DensePlan(np.ones((4, 6), np.float32), None, 0)
+    program = _core.Program([("dense", dense, 0, 1)], [6, 4])
+    with pytest.raises(ValueError, match="registers 0 to 1 expected; received input 0, output 2"):
+        _core.BoundProgram(program, [None, None], 1, 0, None, 0, (6,), 2, (4,))
+    with pytest.raises(ValueError, match="arrays must be None"):
+        _core.BoundProgram(program, [np.zeros(6, np.float32), None], 1, 0, None, 0, (6,), 1, (4,))
+    bound = _core.BoundProgram(program, [None, None], 2, 0, None, 0, (6,), 1, (4,))
+    np.testing.assert_array_equal(bound.run(np.ones((2, 6), np.float32)), np.full((2, 4), 6.0))
+    assert bound.run(np.ones((1, 6), np.float32)) is None  # another batch size
+    assert bound.run(np.ones((2, 6))) is None and bound.run("x") is None
+
+
+def test_threads_predicting_at_once_each_get_their_own_results():
+    """Each Python thread binds its own programs over its own arena: concurrent predicts of
+    different inputs through the direct path do not mix their registers."""
+    import threading
+
+    model = models.lenet5()
+    rng = np.random.default_rng(14)
+    inputs = [rng.standard_normal((2, 1, 32, 32)).astype(np.float32) for _ in range(3)]
+    wants = [model._run_layers([x])[0] for x in inputs]
+    errors = []
+
+    def work(x, want):
+        try:
+            for _ in range(50):
+                got = model.predict(x)
+                assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+        except AssertionError as err:  # reported by the main thread
+            errors.append(err)
+
+    threads = [threading.Thread(target=work, args=pair) for pair in zip(inputs, wants)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
