@@ -42,7 +42,7 @@ from . import _core, runtime, tuning
 from . import functional as F
 from .layers import (Activation, AdaptiveAvgPool2D, Add, AvgPool2D, BatchNormalization,
                      Concatenate, Conv2D, Dense, Dropout, Flatten, GlobalAveragePooling2D,
-                     InputLayer, MaxPool2D)
+                     InputLayer, Layer, MaxPool2D)
 
 _FUSABLE = ("relu", "relu6", "tanh", "sigmoid")
 # Segments whose convolutional part does fewer MACs per byte of activations it moves than
@@ -98,6 +98,7 @@ class Plan:
         self._output_ids = [self._position[t] for t in model.outputs]
         self._outputs, self._inputs = set(self._output_ids), set(self._input_ids)
         # The layers with weights (a layer without any has nothing the plan could go stale on).
+        self._weights_version = Layer.weights_version  # the weights below are current then
         self._weights = [(layer, layer.weights) for layer in model.layers if layer.weights]
         self._winograd = runtime.winograd_enabled()
         self._depth_first = runtime.depth_first_enabled()
@@ -167,9 +168,12 @@ class Plan:
         """False once any layer's weights were replaced, or the Winograd setting, a forced
         algorithm or the tuning cache changed, since the plan was made (the cache file as it was
         at most ``tuning_age`` seconds ago)."""
-        for layer, weights in self._weights:  # a loop: a generator costs more per predict
-            if layer.weights is not weights:
-                return False
+        version = Layer.weights_version  # read first: a change during the loop shows next time
+        if version != self._weights_version:  # some layer's weights were assigned: this model's?
+            for layer, weights in self._weights:  # a loop: a generator costs more per predict
+                if layer.weights is not weights:
+                    return False
+            self._weights_version = version
         return (self._winograd == runtime.winograd_enabled()
                 and self._depth_first == runtime.depth_first_enabled()
                 and self._algorithms == self._model._algorithms

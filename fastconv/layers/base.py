@@ -76,6 +76,7 @@ class Layer:
     non_trainable = ()  # names of weights that are statistics or constants, not parameters
     default_name = None  # the snake_case class name unless a subclass sets it
     _registry = {}
+    weights_version = 0  # counts assignments of any layer's weights (plans check it per predict)
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -93,6 +94,16 @@ class Layer:
         self.data_format = "channels_first"
         self.built = False
         self.weights = {}
+
+    @property
+    def weights(self):
+        """The weights by name (a dict of float32 arrays), replaced whole by ``set_weights``."""
+        return self._weights
+
+    @weights.setter
+    def weights(self, value):
+        self._weights = value
+        Layer.weights_version += 1
 
     @property
     def label(self):
