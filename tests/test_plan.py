@@ -627,3 +627,22 @@ def test_threads_predicting_at_once_each_get_their_own_results():
     for thread in threads:
         thread.join()
     assert not errors
+
+
+def test_weights_assigned_anywhere_are_checked_and_only_this_model_s_replan_it():
+    """Plan.is_current walks its layers only when some layer's weights were assigned since
+    (Layer.weights_version): another model's new weights keep this plan; this model's, even
+    assigned directly, replace it."""
+    model, other = models.lenet5(), models.lenet5()
+    x = np.random.default_rng(15).standard_normal((2, 1, 32, 32)).astype(np.float32)
+    before = model.predict(x)
+    plan = model._plan
+    conv = other.get_layer("conv1")
+    conv.set_weights([conv.weights["kernel"] * 2, conv.weights["bias"]])
+    np.testing.assert_array_equal(model.predict(x), before)
+    assert model._plan is plan
+    mine = model.get_layer("conv1")
+    mine.weights = {"kernel": mine.weights["kernel"] * 2, "bias": mine.weights["bias"]}
+    after = model.predict(x)
+    assert model._plan is not plan and not np.array_equal(after, before)
+    assert_plan_matches_layers(model, x)
