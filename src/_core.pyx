@@ -1118,10 +1118,10 @@ cdef class Program:
 
 
 cdef class BoundProgram:
-    """A Program with every register but the input and the fresh outputs bound to its arrays,
-    for one batch size and thread count: what a plan's ``run_direct`` calls on its common case
-    (one input, one output, every step native). ``run(x)`` gives x to the input register,
-    allocates the outputs and runs the program with no Python in between: after an idle gap,
+    """A Program with every register but the input and the output bound to its arrays, for one
+    batch size and thread count: what a plan's ``run_direct`` calls on its common case (one
+    input, one output, every step native). ``run(x)`` gives x to the input register, allocates
+    the output and runs the program with no Python in between: after an idle gap,
     the interpreter's general path (its code and objects gone from the caches) cost more than
     LeNet-5's kernels (docs/layers.md)."""
     cdef Program program
