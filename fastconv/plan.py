@@ -195,7 +195,7 @@ class Plan:
         arenas[batch] = views
         if len(arenas) > _ARENAS_KEPT:
             dropped, _ = arenas.popitem(last=False)
-            bound = getattr(self._local, "bound", {})  # run_direct's programs over that arena
+            bound = getattr(self._local, "bound", _NOTHING_BOUND)  # run_direct's, over it
             for key in [key for key in bound if key[0] == dropped]:
                 del bound[key]
         return views

@@ -549,6 +549,8 @@ def test_a_plain_input_takes_the_direct_path_and_gives_the_general_path_s_result
                 assert sys.getrefcount(x) == refs
                 general = model._plan.run([x])[0]
                 np.testing.assert_array_equal(first, general)
+                unfused = model._run_layers([x])[0]  # the layers one by one, no plan
+                assert np.abs(second - unfused).max() <= 1e-5 * np.abs(unfused).max()
                 np.testing.assert_array_equal(second, general)
                 assert second is not first and not np.shares_memory(second, first)
                 kept = second.copy()
