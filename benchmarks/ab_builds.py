@@ -13,6 +13,10 @@ give (their medians moved by 10 % and more). On a machine whose speed moves in p
 of seconds, every build alike), the ratio of each build to the first within a turn is the steady
 figure: its median over the turns is printed with the quartiles.
 
+With `--by-link` every turn is tagged by the round trip of a cache line between the two CPUs
+measured just before it (benchmarks/link.py), and the medians are printed per phase too: quiet
+turns, and turns of a slow phase (above 200 ns), where two cooperating threads slow down.
+
 A single convolution layer instead of a network: `conv:C,H,O,K,S` (C input channels of H x H,
 O output channels, a K x K kernel at stride S, "same"-style padding K // 2, ReLU), e.g.
 `python benchmarks/ab_builds.py conv:192,28,32,1,1 OLD NEW --rounds 30`.
@@ -24,6 +28,8 @@ import sys
 import time
 
 import numpy as np
+
+import link
 
 
 def load_build(checkout, alias):
@@ -58,6 +64,9 @@ def main(argv=None):
                         help="write 64 MB before every timed run, so that weights and "
                              "activations start outside the caches (as in compare_models.py, "
                              "where the other backends run in between)")
+    parser.add_argument("--by-link", action="store_true",
+                        help="tag each turn by the CPUs' cache-line round trip and report the "
+                             "quiet and slow turns apart")
     args = parser.parse_args(argv)
     models = []
     for i, checkout in enumerate(args.checkouts):
@@ -76,7 +85,10 @@ def main(argv=None):
     clock = time.thread_time if args.threads == 1 else time.perf_counter
     flush = np.zeros(16 << 20, np.float32) if args.cold else None
     times = [[] for _ in models]
+    slow_turns = []
     for r in range(args.rounds):
+        if args.by_link:
+            slow_turns.append((link.round_trip_ns() or 0) > link.SLOW_NS)
         order = range(len(models)) if r % 2 == 0 else reversed(range(len(models)))
         for i in order:
             models[i].predict(x)  # caches and branch predictors warm for this build
@@ -94,7 +106,22 @@ def main(argv=None):
         print(f"{checkout}: {args.network} batch {args.batch}, {args.threads} thread(s), median "
               f"{np.median(t):.3g} ms, per turn x{q2:.3f} of the first build (quartiles "
               f"{q1:.3f}-{q3:.3f}) (turns: {' '.join(f'{v:.3g}' for v in t)})")
+    if args.by_link:
+        print_phases(args.checkouts, np.array(times), np.array(slow_turns))
     return 0
+
+
+def print_phases(checkouts, times, slow):
+    """Median ms and per-turn ratio to the first build, quiet and slow turns apart."""
+    for name, turns in (("quiet", ~slow), ("slow", slow)):
+        if not turns.any():
+            print(f"{name} turns: none")
+            continue
+        part = times[:, turns]
+        ratios = np.median(part / part[0], axis=1)
+        print(f"{name} turns ({int(turns.sum())}): " + ", ".join(
+            f"{checkout} {np.median(t):.3g} ms x{ratio:.3f}"
+            for checkout, t, ratio in zip(checkouts, part, ratios)))
 
 
 if __name__ == "__main__":

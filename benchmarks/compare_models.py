@@ -4,7 +4,10 @@ The grid behind docs/benchmarks.md: every network at batch 1 and 8, on 1 and 2 t
 machinery (same weights everywhere, outputs validated first, interleaved rounds with an idle gap,
 ONNX Runtime without spinning) is fastconv/cli_bench.py, shared with `fastconv bench`, which
 adds GFLOP/s, percent of peak, --plot and a progress bar. Reported here: median latency per
-backend and fastconv / best peer (< 1 is faster).
+backend and fastconv / best peer (< 1 is faster), and the round trip of a cache line between the
+first two CPUs after every round (benchmarks/link.py; the fewest and most ns of the cell: above
+200 ns it ran at least partly in a slow phase of the shared machine, which costs fastconv's
+two-thread cells most).
 
     python benchmarks/compare_models.py                      # all networks, batch 1 and 8, 1 and 2 threads
     python benchmarks/compare_models.py resnet50 --batch 1 --threads 2 --rounds 20 --json out.json
@@ -20,10 +23,16 @@ import time
 
 import numpy as np
 
+import link
 from fastconv import cli_bench
 
 NETWORKS = ["lenet5", "alexnet", "vgg16", "googlenet", "resnet18", "resnet50", "resnet152",
             "mobilenet_v2"]
+
+
+def _link_range(readings):
+    known = [v for v in readings if v is not None]
+    return f"{min(known)}-{max(known)}" if known else "-"
 
 
 def main(argv=None):
@@ -51,7 +60,7 @@ def main(argv=None):
     clock = time.thread_time if args.cpu_time else time.perf_counter
     results = []
     print(f"{'network':<14}{'batch':>6}{'thr':>4}{'fastconv':>10}{'torch':>10}{'torch_cl':>10}"
-          f"{'ort':>10}{'fc/best':>9}")
+          f"{'ort':>10}{'fc/best':>9}{'link ns':>12}")
     with tempfile.TemporaryDirectory() as onnx_dir:
         for name in args.networks:
             for batch in batches:
@@ -61,16 +70,20 @@ def main(argv=None):
                         cli_bench.validate(backends, threads)
                     except cli_bench.BenchError as err:
                         sys.exit(str(err))
+                    rtt = []
                     cell = cli_bench.time_cell(backends, threads, args.rounds, args.warmup,
-                                               args.gap_ms / 1e3, clock=clock)
+                                               args.gap_ms / 1e3, clock=clock,
+                                               on_round=lambda: rtt.append(link.round_trip_ns()))
                     peer_ms = [v["median_ms"] for k, v in cell.items() if k != "fastconv"]
                     ratio = cell["fastconv"]["median_ms"] / min(peer_ms) if peer_ms else float("nan")
                     results.append({"network": name, "batch": batch, "threads": threads,
-                                    "results": cell, "fastconv_over_best_peer": ratio})
+                                    "results": cell, "fastconv_over_best_peer": ratio,
+                                    "cross_core_round_trip_ns": rtt})
                     med = {k: f"{v['median_ms']:.2f}" for k, v in cell.items()}
                     print(f"{name:<14}{batch:>6}{threads:>4}{med['fastconv']:>10}"
                           f"{med.get('torch', '-'):>10}{med.get('torch_cl', '-'):>10}"
-                          f"{med.get('onnxruntime', '-'):>10}{ratio:>9.2f}", flush=True)
+                          f"{med.get('onnxruntime', '-'):>10}{ratio:>9.2f}"
+                          f"{_link_range(rtt):>12}", flush=True)
     ratios = [r["fastconv_over_best_peer"] for r in results if np.isfinite(r["fastconv_over_best_peer"])]
     if ratios:
         print(f"geometric mean fastconv / best peer: {float(np.exp(np.mean(np.log(ratios)))):.3f}")

@@ -2,6 +2,7 @@
 
     python benchmarks/phase_probe.py cores resnet18 --seconds 120
     python benchmarks/phase_probe.py steps resnet50 --slow-ms 38 --seconds 100
+    python benchmarks/phase_probe.py steps resnet50 --by-link --seconds 180
 
 `cores` repeats, every two seconds: the network at batch 1 on two cooperating threads, then two
 one-thread copies pinned one per core running at the same time (independent work), then each
@@ -10,8 +11,9 @@ between the cores that slows (shared data, barriers) shows only in the first.
 
 `steps` times every step of the plan (as `fastconv profile` does) on two threads (`--threads`),
 again and again, classing each pass by the time of a whole predict run just before it (below or
-above `--slow-ms`), and prints the steps whose median grew most from the fast passes to the slow
-ones. Linux only (CPU affinity).
+above `--slow-ms`), or with `--by-link` by the round trip of a cache line between the two CPUs
+measured just before it (benchmarks/link.py: above 200 ns is slow), and prints the steps whose
+median grew most from the fast passes to the slow ones. Linux only (CPU affinity).
 """
 import argparse
 import os
@@ -22,6 +24,7 @@ import time
 import numpy as np
 
 import fastconv
+import link
 from fastconv import profiling
 
 
@@ -62,6 +65,19 @@ def probe_cores(network, seconds):
               flush=True)
 
 
+def is_slow_pass(model, x, slow_ms):
+    """Whether the machine is in a slow phase now: by the cache line's round trip between the
+    CPUs when slow_ms is None, else by the time of one predict."""
+    if slow_ms is None:
+        ns = link.round_trip_ns()
+        if ns is None:
+            sys.exit("--by-link: the link probe cannot run here (benchmarks/link.py)")
+        return ns > link.SLOW_NS
+    start = time.perf_counter()
+    model.predict(x)
+    return (time.perf_counter() - start) * 1e3 >= slow_ms
+
+
 def probe_steps(network, slow_ms, seconds, top, threads):
     fastconv.set_num_threads(threads)
     model = getattr(fastconv.models, network)()
@@ -71,9 +87,7 @@ def probe_steps(network, slow_ms, seconds, top, threads):
     passes = {"fast": [], "slow": []}
     end = time.time() + seconds
     while time.time() < end:
-        start = time.perf_counter()
-        model.predict(x)
-        kind = "fast" if (time.perf_counter() - start) * 1e3 < slow_ms else "slow"
+        kind = "slow" if is_slow_pass(model, x, slow_ms) else "fast"
         passes[kind].append(profiling._run_timed(plan, model, arrays))
         time.sleep(0.003)
     print(f"passes: {len(passes['fast'])} fast, {len(passes['slow'])} slow")
@@ -93,13 +107,15 @@ def main(argv=None):
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--slow-ms", type=float, default=None,
                         help="steps: a predict slower than this is a slow pass")
+    parser.add_argument("--by-link", action="store_true",
+                        help="steps: class passes by the CPUs' cache-line round trip instead")
     parser.add_argument("--top", type=int, default=15)
     parser.add_argument("--threads", type=int, default=2, help="steps: threads of the model")
     args = parser.parse_args(argv)
     if args.mode == "cores":
         probe_cores(args.network, args.seconds)
-    elif args.slow_ms is None:
-        parser.error("steps needs --slow-ms")
+    elif (args.slow_ms is None) == (not args.by_link):
+        parser.error("steps needs one of --slow-ms and --by-link")
     else:
         probe_steps(args.network, args.slow_ms, args.seconds, args.top, args.threads)
     return 0
