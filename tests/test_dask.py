@@ -65,10 +65,17 @@ def on_workers(client, x, rows):
 
 @pytest.fixture(scope="module")
 def client():
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  dashboard_address=None) as cluster:
-        with distributed.Client(cluster) as connected:
-            yield connected
+    # Dask's nannies set OMP_NUM_THREADS=1 (and the like) in this process's environment for the
+    # workers they spawn; tests that run later start subprocesses that must not inherit it.
+    environment = dict(os.environ)
+    try:
+        with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                      dashboard_address=None) as cluster:
+            with distributed.Client(cluster) as connected:
+                yield connected
+    finally:
+        os.environ.clear()
+        os.environ.update(environment)
 
 
 # Without a cluster ----------------------------------------------------------------------------
