@@ -217,17 +217,20 @@ typedef struct tile_job {
   int last;
 } tile_job;
 
+/* Tanh and sigmoid, which the kernels' store does not apply, over rows x cols of C at c once
+ * the last K block is stored there. */
+static void finish_activation(const tile_job* job, float* c, size_t rows, size_t cols) {
+  if (!job->last || (job->activation != FC_ACT_TANH && job->activation != FC_ACT_SIGMOID)) return;
+  for (size_t r = 0; r < rows; r++) fc_activation_row(cols, job->activation, c + r * job->c_rs);
+}
+
 /* One MR x NR tile, of which the kernel reads and writes only the part inside C. */
 static void run_tile(const tile_job* job, size_t kc, const float* a, const float* b,
                      const ptrdiff_t* b_offsets, size_t m0, size_t mr_used, size_t n0,
                      size_t nr_used, const fc_gemm_epilogue* ep) {
   float* c = job->c + m0 * job->c_rs + n0;
   job->cfg->fn(mr_used, nr_used, kc, a, b, b_offsets, c, job->c_rs, ep);
-  if (job->last && (job->activation == FC_ACT_TANH || job->activation == FC_ACT_SIGMOID)) {
-    for (size_t r = 0; r < mr_used; r++) {
-      fc_activation_row(nr_used, job->activation, c + r * job->c_rs);
-    }
-  }
+  finish_activation(job, c, mr_used, nr_used);
 }
 
 /* How a team shares the tiles of C: tm row groups times tn column groups. Splitting columns
@@ -305,11 +308,7 @@ static void block_row(const block* s, size_t i, size_t p0, size_t p1) {
     s->ep->bias_col = bias_col ? bias_col + col : NULL;
     job->cfg->fn(rows, fc_min(nr, s->N - col), s->kc, a, bj, NULL, c + col, job->c_rs, s->ep);
   }
-  const int act = job->activation;
-  if (job->last && (act == FC_ACT_TANH || act == FC_ACT_SIGMOID) && p1 > p0) {
-    const size_t col = p0 * nr, cols = fc_min(p1 * nr, s->N) - col;
-    for (size_t r = 0; r < rows; r++) fc_activation_row(cols, act, c + r * job->c_rs + col);
-  }
+  if (p1 > p0) finish_activation(job, c + p0 * nr, rows, fc_min(p1 * nr, s->N) - p0 * nr);
 }
 
 /* Whether panel j is left to the narrow kernel (block_narrow) instead of tile by tile. */
@@ -330,10 +329,7 @@ static void block_narrow(const block* s, size_t i0, size_t i1, size_t j) {
   const size_t b_stride = s->b->packed ? s->job->cfg->nr : pos.cols; /* see the packing */
   s->job->cfg->narrow(rows, pos.cols, s->kc, s->a + m0 * s->kc, mr * s->kc, bj, b_stride,
                       s->b_offsets, c, s->job->c_rs, s->ep);
-  const int act = s->job->activation;
-  if (s->job->last && (act == FC_ACT_TANH || act == FC_ACT_SIGMOID)) {
-    for (size_t r = 0; r < rows; r++) fc_activation_row(pos.cols, act, c + r * s->job->c_rs);
-  }
+  finish_activation(s->job, c, rows, pos.cols);
 }
 
 /* NR-column panels per column block: as many as fit FC_B_BLOCK at the block's depth kc. */
