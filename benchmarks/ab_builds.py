@@ -68,8 +68,11 @@ def main(argv=None):
                         help="tag each turn by the CPUs' cache-line round trip and report the "
                              "quiet and slow turns apart")
     args = parser.parse_args(argv)
-    if args.by_link and link.round_trip_ns() is None:
-        parser.error("--by-link: the link probe cannot run here (benchmarks/link.py)")
+    if args.by_link:
+        try:
+            link.in_slow_phase()
+        except RuntimeError as err:
+            parser.error(f"--by-link: {err}")
     models = []
     for i, checkout in enumerate(args.checkouts):
         fastconv = load_build(checkout, f"fastconv_build{i}")
@@ -90,7 +93,7 @@ def main(argv=None):
     slow_turns = []
     for r in range(args.rounds):
         if args.by_link:
-            slow_turns.append(link.round_trip_ns() > link.SLOW_NS)
+            slow_turns.append(link.in_slow_phase())
         order = range(len(models)) if r % 2 == 0 else reversed(range(len(models)))
         for i in order:
             models[i].predict(x)  # caches and branch predictors warm for this build

@@ -42,6 +42,16 @@ def round_trip_ns():
     return int(run.stdout) if run.returncode == 0 else None
 
 
+def in_slow_phase():
+    """Whether the two CPUs are apart now (one reading above SLOW_NS). Raises RuntimeError where
+    the probe cannot run, so that no turn is silently counted quiet."""
+    ns = round_trip_ns()
+    if ns is None:
+        raise RuntimeError("the link probe cannot run here (benchmarks/link.py: Linux, two CPUs "
+                           "and a C compiler)")
+    return ns > SLOW_NS
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--every", type=float, default=None, help="seconds between readings")

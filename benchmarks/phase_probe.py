@@ -69,10 +69,10 @@ def is_slow_pass(model, x, slow_ms):
     """Whether the machine is in a slow phase now: by the cache line's round trip between the
     CPUs when slow_ms is None, else by the time of one predict."""
     if slow_ms is None:
-        ns = link.round_trip_ns()
-        if ns is None:
-            sys.exit("--by-link: the link probe cannot run here (benchmarks/link.py)")
-        return ns > link.SLOW_NS
+        try:
+            return link.in_slow_phase()
+        except RuntimeError as err:
+            sys.exit(f"--by-link: {err}")
     start = time.perf_counter()
     model.predict(x)
     return (time.perf_counter() - start) * 1e3 >= slow_ms
